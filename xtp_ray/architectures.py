@@ -1,0 +1,81 @@
+"""Where the decoder layers and their submodules live, per HF architecture.
+
+One registry keyed by the `architectures` string of a model's config (as in
+pyvene / TransformerLens v3). Unknown architectures fail fast.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Architecture:
+    layers: str  # dotted path from the CausalLM to the ModuleList of decoder layers
+    ffn: str  # attribute of a decoder layer: the feed-forward (MLP) submodule
+    attn: str  # attribute of a decoder layer: the self-attention submodule
+
+
+_LLAMA_STYLE = Architecture(layers="model.layers", ffn="mlp", attn="self_attn")
+
+REGISTRY: dict[str, Architecture] = {
+    "LlamaForCausalLM": _LLAMA_STYLE,
+    "MistralForCausalLM": _LLAMA_STYLE,
+    "Qwen2ForCausalLM": _LLAMA_STYLE,
+    "Qwen3ForCausalLM": _LLAMA_STYLE,
+    # Gemma2 has post-attention and post-feedforward norms; `mlp` / `self_attn` are
+    # the raw submodule outputs, before those norms and before the residual add.
+    "Gemma2ForCausalLM": _LLAMA_STYLE,
+    "Phi3ForCausalLM": _LLAMA_STYLE,
+    "GPT2LMHeadModel": Architecture(layers="transformer.h", ffn="mlp", attn="attn"),
+}
+
+MODULES = ("ffn", "attn", "attn_ref")
+
+
+class UnknownArchitectureError(ValueError):
+    pass
+
+
+def architecture_name(model_or_config) -> str:
+    config = getattr(model_or_config, "config", model_or_config)
+    names = getattr(config, "architectures", None) or []
+    if not names:
+        raise UnknownArchitectureError(
+            "the model config has no `architectures` entry; xtp-ray needs it to find the "
+            f"decoder layers. Known: {', '.join(sorted(REGISTRY))}"
+        )
+    return names[0]
+
+
+def lookup(model_or_config) -> Architecture:
+    name = architecture_name(model_or_config)
+    if name not in REGISTRY:
+        raise UnknownArchitectureError(
+            f"unknown architecture {name!r}. Known: {', '.join(sorted(REGISTRY))}. "
+            "To add one, map its `architectures` string in xtp_ray/architectures.py REGISTRY "
+            "to Architecture(layers=<dotted path to the decoder ModuleList>, "
+            "ffn=<MLP attribute of a layer>, attn=<self-attention attribute of a layer>)."
+        )
+    return REGISTRY[name]
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    obj = model
+    for part in lookup(model).layers.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def submodule(model: torch.nn.Module, module: str, layer: int) -> torch.nn.Module:
+    """The module whose output a cell replaces: `ffn` -> MLP, `attn`/`attn_ref` -> attention."""
+    if module not in MODULES:
+        raise ValueError(f"unknown module {module!r}; choose one of {', '.join(MODULES)}")
+    arch = lookup(model)
+    layer_module = decoder_layers(model)[layer]
+    return getattr(layer_module, arch.ffn if module == "ffn" else arch.attn)
+
+
+def num_layers(model: torch.nn.Module) -> int:
+    return len(decoder_layers(model))
