@@ -1,18 +1,23 @@
 """The fast grid engine (SPEC 6): no L^2 full passes.
 
-Per batch of instances:
+Per batch of instances (B of them, left padded, recipient length T):
 1. one donor forward captures the donor value of every layer at the last token;
-2. one recipient prefill over all but the last prompt token builds the prefix KV
-   cache, shared by every cell of the instance (patching the last position leaves
-   every earlier position untouched under causal attention);
-3. every cell (and vanilla) becomes one row: the last prompt token, run against a
-   copy of its instance's prefix KV, with the target layer's module output replaced
-   by the source layer's donor value. Rows are batched across cells and instances,
-   cells_per_chunk at a time (this bounds peak memory: each row carries its own KV);
-4. greedy decoding continues every row in the same batch from its own cache.
+2. one recipient prefill over the P = T - 1 prefix tokens builds the prefix KV
+   cache, shared by every cell (patching the last position leaves every earlier
+   position untouched under causal attention);
+3. the cells of a chunk (n of them, vanilla included) become n copies of the last
+   prompt token laid side by side after the prefix, all at the same position id.
+   A 4D mask lets each copy see the prefix and itself only, so each copy is exactly
+   the recipient's last token of its own cell; the target layer's module output of
+   each copy is replaced by its source layer's donor value. The prefix KV is read,
+   never copied, and one forward scores n cells;
+4. greedy decoding continues every cell in the same layout: at step s each cell
+   adds one token that sees the prefix and its own tokens only.
 
-Results equal `reference.py` (one donor forward + one patched `generate` per cell).
-Left padding + explicit position ids make a batch of instances equal one at a time.
+The model's own HF modules do all the computing; the engine only lays out tokens,
+masks and position ids. Results equal `reference.py` (one donor forward + one
+patched `generate` per cell). Peak memory grows with cells_per_chunk: the chunk's
+attention scores are [B, heads, n, P + n * (steps + 1)].
 """
 from __future__ import annotations
 
@@ -23,8 +28,13 @@ import torch
 from transformers import DynamicCache
 
 from .architectures import num_layers
-from .capture import capture_last_token, replace_last_token
+from .capture import capture_last_token, replace_positions
 from .cells import VANILLA, Cell
+
+# Cells per forward when decoding: attention over the cells' own tokens grows as
+# n^2 * steps, so generation uses smaller chunks than scoring.
+DEFAULT_CHUNK_GENERATE = 128
+DEFAULT_CHUNK_SCORE = 1024
 
 
 @dataclass
@@ -50,7 +60,7 @@ def encode_left_padded(tokenizer, prompts: list[str], device) -> tuple[torch.Ten
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     enc = tokenizer(prompts, return_tensors="pt", padding=True)
-    if (enc["attention_mask"].sum(-1) == 0).any():
+    if enc["input_ids"].shape[1] == 0 or (enc["attention_mask"].sum(-1) == 0).any():
         raise ValueError("empty prompt: it has no tokens")
     return enc["input_ids"].to(device), enc["attention_mask"].to(device)
 
@@ -66,17 +76,33 @@ def option_logprobs(logits: torch.Tensor, option_token_ids: list[list[int]]) -> 
     return [torch.logsumexp(logp[ids], dim=0).item() for ids in option_token_ids]
 
 
-def _select_rows(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
-    """A new cache holding the given batch rows of every layer (prefix KV per cell)."""
-    selected = copy.copy(cache)
-    selected.layers = []
-    for layer in cache.layers:
-        new = copy.copy(layer)
-        if getattr(layer, "keys", None) is not None:
-            new.keys = layer.keys.index_select(0, rows)  # [R, heads, T-1, head_dim]
-            new.values = layer.values.index_select(0, rows)
-        selected.layers.append(new)
-    return selected
+def _share(cache: DynamicCache) -> DynamicCache:
+    """A cache that starts from the same prefix tensors (updates concatenate, so the
+    prefix itself is never modified and every chunk starts from it again)."""
+    shared = copy.copy(cache)
+    shared.layers = [copy.copy(layer) for layer in cache.layers]
+    return shared
+
+
+def _cells_mask(prefix_mask: torch.Tensor, n: int, segments: int, dtype) -> torch.Tensor:
+    """Additive mask [B, 1, n, P + n * segments] for the newest segment of n cell tokens.
+
+    Key layout: the P prefix tokens, then `segments` blocks of n cell tokens (block s
+    holds every cell's token of step s). Cell c sees the unpadded prefix and column c
+    of every block: its own tokens.
+    """
+    batch = prefix_mask.shape[0]
+    own = torch.eye(n, dtype=torch.bool, device=prefix_mask.device).repeat(1, segments)  # [n, n*segments]
+    allowed = torch.cat([prefix_mask.bool()[:, None, :].expand(batch, n, -1),
+                         own[None].expand(batch, -1, -1)], dim=-1)  # [B, n, P + n*segments]
+    blocked = torch.tensor(torch.finfo(dtype).min, dtype=dtype, device=prefix_mask.device)
+    zero = torch.zeros((), dtype=dtype, device=prefix_mask.device)
+    return torch.where(allowed, zero, blocked)[:, None]
+
+
+def _sliding_window(cache: DynamicCache) -> int | None:
+    windows = [layer.sliding_window for layer in cache.layers if getattr(layer, "is_sliding", False)]
+    return min(windows) if windows else None
 
 
 @torch.no_grad()
@@ -91,16 +117,20 @@ def capture_donors(model, tokenizer, donors: list[str], module: str) -> torch.Te
 
 @torch.no_grad()
 def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: list[Cell],
-             module: str, max_new_tokens: int = 20, cells_per_chunk: int = 256,
+             module: str, max_new_tokens: int = 20, cells_per_chunk: int | None = None,
              option_token_ids: list[list[list[int]]] | None = None,
              keep_logits: bool = False) -> list[list[CellResult]]:
     """Vanilla + every cell for each (donor, recipient) pair.
 
     Returns, per instance, [vanilla, *cells] results. max_new_tokens=0 scores only
-    (no decoding). option_token_ids[b][k] lists the token ids of option k of instance b.
+    (no decoding). option_token_ids[b][k] lists the token ids of option k of
+    instance b. cells_per_chunk: cells of each instance per forward (default: all
+    when scoring, DEFAULT_CHUNK_GENERATE when decoding).
     """
     if len(donors) != len(recipients):
         raise ValueError("donors and recipients differ in length")
+    if cells_per_chunk is None:
+        cells_per_chunk = DEFAULT_CHUNK_GENERATE if max_new_tokens > 0 else DEFAULT_CHUNK_SCORE
     if cells_per_chunk < 1:
         raise ValueError("cells_per_chunk must be positive")
     device = model.device
@@ -112,58 +142,71 @@ def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: 
     if ids.shape[1] > 1:
         model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1],
               past_key_values=prefix, use_cache=True)
+    prefix_len = ids.shape[1] - 1
+    window = _sliding_window(prefix)
+    if window is not None:  # keep every key inside the window, as the reference sees them
+        fits = (window - 1 - prefix_len) // (max_new_tokens + 1)
+        if fits < 1:
+            raise ValueError(f"prompt of {prefix_len + 1} tokens plus {max_new_tokens} new tokens does not fit "
+                             f"the model's sliding window of {window}; use the reference engine")
+        cells_per_chunk = min(cells_per_chunk, fits)
 
     all_cells = [VANILLA, *cells]
     results = [[CellResult(cell) for cell in all_cells] for _ in recipients]
-    rows = [(b, c) for b in range(len(recipients)) for c in range(len(all_cells))]
     stop = eos_ids(model, tokenizer)
-    for start in range(0, len(rows), cells_per_chunk):
-        chunk = rows[start:start + cells_per_chunk]
-        instance = torch.tensor([b for b, _ in chunk], device=device)  # [R]
-        patches: dict[int, tuple[list[int], list[torch.Tensor]]] = {}
-        for r, (b, c) in enumerate(chunk):
-            cell = all_cells[c]
-            if cell != VANILLA:
-                row_ids, values = patches.setdefault(cell.target_layer, ([], []))
-                row_ids.append(r)
-                values.append(donor_values[b, cell.source_layer])
-        patches_t = {j: (torch.tensor(r, device=device), torch.stack(v)) for j, (r, v) in patches.items()}
-
-        cache = _select_rows(prefix, instance)
-        row_mask = mask[instance]  # [R, T]
-        with replace_last_token(model, module, patches_t):
-            out = model(input_ids=ids[instance, -1:], attention_mask=row_mask,
-                        position_ids=pos[instance, -1:], past_key_values=cache, use_cache=True)
-        logits = out.logits[:, -1]  # [R, V]
-        for r, (b, c) in enumerate(chunk):
-            result = results[b][c]
-            if keep_logits:
-                result.logits = logits[r].float().cpu()
-            if option_token_ids is not None:
-                result.option_logprobs = option_logprobs(logits[r], option_token_ids[b])
-        if max_new_tokens > 0:
-            tokens = _greedy_decode(model, logits, cache, row_mask, pos[instance, -1], max_new_tokens, stop)
-            for r, (b, c) in enumerate(chunk):
-                results[b][c].token_ids = tokens[r]
+    for start in range(0, len(all_cells), cells_per_chunk):
+        chunk = all_cells[start:start + cells_per_chunk]
+        logits, tokens = _run_chunk(model, module, chunk, donor_values, ids[:, -1], mask[:, :-1],
+                                    pos[:, -1], prefix, max_new_tokens, stop)
+        for b, row in enumerate(results):
+            for c in range(len(chunk)):
+                result = row[start + c]
+                if keep_logits:
+                    result.logits = logits[b, c].float().cpu()
+                if option_token_ids is not None:
+                    result.option_logprobs = option_logprobs(logits[b, c], option_token_ids[b])
+                if tokens is not None:
+                    result.token_ids = tokens[b][c]
     return results
 
 
-def _greedy_decode(model, logits, cache, mask, last_pos, max_new_tokens, stop) -> list[list[int]]:
-    """Greedy continuation of every row from its own cache; a row ends at eos (kept)."""
-    rows = logits.shape[0]
-    next_token = logits.argmax(-1)  # [R]
-    generated = [[] for _ in range(rows)]
-    finished = torch.zeros(rows, dtype=torch.bool, device=logits.device)
-    position = last_pos  # [R]
+def _run_chunk(model, module, chunk, donor_values, last_token, prefix_mask, last_pos, prefix,
+               max_new_tokens, stop):
+    """One chunk of n cells for all B instances: logits [B, n, V], tokens [B][n] or None."""
+    batch, n = last_token.shape[0], len(chunk)
+    by_target: dict[int, list[int]] = {}
+    for c, cell in enumerate(chunk):
+        if cell != VANILLA:
+            by_target.setdefault(cell.target_layer, []).append(c)
+    patches = {
+        j: (torch.tensor(cs, device=last_token.device),
+            donor_values[:, [chunk[c].source_layer for c in cs]])  # [B, k, d]
+        for j, cs in by_target.items()
+    }
+    cache = _share(prefix)
+    dtype = model.dtype
+    with replace_positions(model, module, patches):
+        out = model(input_ids=last_token[:, None].expand(batch, n),
+                    attention_mask=_cells_mask(prefix_mask, n, 1, dtype),
+                    position_ids=last_pos[:, None].expand(batch, n),
+                    past_key_values=cache, use_cache=True)
+    logits = out.logits  # [B, n, V]
+    if max_new_tokens == 0:
+        return logits, None
+
+    generated = [[[] for _ in range(n)] for _ in range(batch)]
+    finished = torch.zeros(batch, n, dtype=torch.bool, device=logits.device)
+    stop_ids = torch.tensor(sorted(stop), dtype=torch.long, device=logits.device)
+    next_token = logits.argmax(-1)  # [B, n]
     for step in range(max_new_tokens):
-        for r in (~finished).nonzero().flatten().tolist():
-            generated[r].append(int(next_token[r]))
-        finished |= torch.tensor([int(t) in stop for t in next_token.tolist()], device=logits.device)
+        for b, c in (~finished).nonzero().tolist():
+            generated[b][c].append(int(next_token[b, c]))
+        finished |= torch.isin(next_token, stop_ids)
         if step == max_new_tokens - 1 or bool(finished.all()):
             break
-        mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)  # [R, T + step + 1]
-        position = position + 1
-        out = model(input_ids=next_token[:, None], attention_mask=mask, position_ids=position[:, None],
+        out = model(input_ids=next_token,
+                    attention_mask=_cells_mask(prefix_mask, n, step + 2, dtype),
+                    position_ids=(last_pos + step + 1)[:, None].expand(batch, n),
                     past_key_values=cache, use_cache=True)
-        next_token = out.logits[:, -1].argmax(-1)
-    return generated
+        next_token = out.logits.argmax(-1)
+    return logits, generated

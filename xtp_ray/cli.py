@@ -1,0 +1,73 @@
+"""The `xtp` command: grid (direct probing), bench, tasks, run, aggregate."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .architectures import MODULES
+from .models import DTYPES
+
+
+def _add_grid(sub):
+    p = sub.add_parser("grid", help="run a transplant grid on donor/recipient pairs")
+    p.add_argument("--model", required=True, help="save_pretrained directory or hub id")
+    p.add_argument("--input", help='jsonl with {"id", "donor", "recipient"} per line')
+    p.add_argument("--task", help="instead of --input: a task name (see `xtp tasks`)")
+    p.add_argument("--lang", help="with --task: the language")
+    p.add_argument("--split", default="sample", help="with --task: sample or unseen")
+    p.add_argument("--data-root", help="with --task: data location (default: bundled samples)")
+    p.add_argument("--limit", type=int, help="at most this many instances")
+    p.add_argument("--output", required=True, help="output Parquet file")
+    p.add_argument("--module", default="ffn", choices=MODULES)
+    p.add_argument("--cells", default="full", help="full, target-first or I:J,I:J,...")
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    p.add_argument("--attn-implementation", default=None, help="default: eager for float32, else sdpa")
+    p.add_argument("--batch-size", type=int, default=4, help="instances per engine call")
+    p.add_argument("--cells-per-chunk", type=int, default=256)
+    p.add_argument("--engine", default="fast", choices=["fast", "reference"])
+    p.add_argument("--device", default=None)
+    p.add_argument("--trust-remote-code", action="store_true")
+
+
+def _add_bench(sub):
+    p = sub.add_parser("bench", help="time the reference path and the fast engine side by side")
+    p.add_argument("--mode", default="both", choices=["generate", "score", "both"])
+    p.add_argument("--architecture", default="LlamaForCausalLM")
+    p.add_argument("--layers", type=int, default=16)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--prompt-tokens", type=int, default=128)
+    p.add_argument("--instances", type=int, default=2)
+    p.add_argument("--cells", default="full")
+    p.add_argument("--module", default="ffn", choices=MODULES)
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--threads", type=int, default=None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="xtp", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_grid(sub)
+    _add_bench(sub)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "grid":
+            from .probe import run_probe
+
+            run_probe(args)
+        elif args.command == "bench":
+            from .bench import run_bench
+
+            modes = ["score", "generate"] if args.mode == "both" else [args.mode]
+            for mode in modes:
+                run_bench(mode, args.architecture, args.layers, args.hidden, args.prompt_tokens,
+                          args.instances, args.cells, args.module, args.max_new_tokens, threads=args.threads)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"xtp {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Tiny models built from configs, with a tokenizer trained here: tests, bench, defaults.
+
+Nothing is downloaded: the tokenizer is trained on the bundled sample prompts.
+"""
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import torch
+import transformers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
+from .architectures import lookup
+
+# Tiny configs per registered architecture. Sizes are small on purpose; the
+# initializer_range is large so that random weights give non-trivial, distinct
+# activations at every layer (the default 0.02 makes every cell look alike).
+TINY_CONFIGS = {
+    "LlamaForCausalLM": ("LlamaConfig", {}),
+    "MistralForCausalLM": ("MistralConfig", {"sliding_window": None}),
+    "Qwen2ForCausalLM": ("Qwen2Config", {"use_sliding_window": False}),
+    "Qwen3ForCausalLM": ("Qwen3Config", {"head_dim": 16}),
+    "Gemma2ForCausalLM": ("Gemma2Config", {"head_dim": 16, "sliding_window": 4096,
+                                            "query_pre_attn_scalar": 16}),
+    "Phi3ForCausalLM": ("Phi3Config", {"pad_token_id": 0}),
+    "GPT2LMHeadModel": ("GPT2Config", {}),
+}
+
+
+def train_tokenizer(texts: list[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained here (no hub), adding BOS like Llama's."""
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>", padding_side="left")
+
+
+def build_tiny_model(architecture: str, vocab_size: int, num_layers: int = 4, hidden: int = 64,
+                     heads: int = 4, kv_heads: int = 2, seed: int = 0,
+                     initializer_range: float = 0.2, **overrides) -> torch.nn.Module:
+    """A randomly initialised model of a registered architecture, fp32, eager attention."""
+    if architecture not in TINY_CONFIGS:
+        raise ValueError(f"no tiny config for {architecture!r}; known: {', '.join(TINY_CONFIGS)}")
+    config_name, extra = TINY_CONFIGS[architecture]
+    config_cls = getattr(transformers, config_name)
+    if architecture == "GPT2LMHeadModel":
+        kwargs = dict(vocab_size=vocab_size, n_layer=num_layers, n_embd=hidden, n_head=heads,
+                      n_positions=1024, bos_token_id=1, eos_token_id=2)
+    else:
+        kwargs = dict(vocab_size=vocab_size, num_hidden_layers=num_layers, hidden_size=hidden,
+                      intermediate_size=hidden * 2, num_attention_heads=heads,
+                      num_key_value_heads=kv_heads, max_position_embeddings=1024,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
+    config = config_cls(**{**kwargs, **extra, "initializer_range": initializer_range, **overrides})
+    config.architectures = [architecture]
+    lookup(config)
+    torch.manual_seed(seed)
+    model = getattr(transformers, architecture)._from_config(config, attn_implementation="eager")
+    return model.eval()
+
+
+def tokenizer_corpus() -> list[str]:
+    """Prompts of the bundled XNLI and XCOPA sample splits, every language."""
+    root = resources.files("xtp_ray") / "data" / "xtransplant_release"
+    texts = []
+    for split_dir in (root / "XNLI" / "XNLI_sample" / "split", root / "XCOPA" / "XCOPA_sample" / "split"):
+        for path in sorted(split_dir.iterdir(), key=lambda p: p.name):
+            texts.extend(json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line)
+    return texts
+
+
+def save_tiny_model(path: str | Path, architecture: str = "LlamaForCausalLM", vocab_size: int = 512,
+                    **model_kwargs) -> Path:
+    """Build a tiny model + locally trained tokenizer and `save_pretrained` both to path."""
+    path = Path(path)
+    tokenizer = train_tokenizer(tokenizer_corpus(), vocab_size)
+    model = build_tiny_model(architecture, len(tokenizer), **model_kwargs)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
