@@ -25,7 +25,7 @@ def _add_grid(sub):
     p.add_argument("--dtype", default="float32", choices=list(DTYPES))
     p.add_argument("--attn-implementation", default=None, help="default: eager for float32, else sdpa")
     p.add_argument("--batch-size", type=int, default=4, help="instances per engine call")
-    p.add_argument("--cells-per-chunk", type=int, default=256)
+    p.add_argument("--cells-per-chunk", type=int, default=None, help="cells per forward (bounds memory)")
     p.add_argument("--engine", default="fast", choices=["fast", "reference"])
     p.add_argument("--device", default=None)
     p.add_argument("--trust-remote-code", action="store_true")

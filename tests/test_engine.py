@@ -1,0 +1,175 @@
+"""The fast engine against the hook-based reference, cell for cell.
+
+Tolerances: fp32 + eager attention. The engine lays the cells side by side after
+a shared prefix and reads keys in a different order than `generate`, so sums are
+reassociated: logits differ by float rounding only (~1e-5 seen), well inside the
+SPEC's 1e-4. Greedy tokens must be identical.
+"""
+import pytest
+import torch
+
+from xtp_ray import engine, reference
+from xtp_ray.architectures import MODULES, REGISTRY, UnknownArchitectureError, lookup
+from xtp_ray.capture import capture_last_token, replace_positions
+from xtp_ray.cells import VANILLA, Cell, parse_cells
+from xtp_ray.tiny import TINY_CONFIGS, build_tiny_model
+
+LOGIT_TOL = 1e-4
+DONORS = [
+    "Premise: The girl squeezed her nose.\nHypothesis: the baby soiled his diaper.",
+    "Human: What do you think is the relationship",
+    "Options: (1) Entail (2) Neutral",
+]
+RECIPIENTS = [
+    "Nguzo: Msichana alifinya pua yake.",
+    "Binadamu: Unafikiri kuna uhusiano gani kati ya dhana na dhana?\nNguzo: Kwa hivyo, sina hadithi maalum.",
+    "Chaguo: (1)",
+]
+OPTIONS = [[[40], [41, 42]], [[43], [44]], [[45], [46], [47]]]
+
+
+def _model(architecture, tokenizer, layers=3, **overrides):
+    return build_tiny_model(architecture, len(tokenizer), num_layers=layers, **overrides)
+
+
+def assert_same(fast, slow, check_tokens=True):
+    assert len(fast) == len(slow)
+    for fast_row, slow_row in zip(fast, slow):
+        assert [r.cell for r in fast_row] == [r.cell for r in slow_row]
+        for f, s in zip(fast_row, slow_row):
+            if check_tokens:
+                assert f.token_ids == s.token_ids, f.cell
+            assert torch.allclose(f.logits, s.logits, atol=LOGIT_TOL, rtol=0), (f.cell, (f.logits - s.logits).abs().max())
+            if s.option_logprobs is not None:
+                assert f.option_logprobs == pytest.approx(s.option_logprobs, abs=LOGIT_TOL)
+
+
+def test_registry_covers_every_tiny_architecture():
+    assert set(TINY_CONFIGS) == set(REGISTRY)
+
+
+@pytest.mark.parametrize("architecture", sorted(TINY_CONFIGS))
+@pytest.mark.parametrize("module", MODULES)
+def test_fast_equals_reference_full_grid(architecture, module, tokenizer):
+    model = _model(architecture, tokenizer)
+    cells = parse_cells("full", 3)
+    # three instances of different lengths in one batch: left padding is exercised;
+    # a chunk of 4 cells splits the 10 rows of each instance unevenly
+    fast = engine.run_grid(model, tokenizer, DONORS, RECIPIENTS, cells, module, max_new_tokens=6,
+                           cells_per_chunk=4, option_token_ids=OPTIONS, keep_logits=True)
+    slow = reference.run_grid(model, tokenizer, DONORS, RECIPIENTS, cells, module, max_new_tokens=6,
+                              option_token_ids=OPTIONS)
+    assert_same(fast, slow)
+    # the grid is not trivial: transplants change answers, and differ between cells
+    for row in fast:
+        vanilla = row[0].logits
+        assert any(not torch.allclose(r.logits, vanilla, atol=1e-3) for r in row[1:])
+    assert len({tuple(r.token_ids) for row in fast for r in row}) > 3
+
+
+@pytest.mark.parametrize("architecture", ["LlamaForCausalLM", "Gemma2ForCausalLM", "GPT2LMHeadModel"])
+def test_score_only_equals_reference(architecture, tokenizer):
+    model = _model(architecture, tokenizer)
+    cells = parse_cells("full", 3)
+    fast = engine.run_grid(model, tokenizer, DONORS, RECIPIENTS, cells, "ffn", max_new_tokens=0,
+                           option_token_ids=OPTIONS, keep_logits=True)
+    slow = reference.run_grid(model, tokenizer, DONORS, RECIPIENTS, cells, "ffn", max_new_tokens=0,
+                              option_token_ids=OPTIONS)
+    assert all(r.token_ids == [] for row in fast for r in row)
+    assert_same(fast, slow)
+
+
+@pytest.mark.parametrize("architecture", ["LlamaForCausalLM", "Qwen3ForCausalLM", "Phi3ForCausalLM"])
+def test_batched_with_padding_equals_one_at_a_time(architecture, tokenizer):
+    model = _model(architecture, tokenizer, layers=4)
+    cells = parse_cells("full", 4)
+    batched = engine.run_grid(model, tokenizer, DONORS, RECIPIENTS, cells, "attn", 5, keep_logits=True)
+    for b in range(len(DONORS)):
+        single = engine.run_grid(model, tokenizer, DONORS[b:b + 1], RECIPIENTS[b:b + 1], cells, "attn", 5,
+                                 cells_per_chunk=3, keep_logits=True)
+        assert_same([batched[b]], single)
+
+
+def test_cell_lists_equal_their_cells_of_the_full_grid(tokenizer):
+    model = _model("LlamaForCausalLM", tokenizer, layers=4)
+    full = engine.run_grid(model, tokenizer, DONORS, RECIPIENTS, parse_cells("full", 4), "ffn", 4, keep_logits=True)
+    by_cell = [{r.cell: r for r in row} for row in full]
+    for spec in ("target-first", "3:0,0:3,2:2", "-1:0"):
+        part = engine.run_grid(model, tokenizer, DONORS, RECIPIENTS, parse_cells(spec, 4), "ffn", 4, keep_logits=True)
+        assert_same(part, [[by_cell[b][r.cell] for r in row] for b, row in enumerate(part)])
+
+
+def test_gemma2_sliding_window_caps_the_chunk_and_rejects_long_prompts(tokenizer):
+    model = _model("Gemma2ForCausalLM", tokenizer, sliding_window=48)
+    cells = parse_cells("full", 3)
+    short_d, short_r = DONORS[2:], RECIPIENTS[2:]  # ~10 tokens: few cells fit the window per chunk
+    fast = engine.run_grid(model, tokenizer, short_d, short_r, cells, "ffn", 3, keep_logits=True)
+    slow = reference.run_grid(model, tokenizer, short_d, short_r, cells, "ffn", 3)
+    assert_same(fast, slow)
+    with pytest.raises(ValueError, match="sliding window"):
+        engine.run_grid(model, tokenizer, DONORS[1:2], [RECIPIENTS[1] * 4], cells, "ffn", 3)
+
+
+def _hook_count(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_hooks_are_gone_after_an_exception(tokenizer):
+    model = _model("LlamaForCausalLM", tokenizer)
+    ids = tokenizer(["hello"], return_tensors="pt").input_ids
+    with pytest.raises(RuntimeError, match="boom"):
+        with capture_last_token(model, "attn_ref", [0, 1, 2]):
+            assert _hook_count(model) == 6
+            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"):
+        with replace_positions(model, "ffn", {1: (torch.tensor([-1]), torch.zeros(1, 1, 64))}):
+            assert _hook_count(model) == 1
+            raise RuntimeError("boom")
+    assert _hook_count(model) == 0
+
+    # an exception raised inside the model mid-grid leaves no engine hook behind
+    def explode(*_):
+        raise RuntimeError("boom in forward")
+
+    bomb = model.model.layers[2].register_forward_hook(explode)
+    with pytest.raises(RuntimeError, match="boom in forward"):
+        engine.run_grid(model, tokenizer, DONORS, RECIPIENTS, parse_cells("full", 3), "ffn", 2)
+    bomb.remove()
+    assert _hook_count(model) == 0
+    model(ids)  # and the model still runs
+
+
+def test_bfloat16_runs_and_agrees_on_decisions(tokenizer):
+    """bf16 keeps 8 bits of mantissa: the engine's reassociated sums and generate's
+    differ by ~1e-2 in logits, so only decisions are compared, on cells whose top-2
+    margin exceeds that noise (near-ties may legitimately flip)."""
+    model = _model("LlamaForCausalLM", tokenizer, layers=4).to(torch.bfloat16)
+    cells = parse_cells("full", 4)
+    fast = engine.run_grid(model, tokenizer, DONORS, RECIPIENTS, cells, "ffn", 0, keep_logits=True)
+    slow = reference.run_grid(model, tokenizer, DONORS, RECIPIENTS, cells, "ffn", 0)
+    compared = 0
+    for fast_row, slow_row in zip(fast, slow):
+        for f, s in zip(fast_row, slow_row):
+            top2 = s.logits.topk(2).values
+            if top2[0] - top2[1] > 0.1:
+                compared += 1
+                assert f.logits.argmax() == s.logits.argmax(), f.cell
+    assert compared >= len(cells)  # most cells are decisive enough to compare
+
+
+def test_unknown_architecture_fails_fast_with_how_to_add_one():
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(architectures=["FancyNewForCausalLM"])
+    with pytest.raises(UnknownArchitectureError, match="FancyNewForCausalLM.*REGISTRY"):
+        lookup(config)
+
+
+def test_parse_cells():
+    assert parse_cells("full", 2) == [Cell(0, 0), Cell(1, 0), Cell(0, 1), Cell(1, 1)]
+    assert parse_cells("target-first", 3) == [Cell(0, 0), Cell(1, 0), Cell(2, 0)]
+    assert parse_cells("-1:0, 1:2", 3) == [Cell(2, 0), Cell(1, 2)]
+    for bad, message in (("3:0", "out of range"), ("a:b", "bad cell"), ("1:1,1:1", "duplicate")):
+        with pytest.raises(ValueError, match=message):
+            parse_cells(bad, 3)
+    assert VANILLA not in parse_cells("full", 3)

@@ -1,0 +1,73 @@
+"""Local paths and s3:// URIs behind one interface (pyarrow filesystems).
+
+pyarrow's S3FileSystem ignores AWS_ENDPOINT_URL, so the endpoint is passed as
+endpoint_override, from XTP_S3_ENDPOINT or AWS_ENDPOINT_URL. Credentials come from
+the usual AWS environment and are never logged.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+
+def s3_endpoint() -> str | None:
+    return os.environ.get("XTP_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a local path or an s3://bucket/key URI."""
+    uri = str(uri)
+    if uri.startswith("s3://"):
+        endpoint = s3_endpoint()
+        kwargs = {}
+        if endpoint:
+            scheme, _, host = endpoint.partition("://")
+            kwargs = {"endpoint_override": host or scheme, "scheme": scheme if host else "https"}
+        region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+        if region:
+            kwargs["region"] = region
+        kwargs["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=5)
+        return pafs.S3FileSystem(**kwargs), uri[len("s3://"):].rstrip("/")
+    if "://" in uri:
+        raise ValueError(f"unsupported URI {uri!r}: use a local path or s3://bucket/prefix")
+    return pafs.LocalFileSystem(), str(Path(uri).resolve())
+
+
+def join(uri: str, *parts: str) -> str:
+    return "/".join([str(uri).rstrip("/"), *parts])
+
+
+def exists(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def is_dir(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
+def list_names(uri: str) -> list[str]:
+    """Names of the entries directly under a directory (sorted)."""
+    fs, path = resolve(uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(info.base_name for info in infos)
+
+
+def read_text(uri: str) -> str:
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as stream:
+        return stream.read().decode("utf-8")
+
+
+def write_text(uri: str, text: str) -> None:
+    """Write whole or not at all: a temporary name first, then a move into place."""
+    fs, path = resolve(uri)
+    parent = path.rsplit("/", 1)[0]
+    fs.create_dir(parent, recursive=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with fs.open_output_stream(tmp) as stream:
+        stream.write(text.encode("utf-8"))
+    fs.move(tmp, path)

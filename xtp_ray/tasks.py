@@ -1,0 +1,503 @@
+"""Benchmarks as tasks: donor/recipient instances from real data, one interface.
+
+Sources, chosen by the split name:
+- `sample` / `unseen`: the paper's release files (`xtransplant_release/`), instance
+  for instance; prompts are the release strings, byte for byte.
+- `dev` (XNLI), `test` / `val` (XCOPA), `test` (XQuAD, MGSM), `eval` (GlobalOpinionQA):
+  the original formats, prompts built from the English templates of SPEC 3 (the row
+  says which template: `extra["template"]`).
+A data root is a local directory, an s3:// URI, `hf:PATH` (a `datasets`
+DatasetDict saved with `save_to_disk`, rows in the original-format fields plus
+`lang`) or `hf:ORG/NAME` on the hub where reachable. The default root is the
+package's bundled sample splits.
+
+Malformed rows become InstanceError records naming file, line and field; the
+other rows go on. Parallel files are checked for alignment (gold labels, lengths)
+and misaligned pairs are dropped with a report, never scored.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+
+from . import storage
+
+RELEASE_SPLITS = ("sample", "unseen")
+ORIGINAL_SPLITS = {"xnli": ("dev",), "xcopa": ("test", "val"), "xquad": ("test",), "mgsm": ("test",),
+                   "globalopinionqa": ("eval",)}
+TASK_DIRS = {"xnli": "XNLI", "xcopa": "XCOPA", "xquad": "XQuAD", "globalopinionqa": "GlobalOpinionQA"}
+TASKS = ("xnli", "xcopa", "xquad", "globalopinionqa", "mgsm")
+# Task families, for the paper's coarse settings and the scoring mode.
+FAMILY = {"xnli": "understanding", "xcopa": "understanding", "xquad": "generation",
+          "globalopinionqa": "culture", "mgsm": "generation"}
+XNLI_LABELS = {"entailment": "1", "neutral": "2", "contradiction": "3"}
+XNLI_WORDS_EN = {"1": "Entail", "2": "Neutral", "3": "Contradict"}
+
+TEMPLATES = {
+    "xnli": ("Human: What do you think is the relationship between the premise and the hypothesis?\n\n"
+             "Premise: {premise}\nHypothesis: {hypothesis}\n\n(1) Entail \n(2) Neutral\n(3) Contradict\n\n"
+             "Assistant: If I had to select one of the options, my answer would be:"),
+    "xquad": ("Human: Please answer these questions only based on the given context.\n\n"
+              "Context: {context}\nQuestion: {question}\n\nAssistant: My answer would be:"),
+    "xcopa": ("You are assigned to complete a two-category classification task.\n\nPremise: {premise}\n"
+              "Options: (1) {choice1}\n(2) {choice2}\n\nPlease determine which of the two options is more "
+              "likely to be the {relation} of the given premise.\n\nYour Answer:"),
+    "globalopinionqa": ("Human: How would someone from {country} answer the following question:\n{question}\n"
+                        "Here are the options:\n{options}\nAssistant: If I had to select one of the options, "
+                        "my answer would be:"),
+    "mgsm": "Question: {question}\nAnswer:",
+}
+
+
+@dataclass
+class Instance:
+    id: str  # "<task>/<split>/<lang>/<index>", stable across runs
+    task: str
+    split: str
+    lang: str  # the language that is scored (the recipient's)
+    direction: str  # "<donor lang>-><recipient lang>"
+    donor: str
+    recipient: str
+    gold: str  # option label ("1", "A") or answer text / number
+    options: list[str] = field(default_factory=list)  # option labels; [] for open answers
+    label_words: dict[str, str] = field(default_factory=dict)  # option label -> word in `lang`
+    extra: dict = field(default_factory=dict)  # template, answers, distribution, country
+
+    def to_row(self) -> dict:
+        row = asdict(self)
+        row["label_words"] = json.dumps(self.label_words, ensure_ascii=False)
+        row["extra"] = json.dumps(self.extra, ensure_ascii=False)
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict) -> "Instance":
+        row = dict(row)
+        row["options"] = list(row["options"])
+        row["label_words"] = json.loads(row["label_words"])
+        row["extra"] = json.loads(row["extra"])
+        return cls(**{k: row[k] for k in cls.__dataclass_fields__})
+
+
+@dataclass
+class InstanceError:
+    file: str
+    line: int | None  # 1-based; None for a whole-file problem
+    field: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file + (f":{self.line}" if self.line else "")
+        return f"{where}: {f'field {self.field!r}: ' if self.field else ''}{self.message}"
+
+
+class RowError(ValueError):
+    def __init__(self, field_name: str | None, message: str):
+        super().__init__(message)
+        self.field = field_name
+
+
+def bundled_root() -> str:
+    return str(resources.files("xtp_ray") / "data")
+
+
+def _release_root(root: str) -> str:
+    nested = storage.join(root, "xtransplant_release")
+    return nested if storage.is_dir(nested) else root
+
+
+def _json_lines(uri: str, errors: list[InstanceError]) -> list[tuple[int, object]]:
+    """(line number, value) per non-empty line; bad JSON lines become errors."""
+    out = []
+    for line_no, line in enumerate(storage.read_text(uri).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((line_no, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            errors.append(InstanceError(uri, line_no, None, f"bad JSON ({exc.msg})"))
+    return out
+
+
+def _need_str(value, name: str) -> str:
+    if not isinstance(value, str):
+        raise RowError(name, f"expected a string, got {type(value).__name__}")
+    if not value.strip():
+        raise RowError(name, "empty")
+    return value
+
+
+def _check_gold(gold: str, options: list[str], name: str = "gold") -> str:
+    if gold not in options:
+        raise RowError(name, f"label {gold!r} is not one of the options {options}")
+    return gold
+
+
+def _languages(uri: str, prefix: str = "", suffix: str = ".json") -> list[str]:
+    return [n[len(prefix):-len(suffix)] for n in storage.list_names(uri) if n.startswith(prefix) and n.endswith(suffix)]
+
+
+# ---------------------------------------------------------------- alignment
+
+def drop_misaligned(pairs: list[tuple[int, object, object, str, str]], donor_file: str, recipient_file: str,
+                    errors: list[InstanceError]) -> list[int]:
+    """Indices of parallel lines to keep, judged on gold labels and prompt lengths.
+
+    pairs: (line, donor gold, recipient gold, donor prompt, recipient prompt). A
+    same-instance pair has the same gold. A run of disagreements that never recovers
+    (agreement from there on at most 60%, chance being 1/3 to 1/2) means the files
+    are shifted: every pair from its first line on is dropped. Isolated
+    disagreements drop their own line.
+    """
+    n = len(pairs)
+    disagree = [k for k, p in enumerate(pairs) if p[1] != p[2]]
+    shifted_from = None
+    for k in disagree:
+        agree = sum(1 for p in pairs[k:] if p[1] == p[2]) / (n - k)
+        if agree <= 0.6 and n - k >= 5:
+            shifted_from = k
+            break
+    ratios = [len(p[4]) / max(1, len(p[3])) for p in pairs]
+    median = statistics.median(ratios) if ratios else 1.0
+    keep = []
+    for k, p in enumerate(pairs):
+        if shifted_from is not None and k >= shifted_from:
+            continue
+        if p[1] != p[2]:
+            errors.append(InstanceError(recipient_file, p[0], "gold",
+                                        f"gold {p[2]!r} differs from the donor's {p[1]!r} in {donor_file}: "
+                                        "not the same instance, pair dropped"))
+            continue
+        keep.append(k)
+    if shifted_from is not None:
+        tail = pairs[shifted_from:]
+        odd_length = sum(1 for r in ratios[shifted_from:] if not 0.5 * median <= r <= 2 * median)
+        errors.append(InstanceError(
+            recipient_file, pairs[shifted_from][0], None,
+            f"misaligned with {donor_file} from this line on: gold labels disagree on "
+            f"{sum(1 for p in tail if p[1] != p[2])} of the {len(tail)} remaining lines "
+            f"({odd_length} with an unusual length ratio); {len(tail)} pairs dropped"))
+    return keep
+
+
+# ---------------------------------------------------------------- release files
+
+def _release_xnli_or_xcopa(task: str, root: str, split: str, lang: str, errors) -> list[Instance]:
+    base = storage.join(_release_root(root), TASK_DIRS[task], f"{TASK_DIRS[task]}_{split}")
+    options = ["1", "2", "3"] if task == "xnli" else ["1", "2"]
+    files = {kind: storage.join(base, kind, f"{code}.json")
+             for kind, code in (("donor", "en"), ("recipient", lang), ("donor_gold", "en"), ("gold", lang))}
+    files["donor"] = storage.join(base, "split", "en.json")
+    files["recipient"] = storage.join(base, "split", f"{lang}.json")
+    files["donor_gold"] = storage.join(base, "ans", "en.json")
+    files["gold"] = storage.join(base, "ans", f"{lang}.json")
+    columns = {kind: _json_lines(uri, errors) for kind, uri in files.items()}
+    lengths = {kind: len(col) for kind, col in columns.items()}
+    if len(set(lengths.values())) != 1:
+        errors.append(InstanceError(files["recipient"], None, None,
+                                    f"parallel files differ in line count {lengths}: pairing by position "
+                                    "is unsafe, checking line by line"))
+    label_words = {}
+    if task == "xnli":
+        words = _json_lines(storage.join(base, "ans_lang", f"{lang}.json"), errors)
+        label_words = words[0][1] if words else {}
+    by_line = {kind: dict(col) for kind, col in columns.items()}
+    lines = sorted(set(by_line["recipient"]) & set(by_line["donor"]) & set(by_line["gold"]) & set(by_line["donor_gold"]))
+    rows = []
+    for line in lines:
+        try:
+            donor = _need_str(by_line["donor"][line], "prompt")
+            recipient = _need_str(by_line["recipient"][line], "prompt")
+            gold = _check_gold(_need_str(by_line["gold"][line], "gold"), options)
+        except RowError as exc:
+            errors.append(InstanceError(files["recipient"], line, exc.field, str(exc)))
+            continue
+        rows.append((line, by_line["donor_gold"][line], gold, donor, recipient))
+    keep = drop_misaligned(rows, files["donor"], files["recipient"], errors) if lang != "en" else range(len(rows))
+    out = []
+    for k in keep:
+        line, _, gold, donor, recipient = rows[k]
+        out.append(Instance(f"{task}/{split}/{lang}/{line - 1}", task, split, lang, f"en->{lang}", donor, recipient,
+                            gold, options, label_words, {"template": "release"}))
+    return out
+
+
+def _release_xquad(root: str, split: str, lang: str, errors) -> list[Instance]:
+    base = storage.join(_release_root(root), "XQuAD", f"XQuAD_{split}")
+    donor_file = storage.join(base, "split", "xquad.en.json")
+    recipient_file = storage.join(base, "split", f"xquad.{lang}.json")
+    donors = dict(_json_lines(donor_file, errors))
+    recipients = _json_lines(recipient_file, errors)
+    golds = dict(_json_lines(storage.join(base, "ans", f"xquad.{lang}.json"), errors))
+    out = []
+    for line, recipient in recipients:
+        try:
+            recipient = _need_str(recipient, "prompt")
+            donor = _need_str(donors.get(line), "prompt (donor)")
+            gold = _need_str(golds.get(line), "gold")
+        except RowError as exc:
+            errors.append(InstanceError(recipient_file, line, exc.field, str(exc)))
+            continue
+        out.append(Instance(f"xquad/{split}/{lang}/{line - 1}", "xquad", split, lang, f"en->{lang}", donor,
+                            recipient, gold, [], {}, {"template": "release", "answers": [gold]}))
+    return out
+
+
+def _release_globalopinionqa(root: str, split: str, lang: str, errors) -> list[Instance]:
+    base = storage.join(_release_root(root), "GlobalOpinionQA", f"GlobalOpinionQA_{split}")
+    record_file = storage.join(base, "split", f"{lang}.json")
+    translated_file = storage.join(base, "translated", f"{lang}.json")
+    records = _json_lines(record_file, errors)
+    translated = dict(_json_lines(translated_file, errors))
+    out = []
+    for line, record in records:
+        try:
+            if not isinstance(record, dict):
+                raise RowError(None, "expected a JSON object")
+            recipient = _need_str(record.get("input_text"), "input_text")
+            donor = _need_str(translated.get(line), "prompt (translated)")
+            country = _need_str(record.get("country"), "country")
+            distribution = _distribution(record.get("label"), "label")
+            letters = _letters(len(distribution))
+            named = sum(1 for letter in letters if f"({letter})" in recipient)
+            if named != len(letters):
+                raise RowError("label", f"{len(letters)} probabilities but the prompt lists {named} options")
+            if sum(1 for letter in letters if f"({letter})" in donor) != len(letters):
+                raise RowError("prompt (translated)", f"does not list the {len(letters)} options of the English "
+                                                      f"prompt: not the same instance as {record_file}")
+        except RowError as exc:
+            errors.append(InstanceError(record_file, line, exc.field, str(exc)))
+            continue
+        gold = letters[max(range(len(distribution)), key=distribution.__getitem__)]
+        out.append(Instance(f"globalopinionqa/{split}/{lang}/{line - 1}", "globalopinionqa", split, lang,
+                            f"{lang}->en", donor, recipient, gold, letters, {},
+                            {"template": "release", "country": country, "distribution": distribution}))
+    return out
+
+
+def _letters(n: int) -> list[str]:
+    return [chr(ord("A") + k) for k in range(n)]
+
+
+def _distribution(value, name: str) -> list[float]:
+    if not isinstance(value, list) or len(value) < 2 or not all(isinstance(p, (int, float)) for p in value):
+        raise RowError(name, "expected a list of at least two probabilities")
+    if any(p < 0 for p in value) or not 0.98 <= sum(value) <= 1.02:
+        raise RowError(name, f"not a probability distribution (sum {sum(value):.3f})")
+    if len(value) > 26:
+        raise RowError(name, "more than 26 options")
+    return [float(p) for p in value]
+
+
+# ---------------------------------------------------------------- original formats
+
+def _records(task: str, root: str, split: str, lang: str, errors) -> tuple[str, list[tuple[int, object]]]:
+    """(source name, [(line, record)]) of one language in the original format."""
+    if root.startswith("hf:"):
+        return _hf_records(root[3:], split, lang)
+    if task == "xnli":
+        uri = storage.join(root, "xnli", "dev", f"dev-{lang}.tsv")
+        rows = list(csv.reader(io.StringIO(storage.read_text(uri)), delimiter="\t", quoting=csv.QUOTE_NONE))
+        return uri, [(k, dict(zip(("premise", "hypothesis", "label"), r)) if len(r) == 3 else r)
+                     for k, r in enumerate(rows, 1) if r]
+    if task == "mgsm":
+        uri = storage.join(root, "mgsm", f"mgsm_{lang}.tsv")
+        rows = list(csv.reader(io.StringIO(storage.read_text(uri)), delimiter="\t", quoting=csv.QUOTE_NONE))
+        return uri, [(k, dict(zip(("question", "answer"), r)) if len(r) == 2 else r) for k, r in enumerate(rows, 1) if r]
+    if task == "xcopa":
+        uri = (storage.join(root, "xcopa", "copa_en_from_COPA-SSE", f"{split}.en.jsonl") if lang == "en"
+               else storage.join(root, "xcopa", "data", lang, f"{split}.{lang}.jsonl"))
+        return uri, _json_lines(uri, errors)
+    if task == "xquad":
+        uri = storage.join(root, "xquad", f"xquad.{lang}.json")
+        records = []
+        for article in json.loads(storage.read_text(uri))["data"]:
+            for paragraph in article["paragraphs"]:
+                for qa in paragraph["qas"]:
+                    records.append((len(records) + 1, {"id": qa["id"], "context": paragraph["context"],
+                                                       "question": qa["question"],
+                                                       "answers": [a["text"] for a in qa["answers"]]}))
+        return uri, records
+    uri = storage.join(root, "globalopinionqa", "eval.json")
+    return uri, list(enumerate(json.loads(storage.read_text(uri)), 1))
+
+
+def _hf_records(name: str, split: str, lang: str) -> tuple[str, list[tuple[int, object]]]:
+    import datasets
+
+    if storage.is_dir(name):
+        data = datasets.load_from_disk(name)
+    else:
+        data = datasets.load_dataset(name)
+    if split not in data:
+        raise ValueError(f"hf:{name} has no split {split!r}; it has {', '.join(data)}")
+    rows = [r for r in data[split] if r.get("lang") == lang]
+    return f"hf:{name}[{split}]", list(enumerate(rows, 1))
+
+
+def _build_original(task: str, record, lang: str) -> tuple[str, str, list[str], dict]:
+    """(prompt, gold, options, extra) from one original-format record."""
+    if not isinstance(record, dict):
+        raise RowError(None, f"expected {len(TEMPLATES)} fields, got a malformed row")
+    if task == "xnli":
+        label = _need_str(record.get("label"), "label")
+        if label not in XNLI_LABELS:
+            raise RowError("label", f"{label!r} is not one of {sorted(XNLI_LABELS)}")
+        return (TEMPLATES["xnli"].format(premise=_need_str(record.get("premise"), "premise"),
+                                         hypothesis=_need_str(record.get("hypothesis"), "hypothesis")),
+                XNLI_LABELS[label], ["1", "2", "3"], {})
+    if task == "xcopa":
+        relation = {"cause": "cause", "effect": "result"}.get(record.get("question"))
+        if relation is None:
+            raise RowError("question", "expected 'cause' or 'effect'")
+        if record.get("label") not in (0, 1):
+            raise RowError("label", f"{record.get('label')!r} is not 0 or 1")
+        prompt = TEMPLATES["xcopa"].format(premise=_need_str(record.get("premise"), "premise"),
+                                           choice1=_need_str(record.get("choice1"), "choice1"),
+                                           choice2=_need_str(record.get("choice2"), "choice2"), relation=relation)
+        return prompt, str(record["label"] + 1), ["1", "2"], {"idx": record.get("idx")}
+    if task == "xquad":
+        answers = record.get("answers")
+        if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
+            raise RowError("answers", "expected a non-empty list of strings")
+        prompt = TEMPLATES["xquad"].format(context=_need_str(record.get("context"), "context"),
+                                           question=_need_str(record.get("question"), "question"))
+        return prompt, answers[0], [], {"answers": answers, "qa_id": record.get("id")}
+    if task == "mgsm":
+        answer = _need_str(record.get("answer"), "answer").strip()
+        try:
+            float(answer.replace(",", ""))
+        except ValueError:
+            raise RowError("answer", f"{answer!r} is not a number") from None
+        return TEMPLATES["mgsm"].format(question=_need_str(record.get("question"), "question")), answer, [], {}
+    options = record.get("options")
+    if not isinstance(options, list) or len(options) < 2 or not all(isinstance(o, str) for o in options):
+        raise RowError("options", "expected a list of at least two strings")
+    distribution = _distribution(record.get("distribution"), "distribution")
+    if len(distribution) != len(options):
+        raise RowError("distribution", f"{len(distribution)} probabilities for {len(options)} options")
+    letters = _letters(len(options))
+    listed = "\n".join(f"({letter}) {option}" for letter, option in zip(letters, options))
+    prompt = TEMPLATES["globalopinionqa"].format(country=_need_str(record.get("country"), "country"),
+                                                 question=_need_str(record.get("question"), "question"),
+                                                 options=listed)
+    gold = letters[max(range(len(distribution)), key=distribution.__getitem__)]
+    return prompt, gold, letters, {"country": record["country"], "distribution": distribution}
+
+
+def _original(task: str, root: str, split: str, lang: str, errors) -> list[Instance]:
+    source, recipient_records = _records(task, root, split, lang, errors)
+    donor_lang = "en"
+    if task == "globalopinionqa" and lang != "en":
+        raise ValueError("GlobalOpinionQA's original records are English only (lang 'en'); the translated "
+                         "donors of the non-En -> En direction come with the release splits (sample/unseen)")
+    donors = {}
+    if lang != donor_lang:
+        donor_source, donor_records = _records(task, root, split, donor_lang, errors)
+        donors = _parallel_donors(task, donor_records, donor_source, errors)
+    out, built = [], []
+    for line, record in recipient_records:
+        try:
+            prompt, gold, options, extra = _build_original(task, record, lang)
+            key = extra.get("qa_id") if task == "xquad" else line
+            if lang == donor_lang:
+                donor, donor_gold = prompt, gold
+            elif key not in donors:
+                raise RowError(None, f"no parallel English instance in {donor_source}")
+            else:
+                donor, donor_gold = donors[key]
+        except RowError as exc:
+            errors.append(InstanceError(source, line, exc.field, str(exc)))
+            continue
+        built.append((line, donor_gold, gold, donor, prompt, options, extra))
+    keep = range(len(built))
+    if lang != donor_lang and task != "xquad":  # xquad pairs by question id; answers differ by language
+        keep = drop_misaligned([b[:5] for b in built], "English", source, errors)
+    for k in keep:
+        line, _, gold, donor, prompt, options, extra = built[k]
+        extra = {"template": "en", **{key: v for key, v in extra.items() if key != "qa_id"}}
+        label_words = XNLI_WORDS_EN if task == "xnli" else {}
+        out.append(Instance(f"{task}/{split}/{lang}/{line - 1}", task, split, lang, f"{donor_lang}->{lang}",
+                            donor, prompt, gold, options, label_words if lang == "en" else {}, extra))
+    return out
+
+
+def _parallel_donors(task, donor_records, source, errors) -> dict:
+    donors = {}
+    for line, record in donor_records:
+        try:
+            prompt, gold, _, extra = _build_original(task, record, "en")
+        except RowError as exc:
+            errors.append(InstanceError(source, line, exc.field, str(exc)))
+            continue
+        donors[extra.get("qa_id") if task == "xquad" else line] = (prompt, gold)
+    return donors
+
+
+# ---------------------------------------------------------------- interface
+
+def list_languages(task: str, split: str, data_root: str | None = None) -> list[str]:
+    root = data_root or bundled_root()
+    if split in RELEASE_SPLITS:
+        base = storage.join(_release_root(root), TASK_DIRS.get(task, "?"), f"{TASK_DIRS.get(task, '?')}_{split}")
+        if task == "xquad":
+            return _languages(storage.join(base, "split"), "xquad.")
+        return [lang for lang in _languages(storage.join(base, "split")) if lang != "all"]
+    if root.startswith("hf:"):
+        return []
+    layout = {"xnli": (("xnli", "dev"), "dev-", ".tsv"), "mgsm": (("mgsm",), "mgsm_", ".tsv"),
+              "xquad": (("xquad",), "xquad.", ".json"), "globalopinionqa": None}
+    if task == "xcopa":
+        langs = [n for n in storage.list_names(storage.join(root, "xcopa", "data"))]
+        return sorted(langs + (["en"] if storage.exists(storage.join(
+            root, "xcopa", "copa_en_from_COPA-SSE", f"{split}.en.jsonl")) else []))
+    if task == "globalopinionqa":
+        return ["en"] if storage.exists(storage.join(root, "globalopinionqa", "eval.json")) else []
+    parts, prefix, suffix = layout[task]
+    return _languages(storage.join(root, *parts), prefix, suffix)
+
+
+def load_instances(task: str, lang: str | None, split: str = "sample",
+                   data_root: str | None = None) -> tuple[list[Instance], list[InstanceError]]:
+    """Instances of one (task, language, split) and the errors of the rows left out."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+    splits = (RELEASE_SPLITS if task != "mgsm" else ()) + ORIGINAL_SPLITS[task]
+    if split not in splits:
+        raise ValueError(f"unknown split {split!r} for {task}; splits: {', '.join(splits)}")
+    root = data_root or bundled_root()
+    languages = list_languages(task, split, root)
+    if not lang or (languages and lang not in languages):
+        raise ValueError(f"unknown language {lang!r} for {task} {split} in {root}; "
+                         f"languages: {', '.join(languages) or 'none found'}")
+    errors: list[InstanceError] = []
+    if split in RELEASE_SPLITS:
+        if task in ("xnli", "xcopa"):
+            instances = _release_xnli_or_xcopa(task, root, split, lang, errors)
+        elif task == "xquad":
+            instances = _release_xquad(root, split, lang, errors)
+        else:
+            instances = _release_globalopinionqa(root, split, lang, errors)
+    else:
+        instances = _original(task, root, split, lang, errors)
+    return instances, errors
+
+
+def describe(data_root: str | None = None) -> list[dict]:
+    """Tasks, splits, languages and sizes found in a data location (for `xtp tasks`)."""
+    root = data_root or bundled_root()
+    found = []
+    for task in TASKS:
+        for split in (RELEASE_SPLITS if task != "mgsm" else ()) + ORIGINAL_SPLITS[task]:
+            try:
+                languages = list_languages(task, split, root)
+            except (FileNotFoundError, OSError):
+                continue
+            for lang in languages:
+                instances, errors = load_instances(task, lang, split, root)
+                found.append({"task": task, "split": split, "lang": lang, "instances": len(instances),
+                              "errors": len(errors)})
+    return found
