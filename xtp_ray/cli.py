@@ -45,17 +45,34 @@ def _add_bench(sub):
     p.add_argument("--threads", type=int, default=None)
 
 
+def _add_tasks(sub):
+    p = sub.add_parser("tasks", help="list tasks, languages and split sizes in a data location")
+    p.add_argument("--data-root", help="local dir, s3://..., or hf:PATH (default: bundled samples)")
+
+
+def _print_tasks(data_root):
+    from .tasks import describe
+
+    rows = describe(data_root)
+    print(f"{'task':<16} {'split':<7} {'lang':<6} {'instances':>9} {'left out':>8}")
+    for row in rows:
+        print(f"{row['task']:<16} {row['split']:<7} {row['lang']:<6} {row['instances']:>9} {row['errors']:>8}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="xtp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_grid(sub)
     _add_bench(sub)
+    _add_tasks(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "grid":
             from .probe import run_probe
 
             run_probe(args)
+        elif args.command == "tasks":
+            _print_tasks(args.data_root)
         elif args.command == "bench":
             from .bench import run_bench
 

@@ -1,0 +1,78 @@
+"""Scores of hand-checked predictions on real instances."""
+import pytest
+
+from xtp_ray.scoring import (js_similarity, last_number, match_option, option_token_ids, score,
+                             squad_em_f1)
+from xtp_ray.tasks import load_instances
+
+
+def _first(task, lang):
+    return load_instances(task, lang, "sample")[0][0]
+
+
+def test_xnli_reference_matching():
+    de = _first("xnli", "de")  # gold "1", label words Nach sich ziehen / Neutral / Widersprechen
+    cases = {
+        " (1) Entail": True, "1": True, " 1 ": True, "（1）": True,  # full-width brackets normalised
+        "Nach sich ziehen": True,  # gold label word in the target language
+        "(1) Nach sich ziehen oder (3)": False,  # names another option
+        "(1) ... Widersprechen": False,  # another option's label word
+        "(2) Neutral": False, "11": False, "": False,
+    }
+    for text, correct in cases.items():
+        assert score(de, text)["correct"] is correct, text
+
+
+def test_xcopa_and_goqa_matching():
+    sw = _first("xcopa", "sw")  # gold "2"
+    assert sw.gold == "2"
+    assert score(sw, " (2) Mtoto alichafua nepi yake.")["correct"]
+    assert not score(sw, "(1) or (2)")["correct"]
+    goqa = _first("globalopinionqa", "de")  # gold "B"
+    assert score(goqa, " (b) No")["correct"]  # upper-cased like the reference
+    assert not score(goqa, "(A) Yes (B) No")["correct"]
+    assert match_option("B", "B", ["A", "B"], upper=True)
+
+
+def test_goqa_distribution_similarity():
+    goqa = _first("globalopinionqa", "de")  # country distribution [0.16, 0.84]
+    import math
+    exact = score(goqa, option_logprobs=[math.log(0.16161616161616163), math.log(0.8383838383838383)])
+    assert exact["correct"] and exact["js_similarity"] == pytest.approx(1.0, abs=1e-6)
+    opposite = score(goqa, option_logprobs=[0.0, -50.0])
+    assert not opposite["correct"] and opposite["js_similarity"] < 0.4
+    assert js_similarity([1, 0], [0, 1]) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_xquad_containment_em_f1():
+    de = _first("xquad", "de")  # gold "23-16"
+    result = score(de, " Die Broncos gewannen 23-16.")
+    assert result["correct"] and result["em"] == 0.0 and 0 < result["f1"] < 1
+    assert score(de, "23-16")["em"] == 1.0
+    assert not score(de, "16-23")["correct"]
+    assert squad_em_f1("the New England Patriots", ["New England Patriots"]) == (1.0, 1.0)
+
+
+def test_mgsm_final_number():
+    sw, _ = load_instances("xnli", "sw", "sample")  # any instance: build an mgsm one by hand
+    from dataclasses import replace
+    mgsm = replace(sw[0], task="mgsm", gold="70000", options=[], label_words={})
+    assert score(mgsm, "He makes 80,000 + 50,000 ... so the profit is 70,000.")["correct"]
+    assert not score(mgsm, "The answer is 7000")["correct"]
+    assert last_number("no digits") is None
+
+
+def test_logprob_mode_needs_options():
+    xquad = _first("xquad", "de")
+    with pytest.raises(ValueError, match="needs generated text"):
+        score(xquad, option_logprobs=[0.0])
+    xnli = _first("xnli", "sw")
+    assert score(xnli, option_logprobs=[-3.0, -1.0, -2.0]) == {"correct": xnli.gold == "2", "prediction": "2",
+                                                              "score": float(xnli.gold == "2")}
+
+
+def test_option_token_ids_leave_out_shared_first_tokens(tokenizer):
+    ids = option_token_ids(tokenizer, ["1", "2", "3"])
+    assert all(ids) and not set(ids[0]) & set(ids[1])
+    paren = tokenizer("(", add_special_tokens=False).input_ids[0]
+    assert all(paren not in group for group in ids)

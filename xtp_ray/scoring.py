@@ -1,0 +1,154 @@
+"""Scoring of answers (SPEC 3), reference-compatible.
+
+Generated text: option tasks are correct when the text contains "(gold)" or is
+exactly the gold label (XNLI also accepts the gold label word in the target
+language), and wrong if it also names another option; full-width brackets are
+normalised first. XQuAD: gold contained in the prediction, case-insensitive, plus
+SQuAD EM/F1. MGSM: the last number in the text equals the answer.
+GlobalOpinionQA: argmax accuracy, plus 1 - Jensen-Shannon distance between the
+model's option probabilities and the country's distribution.
+Option log-probs (the no-decoding mode): the argmax option is the answer.
+"""
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections import Counter
+
+from .tasks import Instance
+
+
+def normalise_brackets(text: str) -> str:
+    return text.replace("（", "(").replace("）", ")")
+
+
+def names_option(text: str, label: str, word: str | None = None, upper: bool = False) -> bool:
+    """Whether text names an option: "(label)", exactly "label", or its label word."""
+    if upper:
+        text = text.upper()
+    return f"({label})" in text or text.strip() == label or bool(word and word in text)
+
+
+def match_option(text: str, gold: str, options: list[str], label_words: dict[str, str] | None = None,
+                 upper: bool = False) -> bool:
+    """Names the gold option and no other one (XNLI, XCOPA; GlobalOpinionQA with upper=True)."""
+    text = normalise_brackets(text)
+    words = label_words or {}
+    if not names_option(text, gold, words.get(gold), upper):
+        return False
+    return not any(names_option(text, other, words.get(other), upper) for other in options if other != gold)
+
+
+def _squad_normalise(text: str) -> str:
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def squad_em_f1(prediction: str, answers: list[str]) -> tuple[float, float]:
+    """SQuAD v1.1 exact match and token F1, best over the gold answers."""
+    pred = _squad_normalise(prediction)
+    best_em = best_f1 = 0.0
+    for answer in answers:
+        gold = _squad_normalise(answer)
+        best_em = max(best_em, float(pred == gold))
+        common = Counter(pred.split()) & Counter(gold.split())
+        same = sum(common.values())
+        if same:
+            precision, recall = same / len(pred.split()), same / len(gold.split())
+            best_f1 = max(best_f1, 2 * precision * recall / (precision + recall))
+    return best_em, best_f1
+
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def last_number(text: str) -> float | None:
+    found = _NUMBER.findall(text)
+    if not found:
+        return None
+    try:
+        return float(found[-1].replace(",", "").rstrip("."))
+    except ValueError:
+        return None
+
+
+def js_similarity(p: list[float], q: list[float]) -> float:
+    """1 - Jensen-Shannon distance (base 2, so in [0, 1])."""
+    sp, sq = sum(p), sum(q)
+    p = [x / sp for x in p]
+    q = [x / sq for x in q]
+    m = [(a + b) / 2 for a, b in zip(p, q)]
+
+    def kl(a, b):
+        return sum(x * math.log2(x / y) for x, y in zip(a, b) if x > 0)
+
+    divergence = max(0.0, (kl(p, m) + kl(q, m)) / 2)
+    return 1.0 - math.sqrt(divergence)
+
+
+def option_probabilities(option_logprobs: list[float]) -> list[float]:
+    """Softmax over the options' log-probs (renormalised to the options)."""
+    top = max(option_logprobs)
+    weights = [math.exp(lp - top) for lp in option_logprobs]
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def score(instance: Instance, text: str | None = None,
+          option_logprobs: list[float] | None = None) -> dict:
+    """{"correct": bool, "score": float, ...task metrics} for one answer.
+
+    With text the answer is the generated text; otherwise the argmax of
+    option_logprobs (option tasks only).
+    """
+    task = instance.task
+    if text is None:
+        if not instance.options or option_logprobs is None:
+            raise ValueError(f"{task} needs generated text: it has no options to score by log-probs")
+        best = max(range(len(instance.options)), key=option_logprobs.__getitem__)
+        result = {"correct": instance.options[best] == instance.gold, "prediction": instance.options[best]}
+    elif task in ("xnli", "xcopa"):
+        words = instance.label_words if task == "xnli" else None
+        result = {"correct": match_option(text, instance.gold, instance.options, words)}
+    elif task == "globalopinionqa":
+        result = {"correct": match_option(text, instance.gold, instance.options, upper=True)}
+    elif task == "xquad":
+        answers = instance.extra.get("answers") or [instance.gold]
+        em, f1 = squad_em_f1(text, answers)
+        contained = any(a.lower() in text.lower() for a in answers)
+        result = {"correct": contained, "em": em, "f1": f1}
+    elif task == "mgsm":
+        predicted = last_number(text)
+        result = {"correct": predicted is not None and abs(predicted - float(instance.gold.replace(",", ""))) < 1e-6}
+    else:
+        raise ValueError(f"no scorer for task {task!r}")
+    if task == "globalopinionqa" and option_logprobs is not None:
+        result["js_similarity"] = js_similarity(option_probabilities(option_logprobs),
+                                                instance.extra["distribution"])
+    result["score"] = float(result["correct"])
+    return result
+
+
+def option_variants(label: str) -> list[str]:
+    """Strings whose first token names an option right after the prompt."""
+    return [label, f" {label}", f"({label}", f" ({label}"]
+
+
+def option_token_ids(tokenizer, options: list[str]) -> list[list[int]]:
+    """Per option, the first tokens of its variants that no other option shares.
+
+    The no-decoding mode reads P(option) = sum of these tokens' next-token
+    probabilities. A variant whose first token is shared ("(" or " (") says nothing
+    about the option and is left out.
+    """
+    firsts = [{tokenizer(v, add_special_tokens=False).input_ids[0] for v in option_variants(o)} for o in options]
+    out = []
+    for k, ids in enumerate(firsts):
+        shared = set().union(*(f for j, f in enumerate(firsts) if j != k))
+        own = sorted(ids - shared)
+        if not own:
+            raise ValueError(f"option {options[k]!r} has no first token of its own for this tokenizer")
+        out.append(own)
+    return out
