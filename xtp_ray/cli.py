@@ -65,6 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     _add_grid(sub)
     _add_bench(sub)
     _add_tasks(sub)
+    sub.add_parser("run", help="the distributed job: grid search + aggregation (see `xtp run --help`)",
+                   add_help=False)
+    sub.add_parser("aggregate", help="tables, upper bound and heatmaps of a run", add_help=False)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("run", "aggregate"):
+        from .jobs import aggregate_main, grid_search_main
+
+        return grid_search_main(argv[1:]) if argv[0] == "run" else aggregate_main(argv[1:])
     args = parser.parse_args(argv)
     try:
         if args.command == "grid":

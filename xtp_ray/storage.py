@@ -63,11 +63,15 @@ def read_text(uri: str) -> str:
 
 
 def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode("utf-8"))
+
+
+def write_bytes(uri: str, data: bytes) -> None:
     """Write whole or not at all: a temporary name first, then a move into place."""
     fs, path = resolve(uri)
     parent = path.rsplit("/", 1)[0]
     fs.create_dir(parent, recursive=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     with fs.open_output_stream(tmp) as stream:
-        stream.write(text.encode("utf-8"))
+        stream.write(data)
     fs.move(tmp, path)

@@ -1,0 +1,27 @@
+# Two commands on a fresh machine:
+#   make demo   installs into .venv, then runs the main job (grid search + aggregation) on its embedded default
+#   make test   installs into .venv, then runs the test suite
+# Ray binds every port on all interfaces; where `unshare` works (root, Linux) both run inside a
+# loopback-only network namespace.
+PYTHON ?= python3
+VENV := .venv
+
+.PHONY: install demo test bench
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q torch==2.13.0
+	$(VENV)/bin/pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	HF_HUB_OFFLINE=1 .ci/loopback $(VENV)/bin/xtp run
+
+test: install
+	HF_HUB_OFFLINE=1 .ci/loopback $(VENV)/bin/python -m pytest -q
+
+bench: install
+	$(VENV)/bin/xtp bench

@@ -1,0 +1,208 @@
+"""Run configuration: a YAML file, every field also a flag, validated before any work.
+
+The embedded default (no file, no flags) runs a tiny Llama built from a config on
+real bundled XNLI and XCOPA sample instances, in-process Ray, to ./xtp-out.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .architectures import MODULES
+from .models import DTYPES
+from .tasks import FAMILY, TASKS
+
+SCORING = ("generate", "logprobs")
+CELL_SPECS = ("full", "target-first", "coarse")
+TINY_PREFIX = "tiny:"  # tiny:<Architecture>[:<layers>] builds a seeded tiny model in every actor
+
+
+@dataclass
+class RunConfig:
+    model: str = "tiny:LlamaForCausalLM:4"
+    model_revision: str | None = None
+    dtype: str = "float32"
+    attn_implementation: str | None = None  # default: eager for float32, sdpa otherwise
+    trust_remote_code: bool = False
+    tasks: list[str] = field(default_factory=lambda: ["xnli", "xcopa"])
+    langs: list[str] = field(default_factory=lambda: ["en", "sw", "zh"])  # or ["all"]
+    splits: list[str] = field(default_factory=lambda: ["sample"])
+    limit: int | None = 8  # instances per (task, lang, split); null for all
+    data_root: str | None = None  # default: the bundled release sample splits
+    modules: list[str] = field(default_factory=lambda: ["ffn"])
+    cells: str = "full"  # full, target-first, coarse (the paper's fixed settings) or I:J,I:J,...
+    scoring: str = "logprobs"  # generate (greedy, max_new_tokens) or logprobs (no decoding)
+    max_new_tokens: int = 20
+    output: str = "xtp-out"  # local directory or s3://bucket/prefix
+    run_id: str = "default"
+    min_actors: int = 1
+    max_actors: int = 1
+    num_gpus_per_actor: float = 0.0
+    num_cpus_per_actor: float = 1.0
+    batch_size: int = 4  # instances per engine call
+    shard_size: int = 64  # instances per candidates file (the unit of resume)
+    cells_per_chunk: int | None = None  # cells per forward; bounds peak memory
+    max_prompt_tokens: int | None = None  # longer prompts are reported and skipped (default: the model's context)
+    allowed_roots: list[str] = field(default_factory=list)  # if set, model/data paths must lie inside these
+    write_retries: int = 5
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """What makes two runs' candidates comparable (everything but where and how wide)."""
+        keys = ("model", "model_revision", "dtype", "attn_implementation", "modules", "cells", "scoring",
+                "max_new_tokens")
+        return hashlib.sha256(json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _fields():
+    return {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """--config FILE, plus one flag per field (lists comma-separated)."""
+    parser.add_argument("--config", help="YAML run configuration")
+    for name in _fields():
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None)
+
+
+def _coerce(name: str, value, default):
+    kind = type(default) if default is not None else None
+    annotation = str(_fields()[name].type)
+    try:
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none") and "None" in annotation):
+            return None
+        if annotation.startswith("list"):
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, list):
+                raise TypeError
+            return [str(v) for v in value]
+        if annotation.startswith("bool") or kind is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "1", "yes"):
+                return True
+            if str(value).lower() in ("false", "0", "no"):
+                return False
+            raise TypeError
+        if annotation.startswith("int"):
+            if isinstance(value, bool):
+                raise TypeError
+            return int(value)
+        if annotation.startswith("float"):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"field {name!r}: cannot read {value!r} as {annotation}") from None
+
+
+def load_config(args: argparse.Namespace | None = None, path: str | None = None) -> RunConfig:
+    """Defaults < YAML file < flags; then validated."""
+    values = {}
+    path = path or (getattr(args, "config", None) if args else None)
+    if path:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of fields")
+        unknown = sorted(set(loaded) - set(_fields()))
+        if unknown:
+            raise ConfigError(f"{path}: unknown field(s) {', '.join(unknown)}; fields: {', '.join(_fields())}")
+        values.update(loaded)
+    if args is not None:
+        values.update({k: v for k, v in vars(args).items() if k in _fields() and v is not None})
+    defaults = RunConfig()
+    config = RunConfig(**{k: _coerce(k, v, getattr(defaults, k)) for k, v in values.items()})
+    validate(config, source=path)
+    return config
+
+
+def _inside(path: str, roots: list[str]) -> bool:
+    resolved = Path(path).resolve()
+    return any(resolved == Path(r).resolve() or Path(r).resolve() in resolved.parents for r in roots)
+
+
+def validate(config: RunConfig, source: str | None = None) -> None:
+    """Everything that can be checked before a model loads or a GPU is touched."""
+    where = f"{source}: " if source else ""
+
+    def fail(message):
+        raise ConfigError(where + message)
+
+    if config.dtype not in DTYPES:
+        fail(f"dtype {config.dtype!r} unknown; choose one of {', '.join(DTYPES)}")
+    for task in config.tasks:
+        if task not in TASKS:
+            fail(f"task {task!r} unknown; tasks: {', '.join(TASKS)}")
+    if not config.tasks:
+        fail("no tasks")
+    for module in config.modules:
+        if module not in MODULES:
+            fail(f"module {module!r} unknown; modules: {', '.join(MODULES)}")
+    if config.scoring not in SCORING:
+        fail(f"scoring {config.scoring!r} unknown; choose generate or logprobs")
+    if config.scoring == "logprobs":
+        open_tasks = [t for t in config.tasks if t in ("xquad", "mgsm")]
+        if open_tasks:
+            fail(f"scoring logprobs needs option tasks; {', '.join(open_tasks)} have open answers (use generate)")
+    if config.cells not in CELL_SPECS and not re.fullmatch(r"\s*-?\d+:-?\d+(\s*,\s*-?\d+:-?\d+)*\s*", config.cells):
+        fail(f"cells {config.cells!r}: expected full, target-first, coarse or I:J,I:J,...")
+    for name in ("batch_size", "shard_size", "min_actors", "max_actors", "max_new_tokens", "write_retries"):
+        value = getattr(config, name)
+        if value < (0 if name in ("max_new_tokens",) else 1):
+            fail(f"{name} must be positive, got {value}")
+    if config.scoring == "generate" and config.max_new_tokens < 1:
+        fail("max_new_tokens must be at least 1 when scoring generated text")
+    for name in ("cells_per_chunk", "limit", "max_prompt_tokens"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            fail(f"{name} must be positive, got {value}")
+    if config.max_actors < config.min_actors:
+        fail(f"max_actors ({config.max_actors}) is below min_actors ({config.min_actors})")
+    if config.num_gpus_per_actor < 0 or config.num_cpus_per_actor <= 0:
+        fail("num_gpus_per_actor must be >= 0 and num_cpus_per_actor > 0")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", config.run_id):
+        fail(f"run_id {config.run_id!r}: letters, digits, '.', '_' and '-' only")
+    for name in ("model", "data_root"):
+        value = getattr(config, name)
+        if not value or value.startswith(TINY_PREFIX) or value.startswith("s3://") or value.startswith("hf:"):
+            continue
+        local = Path(value).exists() or value.startswith((".", "/")) or ".." in Path(value).parts
+        if ".." in Path(value).parts and config.allowed_roots and not _inside(value, config.allowed_roots):
+            fail(f"{name} {value!r} escapes the allowed roots {config.allowed_roots} via '..'")
+        if local and config.allowed_roots and not _inside(value, config.allowed_roots):
+            fail(f"{name} {value!r} is outside the allowed roots {config.allowed_roots}")
+    if config.model.startswith(TINY_PREFIX):
+        from .tiny import TINY_CONFIGS
+
+        parts = config.model[len(TINY_PREFIX):].split(":")
+        if parts[0] not in TINY_CONFIGS or len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
+            fail(f"model {config.model!r}: expected tiny:<architecture>[:<layers>] with one of "
+                 f"{', '.join(TINY_CONFIGS)}")
+
+
+def coarse_setting(task: str) -> tuple[str, str]:
+    """(module, cell spec) of the paper's fixed coarse setting for a task."""
+    from .cells import COARSE
+
+    module, (i, j) = COARSE[FAMILY[task]]
+    return module, f"{-1 if i == 'last' else i}:{j}"
