@@ -310,8 +310,8 @@ def run_job(config: RunConfig, ray_address: str | None = None) -> dict:
             results = dataset.map_batches(
                 GridSearch, fn_constructor_kwargs={"config": config.to_json()}, batch_size=1,
                 compute=ActorPoolStrategy(min_size=config.min_actors, max_size=config.max_actors),
-                num_gpus=config.num_gpus_per_actor, num_cpus=config.num_cpus_per_actor,
-                max_restarts=-1, max_task_retries=-1)
+                # Ray Data's actor pools restart lost actors and retry their tasks by default.
+                num_gpus=config.num_gpus_per_actor, num_cpus=config.num_cpus_per_actor)
             summaries = results.take_all()
         missing = sorted(set(shards) - committed_shards(config))
         if missing:

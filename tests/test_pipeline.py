@@ -1,0 +1,126 @@
+"""The distributed job on a real local Ray cluster: 2 actors, a tiny model, real instances.
+
+One Ray session for the module (Ray is slow to start here).
+"""
+import json
+import os
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from xtp_ray.aggregation import aggregate_run  # noqa: E402
+from xtp_ray.config import RunConfig, validate  # noqa: E402
+from xtp_ray.pipeline import run_job  # noqa: E402
+
+LAYERS = 3
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_session():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _config(tmp_path, **overrides):
+    values = dict(model=f"tiny:LlamaForCausalLM:{LAYERS}", tasks=["xnli", "xcopa"], langs=["en", "sw"],
+                  splits=["sample"], limit=6, output=str(tmp_path / "out"), run_id="r1", min_actors=2,
+                  max_actors=2, shard_size=3, batch_size=2, scoring="logprobs")
+    values.update(overrides)
+    config = RunConfig(**values)
+    validate(config)
+    return config
+
+
+def _rows(config):
+    directory = Path(config.output) / config.run_id / "candidates"
+    return [row for f in sorted(directory.glob("*.parquet")) for row in pq.read_table(f).to_pylist()]
+
+
+def _key(row):
+    return (row["instance_id"], row["module"], row["source_layer"], row["target_layer"])
+
+
+def _direct_aggregates(rows):
+    """Vanilla accuracy, upper bound and best cell computed plainly from the rows."""
+    by_group = defaultdict(list)
+    for row in rows:
+        by_group[(row["task"], row["split"], row["module"], row["lang"])].append(row)
+    out = {}
+    for group, items in by_group.items():
+        instances = {r["instance_id"] for r in items}
+        vanilla = [r["correct"] for r in items if r["source_layer"] is None]
+        solved = {r["instance_id"] for r in items if r["source_layer"] is not None and r["correct"]}
+        per_cell = defaultdict(list)
+        for r in items:
+            if r["source_layer"] is not None:
+                per_cell[(r["source_layer"], r["target_layer"])].append(r["correct"])
+        out[group] = {"vanilla": sum(vanilla) / len(vanilla), "upper": len(solved) / len(instances),
+                      "best": max(sum(v) / len(v) for v in per_cell.values()), "n": len(instances)}
+    return out
+
+
+def test_two_actors_complete_aggregated_and_resumed(tmp_path):
+    config = _config(tmp_path)
+    summary = run_job(config)
+    assert summary["shards"] == 8 and summary["instances"] == 24  # 2 tasks x 2 langs x 6 instances
+    rows = _rows(config)
+    assert len(rows) == 24 * (LAYERS * LAYERS + 1)
+    assert len({_key(r) for r in rows}) == len(rows)
+    first = rows[0]
+    assert first["run_id"] == "r1" and first["model_revision"] == "tiny-seed0" and first["num_layers"] == LAYERS
+    assert json.loads(first["config"])["scoring"] == "logprobs"
+    assert all(r["option_logprobs"] and r["prediction"] in ("1", "2", "3") for r in rows)
+
+    report = aggregate_run(config.output, config.run_id)
+    direct = _direct_aggregates(rows)
+    for (task, split, module, lang), expected in direct.items():
+        got = report["tables"][f"{task}/{split}/{module}"]["by_lang"][lang]
+        assert got["instances"] == expected["n"] == 6
+        assert got["vanilla_accuracy"] == pytest.approx(expected["vanilla"])
+        assert got["upper_bound"] == pytest.approx(expected["upper"])
+        assert got["best_cell"]["accuracy"] == pytest.approx(expected["best"])
+        assert got["upper_bound"] >= got["best_cell"]["accuracy"]
+    report_dir = Path(config.output) / "r1" / "report"
+    assert (report_dir / "report.md").read_text().count("\n| sw | 6 |") == 2
+    assert len(list((report_dir / "heatmaps").glob("*.png"))) == 4 and (report_dir / "overview.png").stat().st_size
+
+    # a rerun after losing half the shards restores exactly the same rows, no duplicates
+    shard_files = sorted((Path(config.output) / "r1" / "candidates").glob("*.parquet"))
+    for f in shard_files[::2]:
+        f.unlink()
+    again = run_job(config)
+    assert again["shards_run"] == 4
+    restored = _rows(config)
+    assert Counter(map(_key, restored)) == Counter(map(_key, rows))  # same rows, none twice
+    assert {(_key(r), r["correct"]) for r in restored} == {(_key(r), r["correct"]) for r in rows}
+    manifest = json.loads((Path(config.output) / "r1" / "manifest.json").read_text())
+    assert [a["status"] for a in manifest["attempts"]] == ["complete", "complete"]
+    assert manifest["attempts"][1]["shards_skipped_as_done"] == 4 and manifest["status"] == "complete"
+
+
+def test_generate_mode_scores_text_and_reports_bad_rows(tmp_path):
+    data = tmp_path / "data" / "XNLI" / "XNLI_sample"
+    source = Path(__file__).resolve().parents[1] / "xtp_ray" / "data" / "xtransplant_release" / "XNLI" / "XNLI_sample"
+    for sub in ("split", "ans", "ans_lang"):
+        (data / sub).mkdir(parents=True)
+        for lang in ("en", "sw"):
+            lines = (source / sub / f"{lang}.json").read_text().splitlines()[:3]
+            if sub == "split" and lang == "sw":
+                lines[1] = "{broken"
+            (data / sub / f"{lang}.json").write_text("\n".join(lines) + "\n")
+    config = _config(tmp_path, tasks=["xnli"], langs=["sw"], data_root=str(tmp_path / "data"), scoring="generate",
+                     max_new_tokens=3, cells="target-first", min_actors=1, max_actors=1, run_id="gen")
+    summary = run_job(config)
+    assert summary["instances"] == 2
+    assert summary["left_out"] == [f"{data / 'split' / 'sw.json'}:2: bad JSON (Expecting property name enclosed "
+                                   "in double quotes)"]
+    errors = (Path(config.output) / "gen" / "errors.jsonl").read_text()
+    assert "sw.json:2: bad JSON" in errors
+    rows = _rows(config)
+    assert len(rows) == 2 * (LAYERS + 1)
+    assert all(1 <= len(r["token_ids"]) <= 3 and isinstance(r["prediction"], str) for r in rows)
