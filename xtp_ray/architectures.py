@@ -39,8 +39,12 @@ class UnknownArchitectureError(ValueError):
 
 
 def architecture_name(model_or_config) -> str:
+    """The `architectures` string of a model, a config object, or a config.json dict."""
     config = getattr(model_or_config, "config", model_or_config)
-    names = getattr(config, "architectures", None) or []
+    if isinstance(config, dict):
+        names = config.get("architectures") or []
+    else:
+        names = getattr(config, "architectures", None) or []
     if not names:
         raise UnknownArchitectureError(
             "the model config has no `architectures` entry; xtp-ray needs it to find the "
@@ -79,3 +83,11 @@ def submodule(model: torch.nn.Module, module: str, layer: int) -> torch.nn.Modul
 
 def num_layers(model: torch.nn.Module) -> int:
     return len(decoder_layers(model))
+
+
+def num_layers_of_config(config: dict) -> int | None:
+    """Decoder layers from a config.json dict, without building the model."""
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if isinstance(config.get(key), int):
+            return config[key]
+    return None

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from . import __version__, storage
 from .cells import parse_cells
 from .config import TINY_PREFIX, RunConfig, coarse_setting
-from .tasks import Instance, InstanceError, load_instances, list_languages
+from .tasks import Instance, InstanceError, list_languages, load_instances, task_splits
 
 log = logging.getLogger("xtp_ray")
 
@@ -55,8 +55,16 @@ def plan(config: RunConfig) -> tuple[dict[str, list[Instance]], list[InstanceErr
     errors: list[InstanceError] = []
     for task in config.tasks:
         for split in config.splits:
+            known = task_splits(task)
+            if split not in known:
+                raise ValueError(f"unknown split {split!r} for {task}; splits: {', '.join(known)}")
             available = list_languages(task, split, config.data_root)
-            langs = available if config.langs == ["all"] else [lang for lang in config.langs if lang in available]
+            unknown = [lang for lang in config.langs if lang != "all" and lang not in available]
+            if unknown:
+                raise ValueError(f"unknown language(s) {', '.join(unknown)} for {task} {split} in "
+                                 f"{config.data_root or 'the bundled samples'}; languages: "
+                                 f"{', '.join(available) or 'none found'}")
+            langs = available if config.langs == ["all"] else config.langs
             for lang in langs:
                 instances, row_errors = load_instances(task, lang, split, config.data_root)
                 errors.extend(row_errors)
@@ -275,11 +283,40 @@ def check_writable(config: RunConfig) -> None:
         raise ValueError(f"output {config.output!r} is not writable: {_redact(str(exc))}") from None
 
 
+def preflight(config: RunConfig) -> int | None:
+    """Checks that need the model's config but no weights: architecture, layer indices.
+
+    Returns the number of layers where it can be known without loading weights.
+    """
+    from .architectures import lookup, num_layers_of_config
+
+    if config.model.startswith(TINY_PREFIX):
+        parts = config.model[len(TINY_PREFIX):].split(":")
+        layers = int(parts[1]) if len(parts) > 1 else 4
+    else:
+        config_uri = storage.join(config.model, "config.json")
+        if config.model.startswith("s3://") or os.path.isdir(config.model):
+            if not storage.exists(config_uri):
+                raise ValueError(f"model {config.model!r} has no config.json (expected a save_pretrained directory)")
+            model_config = json.loads(storage.read_text(config_uri))
+        else:
+            import transformers
+
+            model_config = transformers.AutoConfig.from_pretrained(
+                config.model, revision=config.model_revision, trust_remote_code=config.trust_remote_code).to_dict()
+        lookup(model_config)
+        layers = num_layers_of_config(model_config)
+    if layers and config.cells not in ("full", "target-first", "coarse"):
+        parse_cells(config.cells, layers)
+    return layers
+
+
 def run_job(config: RunConfig, ray_address: str | None = None) -> dict:
     """Grid search over every shard not yet committed; returns a summary."""
     import ray
     from ray.data import ActorPoolStrategy
 
+    preflight(config)
     check_writable(config)
     shards, load_errors = plan(config)
     for error in load_errors:

@@ -28,7 +28,11 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
         region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
         if region:
             kwargs["region"] = region
-        kwargs["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=5)
+        kwargs["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=3)
+        # an unresponsive store must fail a request, not hang it: the caller retries
+        timeout = float(os.environ.get("XTP_S3_TIMEOUT", "30"))
+        kwargs["connect_timeout"] = timeout
+        kwargs["request_timeout"] = timeout
         return pafs.S3FileSystem(**kwargs), uri[len("s3://"):].rstrip("/")
     if "://" in uri:
         raise ValueError(f"unsupported URI {uri!r}: use a local path or s3://bucket/prefix")

@@ -459,12 +459,16 @@ def list_languages(task: str, split: str, data_root: str | None = None) -> list[
     return _languages(storage.join(root, *parts), prefix, suffix)
 
 
+def task_splits(task: str) -> tuple[str, ...]:
+    return (RELEASE_SPLITS if task != "mgsm" else ()) + ORIGINAL_SPLITS[task]
+
+
 def load_instances(task: str, lang: str | None, split: str = "sample",
                    data_root: str | None = None) -> tuple[list[Instance], list[InstanceError]]:
     """Instances of one (task, language, split) and the errors of the rows left out."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
-    splits = (RELEASE_SPLITS if task != "mgsm" else ()) + ORIGINAL_SPLITS[task]
+    splits = task_splits(task)
     if split not in splits:
         raise ValueError(f"unknown split {split!r} for {task}; splits: {', '.join(splits)}")
     root = data_root or bundled_root()
@@ -490,7 +494,7 @@ def describe(data_root: str | None = None) -> list[dict]:
     root = data_root or bundled_root()
     found = []
     for task in TASKS:
-        for split in (RELEASE_SPLITS if task != "mgsm" else ()) + ORIGINAL_SPLITS[task]:
+        for split in task_splits(task):
             try:
                 languages = list_languages(task, split, root)
             except (FileNotFoundError, OSError):

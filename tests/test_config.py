@@ -1,0 +1,128 @@
+"""Bad configuration and unsafe models are refused with one clear message, before any model loads."""
+import json
+
+import pytest
+
+from xtp_ray.config import ConfigError, RunConfig, load_config, validate
+from xtp_ray.models import load_model
+from xtp_ray.pipeline import check_writable, plan, preflight
+from xtp_ray.tiny import build_tiny_model
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("tasks: [xnli, nope]", "task 'nope' unknown; tasks: xnli, xcopa"),
+    ("modules: [mlp]", "module 'mlp' unknown; modules: ffn, attn, attn_ref"),
+    ("batch_size: 0", "batch_size must be positive, got 0"),
+    ("min_actors: -1", "min_actors must be positive"),
+    ("min_actors: 3\nmax_actors: 2", "max_actors (2) is below min_actors (3)"),
+    ("cells: 'full,1'", "cells 'full,1': expected full, target-first, coarse"),
+    ("scoring: logprobs\ntasks: [xquad]", "scoring logprobs needs option tasks; xquad"),
+    ("dtype: fp8", "dtype 'fp8' unknown"),
+    ("run_id: ../escape", "run_id '../escape'"),
+    ("bogus: 1", "unknown field(s) bogus"),
+    ("batch_size: many", "field 'batch_size': cannot read 'many'"),
+    ("[1, 2]", "expected a mapping of fields"),
+    ("model: tiny:NopeForCausalLM", "expected tiny:<architecture>"),
+])
+def test_bad_config_fields_are_refused(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        load_config(path=_write(tmp_path, text))
+
+
+def test_flags_override_the_file(tmp_path):
+    import argparse
+
+    from xtp_ray.config import add_flags
+
+    parser = argparse.ArgumentParser()
+    add_flags(parser)
+    args = parser.parse_args(["--config", _write(tmp_path, "batch_size: 2\nlangs: [sw]"), "--langs", "de,fr",
+                              "--limit", "null"])
+    config = load_config(args)
+    assert (config.batch_size, config.langs, config.limit) == (2, ["de", "fr"], None)
+
+
+def test_unknown_language_or_split_lists_what_exists():
+    with pytest.raises(ValueError, match="unknown language.*xx.*languages: ar, bg, de"):
+        plan(RunConfig(tasks=["xnli"], langs=["sw", "xx"]))
+    with pytest.raises(ValueError, match="unknown split 'train' for xnli; splits: sample, unseen, dev"):
+        plan(RunConfig(tasks=["xnli"], splits=["train"]))
+
+
+def test_empty_dataset_is_refused(tmp_path):
+    for sub in ("split", "ans", "ans_lang"):
+        (tmp_path / "XNLI" / "XNLI_sample" / sub).mkdir(parents=True)
+        for lang in ("en", "sw"):
+            (tmp_path / "XNLI" / "XNLI_sample" / sub / f"{lang}.json").write_text("")
+    with pytest.raises(ValueError, match="empty dataset"):
+        plan(RunConfig(tasks=["xnli"], langs=["sw"], data_root=str(tmp_path)))
+
+
+def _saved(tmp_path, tokenizer, architecture="LlamaForCausalLM", **save_kwargs):
+    model = build_tiny_model(architecture, len(tokenizer), num_layers=2)
+    path = tmp_path / "model"
+    model.save_pretrained(path, **save_kwargs)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_unknown_architecture_and_layer_range_fail_before_loading(tmp_path, tokenizer):
+    path = _saved(tmp_path, tokenizer)
+    assert preflight(RunConfig(model=str(path), cells="1:1")) == 2
+    with pytest.raises(ValueError, match="source layer 5 in cell '5:0' is out of range for a model with 2 layers"):
+        preflight(RunConfig(model=str(path), cells="5:0"))
+    config = json.loads((path / "config.json").read_text())
+    config["architectures"] = ["MysteryForCausalLM"]
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="unknown architecture 'MysteryForCausalLM'.*To add one"):
+        preflight(RunConfig(model=str(path)))
+
+
+def test_output_that_is_not_writable(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ValueError, match="is not writable"):
+        check_writable(RunConfig(output=str(blocker / "out")))
+
+
+def test_paths_may_not_escape_the_allowed_roots(tmp_path):
+    inside = tmp_path / "models"
+    inside.mkdir()
+    validate(RunConfig(model=str(inside), allowed_roots=[str(tmp_path)]))
+    with pytest.raises(ConfigError, match=r"escapes the allowed roots .* via '\.\.'"):
+        validate(RunConfig(model=f"{inside}/../../etc", allowed_roots=[str(tmp_path)]))
+    with pytest.raises(ConfigError, match="data_root '/etc' is outside the allowed roots"):
+        validate(RunConfig(data_root="/etc", allowed_roots=[str(tmp_path)]))
+
+
+def test_pickled_weights_are_never_loaded(tmp_path, tokenizer):
+    import torch
+
+    path = _saved(tmp_path, tokenizer)
+    from safetensors.torch import load_file
+
+    torch.save(load_file(path / "model.safetensors"), path / "pytorch_model.bin")  # a pickle, as old repos ship
+    (path / "model.safetensors").unlink()
+    with pytest.raises(Exception, match="safetensors|model.safetensors"):
+        load_model(str(path))
+
+
+def test_remote_code_needs_the_config_to_allow_it(tmp_path, tokenizer):
+    path = _saved(tmp_path, tokenizer)
+    (path / "evil.py").write_text("raise SystemExit('remote code ran')\n")
+    config = json.loads((path / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"}
+    (path / "config.json").write_text(json.dumps(config))
+    model, _ = load_model(str(path))  # a known model_type: HF's own class, the repo's code never runs
+    assert type(model).__module__.startswith("transformers.models.llama")
+    config["model_type"] = "evil-model"
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        load_model(str(path))
+    assert RunConfig().trust_remote_code is False
