@@ -173,3 +173,18 @@ def test_parse_cells():
         with pytest.raises(ValueError, match=message):
             parse_cells(bad, 3)
     assert VANILLA not in parse_cells("full", 3)
+
+
+def test_cells_per_chunk_bounds_every_forward(tokenizer):
+    """Peak memory follows the widest forward: no forward may carry more than a chunk of cells."""
+    model = _model("LlamaForCausalLM", tokenizer, layers=4)
+    widths = []
+    handle = model.register_forward_pre_hook(
+        lambda _m, _args, kwargs: widths.append(kwargs["input_ids"].shape), with_kwargs=True)
+    try:
+        engine.run_grid(model, tokenizer, DONORS, RECIPIENTS, parse_cells("full", 4), "ffn", 3, cells_per_chunk=5)
+    finally:
+        handle.remove()
+    cell_forwards = [shape for shape in widths[2:]]  # after the donor forward and the recipient prefill
+    assert len(cell_forwards) == 4 * 3  # ceil(17 / 5) chunks x 3 steps
+    assert max(shape[1] for shape in cell_forwards) == 5

@@ -3,22 +3,16 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ray(*args, timeout=120, env=None):
@@ -27,7 +21,7 @@ def _ray(*args, timeout=120, env=None):
 
 @pytest.mark.skipif(RAY is None, reason="the ray CLI is not installed")
 def test_ray_job_submit_runs_the_grid_search(tmp_path):
-    port, dashboard = _free_port(), _free_port()
+    port, dashboard = free_port(), free_port()
     temp_dir = Path("/tmp") / f"xtp-ray-{os.getpid()}"  # short: Ray's socket paths must stay under 108 bytes
     # Ray's token authentication, with a token made for this cluster only
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",

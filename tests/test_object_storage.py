@@ -1,11 +1,6 @@
 """Candidates on a real S3-compatible server (moto's, on 127.0.0.1), data read from it too."""
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
-
 import pyarrow.fs as pafs
 import pytest
 
@@ -17,43 +12,22 @@ from xtp_ray.aggregation import aggregate_run  # noqa: E402
 from xtp_ray.config import RunConfig, validate  # noqa: E402
 from xtp_ray.pipeline import run_job  # noqa: E402
 from xtp_ray.tasks import bundled_root  # noqa: E402
+from servers import S3Server, aws_env  # noqa: E402
 
 FAKE_SECRET = "xtp-test-secret-Zq8v3Lw0PzK2"
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_s3_server(port):
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return proc
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("moto server did not start")
-
-
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    port = _free_port()
-    proc = start_s3_server(port)
-    env = {"AWS_ACCESS_KEY_ID": "xtp-test-key", "AWS_SECRET_ACCESS_KEY": FAKE_SECRET,
-           "AWS_DEFAULT_REGION": "us-east-1", "XTP_S3_ENDPOINT": f"http://127.0.0.1:{port}"}
+def s3():
+    server = S3Server()
+    env = aws_env(server.endpoint, FAKE_SECRET)
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # before ray.init, so the workers see them
-    boto3.client("s3", endpoint_url=env["XTP_S3_ENDPOINT"]).create_bucket(Bucket="xtp")
+    boto3.client("s3", endpoint_url=server.endpoint).create_bucket(Bucket="xtp")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield {"port": port, "endpoint": env["XTP_S3_ENDPOINT"], "proc": proc}
+    yield server
     ray.shutdown()
-    proc.kill()
+    server.stop()
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
@@ -89,7 +63,7 @@ def test_candidates_and_report_on_s3(s3, capfd):
     assert storage.exists("s3://xtp/runs/s3run/report/heatmaps/xnli-sample-ffn-sw.png")
 
     # the secret is nowhere: not in any object written, not in the logs
-    client = boto3.client("s3", endpoint_url=s3["endpoint"])
+    client = boto3.client("s3", endpoint_url=s3.endpoint)
     keys = [o["Key"] for o in client.list_objects_v2(Bucket="xtp", Prefix="runs/")["Contents"]]
     assert any(k.endswith("manifest.json") for k in keys)
     for key in keys:

@@ -325,6 +325,9 @@ def run_job(config: RunConfig, ray_address: str | None = None) -> dict:
     if manifest.get("config_digest") not in (None, config.digest()):
         raise ValueError(f"run {config.run_id!r} in {config.output} was made with another model/cells/scoring "
                          "configuration; use a new run_id")
+    for earlier in manifest["attempts"]:
+        if earlier.get("status") == "running":  # its driver died without a word
+            earlier["status"] = "interrupted"
     done = committed_shards(config)
     todo = sorted(set(shards) - done)
     attempt = {"started": time.time(), "status": "running", "shards_total": len(shards),

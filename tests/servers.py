@@ -1,0 +1,64 @@
+"""Test servers and processes, on 127.0.0.1 only."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class S3Server:
+    """moto's S3-compatible server on 127.0.0.1; pause() makes it unresponsive, keeping its data."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("moto server did not start")
+
+    def pause(self):
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self):
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def stop(self):
+        self.resume()
+        self.proc.kill()
+        self.proc.wait()
+
+
+def aws_env(endpoint: str, secret: str) -> dict:
+    return {"AWS_ACCESS_KEY_ID": "xtp-test-key", "AWS_SECRET_ACCESS_KEY": secret,
+            "AWS_DEFAULT_REGION": "us-east-1", "XTP_S3_ENDPOINT": endpoint}
+
+
+def grid_search_actor_pids() -> list[int]:
+    """PIDs of live GridSearch actor processes (Ray titles them ray::MapWorker(...GridSearch...))."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if "ray::" in cmdline and "GridSearch" in cmdline:
+            pids.append(int(entry.name))
+    return pids
