@@ -18,3 +18,13 @@ def tokenizer():
 def tiny_model_dir(tmp_path_factory):
     """A 4-layer Llama saved with save_pretrained (model + tokenizer), as users give one."""
     return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama", num_layers=4)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One in-process Ray per test module (Ray takes 5-10 s to start here)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from servers import free_port
+from support import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")

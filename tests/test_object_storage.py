@@ -12,7 +12,7 @@ from xtp_ray.aggregation import aggregate_run  # noqa: E402
 from xtp_ray.config import RunConfig, validate  # noqa: E402
 from xtp_ray.pipeline import run_job  # noqa: E402
 from xtp_ray.tasks import bundled_root  # noqa: E402
-from servers import S3Server, aws_env  # noqa: E402
+from support import S3Server, aws_env  # noqa: E402
 
 FAKE_SECRET = "xtp-test-secret-Zq8v3Lw0PzK2"
 

@@ -3,42 +3,28 @@
 One Ray session for the module (Ray is slow to start here).
 """
 import json
-import os
 from collections import Counter, defaultdict
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 ray = pytest.importorskip("ray")
 
 from xtp_ray.aggregation import aggregate_run  # noqa: E402
-from xtp_ray.config import RunConfig, validate  # noqa: E402
 from xtp_ray.pipeline import run_job  # noqa: E402
+from support import candidate_rows, make_config  # noqa: E402
 
 LAYERS = 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("ray_local")
 
 
 def _config(tmp_path, **overrides):
     values = dict(model=f"tiny:LlamaForCausalLM:{LAYERS}", tasks=["xnli", "xcopa"], langs=["en", "sw"],
-                  splits=["sample"], limit=6, output=str(tmp_path / "out"), run_id="r1", min_actors=2,
-                  max_actors=2, shard_size=3, batch_size=2, scoring="logprobs")
-    values.update(overrides)
-    config = RunConfig(**values)
-    validate(config)
-    return config
-
-
-def _rows(config):
-    directory = Path(config.output) / config.run_id / "candidates"
-    return [row for f in sorted(directory.glob("*.parquet")) for row in pq.read_table(f).to_pylist()]
+                  splits=["sample"], limit=6, run_id="r1", min_actors=2, max_actors=2, shard_size=3,
+                  batch_size=2, scoring="logprobs")
+    return make_config(tmp_path, **{**values, **overrides})
 
 
 def _key(row):
@@ -68,7 +54,7 @@ def test_two_actors_complete_aggregated_and_resumed(tmp_path):
     config = _config(tmp_path)
     summary = run_job(config)
     assert summary["shards"] == 8 and summary["instances"] == 24  # 2 tasks x 2 langs x 6 instances
-    rows = _rows(config)
+    rows = candidate_rows(config)
     assert len(rows) == 24 * (LAYERS * LAYERS + 1)
     assert len({_key(r) for r in rows}) == len(rows)
     first = rows[0]
@@ -95,7 +81,7 @@ def test_two_actors_complete_aggregated_and_resumed(tmp_path):
         f.unlink()
     again = run_job(config)
     assert again["shards_run"] == 4
-    restored = _rows(config)
+    restored = candidate_rows(config)
     assert Counter(map(_key, restored)) == Counter(map(_key, rows))  # same rows, none twice
     assert {(_key(r), r["correct"]) for r in restored} == {(_key(r), r["correct"]) for r in rows}
     manifest = json.loads((Path(config.output) / "r1" / "manifest.json").read_text())
@@ -121,6 +107,6 @@ def test_generate_mode_scores_text_and_reports_bad_rows(tmp_path):
                                    "in double quotes)"]
     errors = (Path(config.output) / "gen" / "errors.jsonl").read_text()
     assert "sw.json:2: bad JSON" in errors
-    rows = _rows(config)
+    rows = candidate_rows(config)
     assert len(rows) == 2 * (LAYERS + 1)
     assert all(1 <= len(r["token_ids"]) <= 3 and isinstance(r["prediction"], str) for r in rows)

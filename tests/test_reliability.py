@@ -10,45 +10,31 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 ray = pytest.importorskip("ray")
 boto3 = pytest.importorskip("boto3")
 
-from servers import S3Server, aws_env, grid_search_actor_pids  # noqa: E402
+from support import S3Server, aws_env, candidate_rows, grid_search_actor_pids, make_config  # noqa: E402
 from xtp_ray import storage  # noqa: E402
 from xtp_ray.aggregation import aggregate_run  # noqa: E402
-from xtp_ray.config import RunConfig, validate  # noqa: E402
+from xtp_ray.config import RunConfig  # noqa: E402
 from xtp_ray.pipeline import CANDIDATE_SCHEMA, ShardWriteError, run_job, write_shard  # noqa: E402
 
 SECRET = "xtp-reliability-secret-9f2Kx"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("ray_local")
 
 
 def _config(tmp_path, **overrides):
     values = dict(model="tiny:LlamaForCausalLM:3", tasks=["xnli"], langs=["sw", "de"], limit=8, shard_size=2,
-                  output=str(tmp_path / "out"), run_id="fault", scoring="generate", max_new_tokens=6,
-                  batch_size=2, min_actors=1, max_actors=1)
-    values.update(overrides)
-    config = RunConfig(**values)
-    validate(config)
-    return config
-
-
-def _rows(config):
-    directory = Path(config.output) / config.run_id / "candidates"
-    return [r for f in sorted(directory.glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+                  run_id="fault", scoring="generate", max_new_tokens=6, batch_size=2, min_actors=1, max_actors=1)
+    return make_config(tmp_path, **{**values, **overrides})
 
 
 def _assert_complete(config, instances):
-    rows = _rows(config)
+    rows = candidate_rows(config)
     keys = Counter((r["instance_id"], r["source_layer"], r["target_layer"]) for r in rows)
     assert len(keys) == instances * (9 + 1), "lost candidates"
     assert set(keys.values()) == {1}, "duplicated candidates"
@@ -130,7 +116,7 @@ def test_prompts_longer_than_the_context_are_skipped_per_instance(tmp_path):
     summary = run_job(config)
     assert summary["instances"] == 2 and len(summary["skipped"]) == 2
     assert all("exceeds the limit of" in s["reason"] for s in summary["skipped"])
-    assert len({r["instance_id"] for r in _rows(config)}) == 2
+    assert len({r["instance_id"] for r in candidate_rows(config)}) == 2
 
 
 def test_aggregation_reads_only_committed_shards(tmp_path):

@@ -126,8 +126,6 @@ class GridSearch:
     """Ray Data callable: one transplant-ready model per actor, one shard per call."""
 
     def __init__(self, config: dict):
-        from .engine import DEFAULT_CHUNK_GENERATE  # noqa: F401 (import torch early, once)
-
         self.config = RunConfig(**config)
         self.model, self.tokenizer, self.revision = load_for_run(self.config)
         from .architectures import num_layers

@@ -1,4 +1,4 @@
-"""Test servers and processes, on 127.0.0.1 only."""
+"""Shared test support: servers and processes (127.0.0.1 only), runs and their candidates."""
 import os
 import signal
 import socket
@@ -62,3 +62,20 @@ def grid_search_actor_pids() -> list[int]:
         if "ray::" in cmdline and "GridSearch" in cmdline:
             pids.append(int(entry.name))
     return pids
+
+
+def make_config(tmp_path, **values):
+    """A validated RunConfig writing under tmp_path."""
+    from xtp_ray.config import RunConfig, validate
+
+    config = RunConfig(**{"output": str(tmp_path / "out"), **values})
+    validate(config)
+    return config
+
+
+def candidate_rows(config) -> list[dict]:
+    """Every row of a local run's committed candidate shards."""
+    import pyarrow.parquet as pq
+
+    directory = Path(config.output) / config.run_id / "candidates"
+    return [row for f in sorted(directory.glob("*.parquet")) for row in pq.read_table(f).to_pylist()]
