@@ -171,3 +171,16 @@ def test_a_store_that_stays_down_fails_clearly_and_commits_nothing(s3_server, ca
         s3_server.resume()
     assert SECRET not in str(failure.value) and SECRET not in caplog.text
     assert storage.list_names("s3://xtp/runs/down/candidates") == []
+
+
+def test_a_run_whose_shards_cannot_be_written_fails_and_is_never_marked_complete(tmp_path):
+    config = _config(tmp_path, langs=["sw"], limit=4, run_id="blocked", scoring="logprobs", write_retries=2)
+    run = Path(config.output) / "blocked"
+    run.mkdir(parents=True)
+    (run / "_tmp").write_text("a file where the temporary folder goes: every shard write fails")
+    with pytest.raises(Exception, match="shard xnli-sample-sw-0000[01] not written to .* after 2 attempts"):
+        run_job(config)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["attempts"][-1]["status"] == "failed"
+    assert "not written" in manifest["attempts"][-1]["error"]
+    assert not list((run / "candidates").glob("*.parquet"))

@@ -1,0 +1,76 @@
+"""Aggregates on hand-made candidate rows, checked against values worked out by hand."""
+import pandas as pd
+import pytest
+
+from xtp_ray.aggregation import aggregate_frame, compare, render_figures, render_markdown
+
+
+def _rows(task, split, lang, instance, vanilla, grid):
+    """grid: {(i, j): correct} for one instance."""
+    base = {"task": task, "split": split, "lang": lang, "instance_id": f"{task}/{split}/{lang}/{instance}",
+            "module": "ffn", "metrics": "{}", "num_layers": 2}
+    rows = [{**base, "source_layer": None, "target_layer": None, "correct": vanilla}]
+    rows += [{**base, "source_layer": i, "target_layer": j, "correct": c} for (i, j), c in grid.items()]
+    return rows
+
+
+def _frame():
+    rows = []
+    # sample, sw: instance 0 solved by (0,0) and (1,0); instance 1 by (1,1) only; instance 2 by nothing
+    rows += _rows("xnli", "sample", "sw", 0, False, {(0, 0): True, (1, 0): True, (0, 1): False, (1, 1): False})
+    rows += _rows("xnli", "sample", "sw", 1, True, {(0, 0): False, (1, 0): False, (0, 1): False, (1, 1): True})
+    rows += _rows("xnli", "sample", "sw", 2, False, {(0, 0): False, (1, 0): False, (0, 1): False, (1, 1): False})
+    # sample, de: one instance, solved everywhere
+    rows += _rows("xnli", "sample", "de", 0, True, {(0, 0): True, (1, 0): True, (0, 1): True, (1, 1): True})
+    # unseen, sw: (1, 0) right on 1 of 2, vanilla on 0 of 2
+    rows += _rows("xnli", "unseen", "sw", 0, False, {(0, 0): False, (1, 0): True})
+    rows += _rows("xnli", "unseen", "sw", 1, False, {(0, 0): True, (1, 0): False})
+    frame = pd.DataFrame(rows)
+    frame["source_layer"] = frame["source_layer"].astype("Int64")
+    frame["target_layer"] = frame["target_layer"].astype("Int64")
+    return frame
+
+
+def test_tables_by_hand():
+    report = aggregate_frame(_frame())
+    sample = report["tables"]["xnli/sample/ffn"]
+    sw = sample["by_lang"]["sw"]
+    assert sw["vanilla_accuracy"] == pytest.approx(1 / 3)
+    assert sw["upper_bound"] == pytest.approx(2 / 3)  # instances 0 and 1; vanilla not counted
+    assert sw["best_cell"] == {"source_layer": 0, "target_layer": 0, "accuracy": pytest.approx(1 / 3)}  # tie: smallest
+    assert sw["per_source_layer"] == {0: pytest.approx(1 / 3), 1: pytest.approx(2 / 3)}
+    assert sw["per_target_layer"] == {0: pytest.approx(1 / 3), 1: pytest.approx(1 / 3)}
+    assert sw["heatmap"] == [[pytest.approx(1 / 3), 0.0], [pytest.approx(1 / 3), pytest.approx(1 / 3)]]
+    assert sw["target_first_choice"] == 1  # (0,0) and (1,0) tie at j = 0: the larger i
+    # micro over 4 instances vs mean/std over the 2 languages (population std)
+    assert sample["upper_bound_overall"] == pytest.approx(3 / 4)
+    assert sample["upper_bound_mean"] == pytest.approx((2 / 3 + 1) / 2)
+    assert sample["upper_bound_std"] == pytest.approx((1 - 2 / 3) / 2)
+    assert sample["vanilla_overall"] == pytest.approx(2 / 4)
+
+
+def test_target_first_selection_is_applied_to_the_unseen_split():
+    report = aggregate_frame(_frame())
+    sw = next(e for e in report["target_first"] if e["lang"] == "sw")
+    assert (sw["source_layer"], sw["target_layer"]) == (1, 0)
+    assert sw["unseen_instances"] == 2 and sw["unseen_vanilla"] == 0.0 and sw["unseen_applied"] == 0.5
+
+
+def test_compare_reports_deltas_and_renders():
+    report = aggregate_frame(_frame())
+    earlier = aggregate_frame(_frame()[lambda f: ~((f["lang"] == "sw") & (f["instance_id"].str.endswith("/2")))])
+    deltas = {(d["table"], d["lang"]): d for d in compare(report, earlier)}
+    sw = deltas[("xnli/sample/ffn", "sw")]
+    assert sw["vanilla_delta"] == pytest.approx(1 / 3 - 1 / 2)
+    assert sw["upper_bound_delta"] == pytest.approx(2 / 3 - 1)
+    assert deltas[("xnli/sample/ffn", "de")]["vanilla_delta"] == 0
+    report.update({"run_id": "t", "compared_with": "e", "deltas": list(deltas.values())})
+    figures = render_figures(report)
+    assert set(figures) == {"heatmaps/xnli-sample-ffn-de.png", "heatmaps/xnli-sample-ffn-sw.png",
+                            "heatmaps/xnli-unseen-ffn-sw.png", "overview.png"}
+    assert all(png.startswith(b"\x89PNG") for png in figures.values())
+    report["figures"] = sorted(figures)
+    markdown = render_markdown(report)
+    assert "| sw | 3 | 33.3 | 66.7 | 33.3 | (0, 0) | 1 |" in markdown
+    assert "| xnli | ffn | sw | (1, 0) | 0.0 | 50.0 |" in markdown
+    assert "| xnli/sample/ffn | sw | -16.7 | -33.3 |" in markdown
