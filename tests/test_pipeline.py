@@ -88,6 +88,10 @@ def test_two_actors_complete_aggregated_and_resumed(tmp_path):
     assert [a["status"] for a in manifest["attempts"]] == ["complete", "complete"]
     assert manifest["attempts"][1]["shards_skipped_as_done"] == 4 and manifest["status"] == "complete"
 
+    # the same run id over other instances would make shard names mean other rows: refused
+    with pytest.raises(ValueError, match="planned over other instances"):
+        run_job(_config(tmp_path, limit=5))
+
 
 def test_generate_mode_scores_text_and_reports_bad_rows(tmp_path):
     data = tmp_path / "data" / "XNLI" / "XNLI_sample"

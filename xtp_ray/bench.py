@@ -58,11 +58,17 @@ def run_bench(mode: str = "generate", architecture: str = "LlamaForCausalLM", nu
     engine.run_grid(model, tokenizer, donors[:1], recipients[:1], grid[:1], module, min(new_tokens, 2))
     reference.run_grid(model, tokenizer, donors[:1], recipients[:1], grid[:1], module, min(new_tokens, 2))
 
-    start = time.perf_counter()
-    fast = engine.run_grid(model, tokenizer, donors, recipients, grid, module, new_tokens,
-                           cells_per_chunk=cells_per_chunk, option_token_ids=options, keep_logits=True)
-    fast_s = time.perf_counter() - start
-    log(f"fast engine: {fast_s:.2f} s")
+    # The fast path takes well under a second when scoring, where one scheduler hiccup
+    # shows; it runs three times and the median counts. The reference's one long run
+    # already averages over every cell.
+    fast_times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        fast = engine.run_grid(model, tokenizer, donors, recipients, grid, module, new_tokens,
+                               cells_per_chunk=cells_per_chunk, option_token_ids=options, keep_logits=True)
+        fast_times.append(time.perf_counter() - start)
+    fast_s = sorted(fast_times)[1]
+    log(f"fast engine: {fast_s:.2f} s (median of {', '.join(f'{t:.2f}' for t in fast_times)})")
     start = time.perf_counter()
     slow = reference.run_grid(model, tokenizer, donors, recipients, grid, module, new_tokens,
                               option_token_ids=options)

@@ -77,6 +77,13 @@ def plan(config: RunConfig) -> tuple[dict[str, list[Instance]], list[InstanceErr
     return shards, errors
 
 
+def digest_plan(shards: dict[str, list[Instance]]) -> str:
+    import hashlib
+
+    plan_ids = {name: [i.id for i in instances] for name, instances in sorted(shards.items())}
+    return hashlib.sha256(json.dumps(plan_ids).encode()).hexdigest()[:16]
+
+
 def committed_shards(config: RunConfig) -> set[str]:
     names = storage.list_names(candidates_dir(config))
     return {n[:-len(".parquet")] for n in names if n.endswith(".parquet")}
@@ -323,6 +330,11 @@ def run_job(config: RunConfig, ray_address: str | None = None) -> dict:
     if manifest.get("config_digest") not in (None, config.digest()):
         raise ValueError(f"run {config.run_id!r} in {config.output} was made with another model/cells/scoring "
                          "configuration; use a new run_id")
+    plan_digest = digest_plan(shards)
+    if manifest.get("plan_digest") not in (None, plan_digest):
+        # a shard name must always mean the same instances, or resuming would lose or duplicate rows
+        raise ValueError(f"run {config.run_id!r} in {config.output} was planned over other instances (tasks, "
+                         "langs, splits, limit, shard_size or the data changed); use a new run_id")
     for earlier in manifest["attempts"]:
         if earlier.get("status") == "running":  # its driver died without a word
             earlier["status"] = "interrupted"
@@ -331,7 +343,7 @@ def run_job(config: RunConfig, ray_address: str | None = None) -> dict:
     attempt = {"started": time.time(), "status": "running", "shards_total": len(shards),
                "shards_skipped_as_done": len(set(shards) & done), "shards_todo": len(todo)}
     manifest.update({"config": config.to_json(), "config_digest": config.digest(), "xtp_ray_version": __version__,
-                     "status": "running", "shards": sorted(shards)})
+                     "status": "running", "shards": sorted(shards), "plan_digest": plan_digest})
     manifest["attempts"].append(attempt)
     _write_manifest(config, manifest)
     storage.write_text(storage.join(run_dir(config), "errors.jsonl"),
