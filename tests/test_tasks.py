@@ -141,6 +141,7 @@ def test_hf_datasets_saved_to_disk(tmp_path):
     rows = {"premise": ["A man sleeps.", "Mtu analala."], "hypothesis": ["Someone rests.", "Mtu anapumzika."],
             "label": ["entailment", "entailment"], "lang": ["en", "sw"]}
     datasets.DatasetDict({"dev": datasets.Dataset.from_dict(rows)}).save_to_disk(str(tmp_path / "xnli"))
+    assert list_languages("xnli", "dev", f"hf:{tmp_path / 'xnli'}") == ["en", "sw"]
     instances, errors = load_instances("xnli", "sw", "dev", f"hf:{tmp_path / 'xnli'}")
     assert errors == [] and len(instances) == 1
     assert instances[0].donor == TEMPLATES["xnli"].format(premise="A man sleeps.", hypothesis="Someone rests.")

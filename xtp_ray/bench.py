@@ -13,6 +13,7 @@ import torch
 
 from . import engine, reference
 from .cells import parse_cells
+from .scoring import option_token_ids
 from .tiny import build_tiny_model, tokenizer_corpus, train_tokenizer
 
 LOGIT_TOLERANCE = 1e-4
@@ -28,10 +29,6 @@ def _bench_prompts(tokenizer, instances: int, prompt_tokens: int) -> tuple[list[
                 for line in lines]
 
     return cut("en"), cut("sw")
-
-
-def option_token_ids(tokenizer, labels: list[str]) -> list[list[int]]:
-    return [[tokenizer(label, add_special_tokens=False).input_ids[0]] for label in labels]
 
 
 def run_bench(mode: str = "generate", architecture: str = "LlamaForCausalLM", num_layers: int = 16,

@@ -321,16 +321,17 @@ def _records(task: str, root: str, split: str, lang: str, errors) -> tuple[str, 
     return uri, list(enumerate(json.loads(storage.read_text(uri)), 1))
 
 
-def _hf_records(name: str, split: str, lang: str) -> tuple[str, list[tuple[int, object]]]:
+def _hf_split(name: str, split: str):
     import datasets
 
-    if storage.is_dir(name):
-        data = datasets.load_from_disk(name)
-    else:
-        data = datasets.load_dataset(name)
+    data = datasets.load_from_disk(name) if storage.is_dir(name) else datasets.load_dataset(name)
     if split not in data:
         raise ValueError(f"hf:{name} has no split {split!r}; it has {', '.join(data)}")
-    rows = [r for r in data[split] if r.get("lang") == lang]
+    return data[split]
+
+
+def _hf_records(name: str, split: str, lang: str) -> tuple[str, list[tuple[int, object]]]:
+    rows = [r for r in _hf_split(name, split) if r.get("lang") == lang]
     return f"hf:{name}[{split}]", list(enumerate(rows, 1))
 
 
@@ -446,13 +447,12 @@ def list_languages(task: str, split: str, data_root: str | None = None) -> list[
             return _languages(storage.join(base, "split"), "xquad.")
         return [lang for lang in _languages(storage.join(base, "split")) if lang != "all"]
     if root.startswith("hf:"):
-        return []
+        return sorted({row.get("lang") for row in _hf_split(root[3:], split)} - {None})
     layout = {"xnli": (("xnli", "dev"), "dev-", ".tsv"), "mgsm": (("mgsm",), "mgsm_", ".tsv"),
-              "xquad": (("xquad",), "xquad.", ".json"), "globalopinionqa": None}
+              "xquad": (("xquad",), "xquad.", ".json")}
     if task == "xcopa":
-        langs = [n for n in storage.list_names(storage.join(root, "xcopa", "data"))]
-        return sorted(langs + (["en"] if storage.exists(storage.join(
-            root, "xcopa", "copa_en_from_COPA-SSE", f"{split}.en.jsonl")) else []))
+        english = storage.exists(storage.join(root, "xcopa", "copa_en_from_COPA-SSE", f"{split}.en.jsonl"))
+        return sorted(storage.list_names(storage.join(root, "xcopa", "data")) + (["en"] if english else []))
     if task == "globalopinionqa":
         return ["en"] if storage.exists(storage.join(root, "globalopinionqa", "eval.json")) else []
     parts, prefix, suffix = layout[task]
