@@ -49,6 +49,7 @@ class RunConfig:
     batch_size: int = 4  # instances per engine call
     shard_size: int = 64  # instances per candidates file (the unit of resume)
     cells_per_chunk: int | None = None  # cells per forward; bounds peak memory
+    memory_budget_mb: float | None = None  # if set, chunks shrink until their estimated memory fits
     max_prompt_tokens: int | None = None  # longer prompts are reported and skipped (default: the model's context)
     allowed_roots: list[str] = field(default_factory=list)  # if set, model/data paths must lie inside these
     write_retries: int = 5
@@ -178,6 +179,8 @@ def validate(config: RunConfig, source: str | None = None) -> None:
             fail(f"{name} must be positive, got {value}")
     if config.max_actors < config.min_actors:
         fail(f"max_actors ({config.max_actors}) is below min_actors ({config.min_actors})")
+    if config.memory_budget_mb is not None and config.memory_budget_mb <= 0:
+        fail(f"memory_budget_mb must be positive, got {config.memory_budget_mb}")
     if config.num_gpus_per_actor < 0 or config.num_cpus_per_actor <= 0:
         fail("num_gpus_per_actor must be >= 0 and num_cpus_per_actor > 0")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", config.run_id):

@@ -106,6 +106,54 @@ def _sliding_window(cache: DynamicCache) -> int | None:
     return min(windows) if windows else None
 
 
+def chunk_bytes(model, batch: int, prefix_len: int, n: int, max_new_tokens: int) -> int:
+    """An upper estimate of the transient memory of one chunk of n cells for B instances.
+
+    The terms, at the last decoding step (the largest), K = P + n * (steps + 1) keys:
+    eager attention's scores [B, heads, n, K] in fp32, six live copies at the peak
+    (matmul, scale, mask add, softmax, and their allocator reuse) plus the additive
+    mask; the cells' own KV in every layer; one layer's concatenated and head-repeated
+    copy of the whole cache; activations of n rows through the widest module; logits.
+    The sum is doubled: growing caches fragment the CPU allocator; 1.5 was measured
+    to be just enough on this machine (tests/test_memory.py), 2 leaves a margin.
+    """
+    config = model.config
+    heads = getattr(config, "num_attention_heads", None) or config.n_head
+    hidden = getattr(config, "hidden_size", None) or config.n_embd
+    inter = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * hidden
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    element = torch.finfo(model.dtype).bits // 8
+    steps = max_new_tokens + 1
+    keys = prefix_len + n * steps
+    rows = batch * n
+    scores = 6 * batch * heads * n * keys * 4 + batch * n * keys * (element + 1)
+    own_kv = num_layers(model) * 2 * batch * kv_heads * n * steps * head_dim * element
+    cache_copy = 2 * batch * (kv_heads + heads) * keys * head_dim * element
+    activations = 4 * rows * (hidden + 2 * inter) * element
+    logits = 2 * rows * config.vocab_size * 4
+    return int(2 * (scores + own_kv + cache_copy + activations + logits))
+
+
+def cells_for_budget(model, batch: int, prefix_len: int, max_new_tokens: int, budget_bytes: int,
+                     most: int) -> int:
+    """The largest chunk (at most `most` cells) whose estimate fits the budget."""
+    fits = 0
+    low, high = 1, most
+    while low <= high:
+        mid = (low + high) // 2
+        if chunk_bytes(model, batch, prefix_len, mid, max_new_tokens) <= budget_bytes:
+            fits, low = mid, mid + 1
+        else:
+            high = mid - 1
+    if fits < 1:
+        need = chunk_bytes(model, batch, prefix_len, 1, max_new_tokens)
+        raise ValueError(f"a memory budget of {budget_bytes / 2**20:.0f} MiB is below one cell's "
+                         f"{need / 2**20:.0f} MiB for {batch} instance(s) of {prefix_len + 1} tokens; "
+                         "raise it or lower the batch size")
+    return fits
+
+
 @torch.no_grad()
 def capture_donors(model, tokenizer, donors: list[str], module: str) -> torch.Tensor:
     """Donor values of every layer at the last donor token: [B, L, d]."""
@@ -120,13 +168,14 @@ def capture_donors(model, tokenizer, donors: list[str], module: str) -> torch.Te
 def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: list[Cell],
              module: str, max_new_tokens: int = 20, cells_per_chunk: int | None = None,
              option_token_ids: list[list[list[int]]] | None = None,
-             keep_logits: bool = False) -> list[list[CellResult]]:
+             keep_logits: bool = False, memory_budget_mb: float | None = None) -> list[list[CellResult]]:
     """Vanilla + every cell for each (donor, recipient) pair.
 
     Returns, per instance, [vanilla, *cells] results. max_new_tokens=0 scores only
     (no decoding). option_token_ids[b][k] lists the token ids of option k of
     instance b. cells_per_chunk: cells of each instance per forward (default: all
     when scoring, DEFAULT_ROWS_GENERATE rows per forward when decoding).
+    memory_budget_mb: shrink chunks until `chunk_bytes` fits it.
     """
     if len(donors) != len(recipients):
         raise ValueError("donors and recipients differ in length")
@@ -154,6 +203,9 @@ def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: 
         cells_per_chunk = min(cells_per_chunk, fits)
 
     all_cells = [VANILLA, *cells]
+    if memory_budget_mb is not None:
+        cells_per_chunk = cells_for_budget(model, len(recipients), prefix_len, max_new_tokens,
+                                           int(memory_budget_mb * 2**20), min(cells_per_chunk, len(all_cells)))
     results = [[CellResult(cell) for cell in all_cells] for _ in recipients]
     stop = eos_ids(model, tokenizer)
     for start in range(0, len(all_cells), cells_per_chunk):

@@ -192,7 +192,8 @@ class GridSearch:
                 results = engine.run_grid(
                     self.model, self.tokenizer, [i.donor for i in batch], [i.recipient for i in batch], cells,
                     module, new_tokens, cells_per_chunk=self.config.cells_per_chunk,
-                    option_token_ids=options if all(options) else None)
+                    option_token_ids=options if all(options) else None,
+                    memory_budget_mb=self.config.memory_budget_mb)
                 for inst, cell_results in zip(batch, results):
                     for result in cell_results:
                         cells_run += 1

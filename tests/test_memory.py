@@ -1,0 +1,35 @@
+"""A memory budget holds: measured as resident-memory growth in fresh processes."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from xtp_ray import engine
+from xtp_ray.tiny import build_tiny_model
+
+PROBE = Path(__file__).with_name("memory_probe.py")
+BUDGET_MB = 40
+
+
+def _grew(budget, cells_per_chunk):
+    out = subprocess.run([sys.executable, str(PROBE), str(budget), str(cells_per_chunk)], capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])["grew_mb"]
+
+
+def test_peak_memory_stays_under_the_budget():
+    floor = _grew("none", 8)  # 8 cells per forward: about what the run needs whatever the chunk
+    unbounded = _grew("none", 257)  # all 257 cells in one forward
+    bounded = _grew(BUDGET_MB, 257)
+    assert unbounded - floor > 3 * BUDGET_MB  # the budget has something to hold back
+    assert bounded - floor <= BUDGET_MB, (floor, bounded, unbounded)
+
+
+def test_a_budget_below_one_cell_is_refused(tokenizer):
+    model = build_tiny_model("LlamaForCausalLM", len(tokenizer), num_layers=2)
+    with pytest.raises(ValueError, match="memory budget of 0 MiB is below one cell's"):
+        engine.run_grid(model, tokenizer, ["a b c"], ["d e f"], [], "ffn", 3, memory_budget_mb=0.0001)
