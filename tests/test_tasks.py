@@ -152,3 +152,15 @@ def test_describe_lists_bundled_splits():
     found = describe()
     assert {"task": "xnli", "split": "sample", "lang": "sw", "instances": 50, "errors": 0} in found
     assert len({(f["task"], f["lang"]) for f in found}) == 15 + 12 + 12 + 24
+
+
+def test_malformed_tsv_rows_in_the_original_format(tmp_path):
+    folder = tmp_path / "xnli" / "dev"
+    folder.mkdir(parents=True)
+    rows = ["A man sleeps.\tSomeone rests.\tentailment", "Two dogs.\tNo dogs.\tcontradiction"]
+    (folder / "dev-en.tsv").write_text("\n".join(rows) + "\n")
+    (folder / "dev-sw.tsv").write_text("Mtu analala.\tMtu anapumzika.\tentailment\nonly one field\n")
+    instances, errors = load_instances("xnli", "sw", "dev", str(tmp_path))
+    assert [i.id for i in instances] == ["xnli/dev/sw/0"]
+    assert [str(e) for e in errors] == [
+        f"{folder / 'dev-sw.tsv'}:2: malformed row: expected the fields of a xnli record, got ['only one field']"]

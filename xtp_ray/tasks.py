@@ -338,7 +338,7 @@ def _hf_records(name: str, split: str, lang: str) -> tuple[str, list[tuple[int, 
 def _build_original(task: str, record, lang: str) -> tuple[str, str, list[str], dict]:
     """(prompt, gold, options, extra) from one original-format record."""
     if not isinstance(record, dict):
-        raise RowError(None, f"expected {len(TEMPLATES)} fields, got a malformed row")
+        raise RowError(None, f"malformed row: expected the fields of a {task} record, got {record!r:.80}")
     if task == "xnli":
         label = _need_str(record.get("label"), "label")
         if label not in XNLI_LABELS:
