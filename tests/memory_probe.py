@@ -22,7 +22,7 @@ cells = parse_cells("full", 16)
 engine.run_grid(model, tokenizer, [prompt], [prompt], cells[:1], "ffn", 2)  # warm up allocator and kernels
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 budget = None if sys.argv[1] == "none" else float(sys.argv[1])
-engine.run_grid(model, tokenizer, [prompt] * 2, [prompt] * 2, cells, "ffn", 10, cells_per_chunk=int(sys.argv[2]),
+engine.run_grid(model, tokenizer, [prompt] * 2, [prompt] * 2, cells, "ffn", 20, cells_per_chunk=int(sys.argv[2]),
                 memory_budget_mb=budget)
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"grew_mb": (after - before) / 2**20}))

@@ -11,12 +11,16 @@ from xtp_ray import engine
 from xtp_ray.tiny import build_tiny_model
 
 PROBE = Path(__file__).with_name("memory_probe.py")
-BUDGET_MB = 40
+BUDGET_MB = 80  # well above the allocator's run-to-run noise (~10 MB seen)
 
 
 def _grew(budget, cells_per_chunk):
     out = subprocess.run([sys.executable, str(PROBE), str(budget), str(cells_per_chunk)], capture_output=True,
-                         text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                         text=True, timeout=300,
+                         # one malloc arena per thread kind: resident memory then follows what is
+                         # allocated instead of how many arenas happened to be opened
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "MALLOC_ARENA_MAX": "2",
+                              "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"})
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])["grew_mb"]
 
@@ -25,7 +29,7 @@ def test_peak_memory_stays_under_the_budget():
     floor = _grew("none", 8)  # 8 cells per forward: about what the run needs whatever the chunk
     unbounded = _grew("none", 257)  # all 257 cells in one forward
     bounded = _grew(BUDGET_MB, 257)
-    assert unbounded - floor > 3 * BUDGET_MB  # the budget has something to hold back
+    assert unbounded - floor > 2 * BUDGET_MB, (floor, unbounded)  # the budget has something to hold back
     assert bounded - floor <= BUDGET_MB, (floor, bounded, unbounded)
 
 
