@@ -1,11 +1,13 @@
 """Run one grid in this process and print how much its resident memory grew (MiB).
 
     python tests/memory_probe.py BUDGET_MB|none CELLS_PER_CHUNK
-Used by test_memory.py in fresh processes (ru_maxrss is a per-process high-water mark).
+Used by test_memory.py in fresh processes. Growth = the peak resident set (VmHWM) during
+the grid minus the resident set just before it; the peak is reset first (Linux clear_refs 5),
+so what tokenizer training or model building peaked at earlier does not count.
 """
 import json
-import resource
 import sys
+from pathlib import Path
 
 import torch
 
@@ -20,9 +22,17 @@ model = build_tiny_model("LlamaForCausalLM", len(tokenizer), num_layers=16, hidd
 prompt = texts[0]
 cells = parse_cells("full", 16)
 engine.run_grid(model, tokenizer, [prompt], [prompt], cells[:1], "ffn", 2)  # warm up allocator and kernels
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def status_kib(field):
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(field + ":"))
+    return int(line.split()[1])
+
+
+Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set to the current one
+before = status_kib("VmRSS")
 budget = None if sys.argv[1] == "none" else float(sys.argv[1])
 engine.run_grid(model, tokenizer, [prompt] * 2, [prompt] * 2, cells, "ffn", 20, cells_per_chunk=int(sys.argv[2]),
                 memory_budget_mb=budget)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"grew_mb": (after - before) / 2**20}))
+peak = status_kib("VmHWM")
+print(json.dumps({"grew_mb": (peak - before) / 1024}))

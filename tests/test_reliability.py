@@ -93,6 +93,11 @@ def test_a_killed_job_resumes_and_the_manifest_shows_both_attempts(tmp_path):
     assert proc.poll() is None, "the job ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
     proc.wait()
+    # an actor of the killed job may finish the shard in hand before it notices: wait for it to go
+    deadline = time.time() + 60
+    while grid_search_actor_pids() and time.time() < deadline:
+        time.sleep(0.2)
+    assert not grid_search_actor_pids(), "actors of the killed job outlived it"
     partial = _committed(config)
     assert 1 <= partial < 8
     summary = run_job(config)
