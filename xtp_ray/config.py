@@ -195,12 +195,21 @@ def validate(config: RunConfig, source: str | None = None) -> None:
         if local and config.allowed_roots and not _inside(value, config.allowed_roots):
             fail(f"{name} {value!r} is outside the allowed roots {config.allowed_roots}")
     if config.model.startswith(TINY_PREFIX):
-        from .tiny import TINY_CONFIGS
+        try:
+            tiny_spec(config.model)
+        except ValueError as exc:
+            fail(str(exc))
 
-        parts = config.model[len(TINY_PREFIX):].split(":")
-        if parts[0] not in TINY_CONFIGS or len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
-            fail(f"model {config.model!r}: expected tiny:<architecture>[:<layers>] with one of "
-                 f"{', '.join(TINY_CONFIGS)}")
+
+def tiny_spec(model: str) -> tuple[str, int]:
+    """(architecture, layers) of a `tiny:<architecture>[:<layers>]` model name."""
+    from .tiny import TINY_CONFIGS
+
+    parts = model[len(TINY_PREFIX):].split(":")
+    if parts[0] not in TINY_CONFIGS or len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
+        raise ValueError(f"model {model!r}: expected tiny:<architecture>[:<layers>] with one of "
+                         f"{', '.join(TINY_CONFIGS)}")
+    return parts[0], int(parts[1]) if len(parts) == 2 else 4
 
 
 def coarse_setting(task: str) -> tuple[str, str]:

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from . import __version__, storage
 from .cells import parse_cells
-from .config import TINY_PREFIX, RunConfig, coarse_setting
+from .config import TINY_PREFIX, RunConfig, coarse_setting, tiny_spec
 from .tasks import Instance, InstanceError, list_languages, load_instances, task_splits
 
 log = logging.getLogger("xtp_ray")
@@ -101,9 +101,9 @@ def load_for_run(config: RunConfig):
     if config.model.startswith(TINY_PREFIX):
         from .tiny import build_tiny_model, tokenizer_corpus, train_tokenizer
 
-        parts = config.model[len(TINY_PREFIX):].split(":")
+        architecture, layers = tiny_spec(config.model)
         tokenizer = train_tokenizer(tokenizer_corpus(), 512)
-        model = build_tiny_model(parts[0], len(tokenizer), num_layers=int(parts[1]) if len(parts) > 1 else 4)
+        model = build_tiny_model(architecture, len(tokenizer), num_layers=layers)
         return model, tokenizer, "tiny-seed0"
     path = config.model
     if path.startswith("s3://"):
@@ -297,8 +297,7 @@ def preflight(config: RunConfig) -> int | None:
     from .architectures import lookup, num_layers_of_config
 
     if config.model.startswith(TINY_PREFIX):
-        parts = config.model[len(TINY_PREFIX):].split(":")
-        layers = int(parts[1]) if len(parts) > 1 else 4
+        _, layers = tiny_spec(config.model)
     else:
         config_uri = storage.join(config.model, "config.json")
         if config.model.startswith("s3://") or os.path.isdir(config.model):
