@@ -13,6 +13,9 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q torch==2.13.0
 	$(VENV)/bin/pip install -q -e ".[test]"
+	@# the browser check of the HTML report drives Debian's Chromium (playwright downloads no browser here)
+	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		apt-get install -y -qq chromium >/dev/null; } || echo "note: chromium not installed (needs root); the browser test will skip"
 	touch $@
 
 install: $(VENV)/.installed

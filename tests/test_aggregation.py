@@ -2,7 +2,8 @@
 import pandas as pd
 import pytest
 
-from xtp_ray.aggregation import aggregate_frame, compare, render_figures, render_markdown
+from xtp_ray.aggregation import aggregate_frame, compare
+from xtp_ray.report import render_figures, render_html, render_markdown
 
 
 def _rows(task, split, lang, instance, vanilla, grid):
@@ -66,11 +67,51 @@ def test_compare_reports_deltas_and_renders():
     assert deltas[("xnli/sample/ffn", "de")]["vanilla_delta"] == 0
     report.update({"run_id": "t", "compared_with": "e", "deltas": list(deltas.values())})
     figures = render_figures(report)
-    assert set(figures) == {"heatmaps/xnli-sample-ffn-de.png", "heatmaps/xnli-sample-ffn-sw.png",
-                            "heatmaps/xnli-unseen-ffn-sw.png", "overview.png"}
+    groups = ("xnli-sample-ffn-de", "xnli-sample-ffn-sw", "xnli-unseen-ffn-sw")
+    assert set(figures) == {f"{kind}/{g}.png" for kind in ("heatmaps", "marginals") for g in groups} | {"overview.png"}
     assert all(png.startswith(b"\x89PNG") for png in figures.values())
     report["figures"] = sorted(figures)
     markdown = render_markdown(report)
     assert "| sw | 3 | 33.3 | 66.7 | 33.3 | (0, 0) | 1 |" in markdown
     assert "| xnli | ffn | sw | (1, 0) | 0.0 | 50.0 |" in markdown
     assert "| xnli/sample/ffn | sw | -16.7 | -33.3 |" in markdown
+
+
+def test_html_report_is_self_contained_with_every_figure_embedded():
+    import base64
+    import re
+
+    report = aggregate_frame(_frame())
+    report.update({"run_id": "t"})
+    figures = render_figures(report)
+    page = render_html(report, figures)
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    assert len(sources) == len(figures)  # every figure, once
+    assert all(src.startswith("data:image/png;base64,") for src in sources)
+    assert {base64.b64decode(src.split(",", 1)[1]) for src in sources} == set(figures.values())
+    assert not re.search(r'(src|href)="(https?:)?//', page)  # nothing fetched from elsewhere
+    assert "<script" not in page
+    # the tables: per language, the best cell against vanilla, the target-first selection applied to unseen
+    assert "<td>sw</td><td>3</td><td>33.3</td><td>66.7</td><td>33.3</td>" in page
+    assert "<td>xnli</td><td>ffn</td><td>sw</td><td>(1, 0)</td><td>2</td><td>0.0</td><td>50.0</td>" in page
+
+
+def test_heatmap_shows_accuracy_minus_vanilla_centred_at_zero(monkeypatch):
+    """The heatmap's colour scale is symmetric around 0 and its values are points over vanilla."""
+    import matplotlib.axes
+
+    shown = {}
+    real_imshow = matplotlib.axes.Axes.imshow
+
+    def spy(self, grid, **kwargs):
+        shown.update(grid=grid, **kwargs)
+        return real_imshow(self, grid, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "imshow", spy)
+    from xtp_ray.report import heatmap_delta
+
+    sw = aggregate_frame(_frame())["tables"]["xnli/sample/ffn"]["by_lang"]["sw"]  # vanilla 1/3
+    heatmap_delta("xnli/sample/ffn", "sw", sw)
+    assert shown["grid"][0][1] == pytest.approx(-100 / 3)  # (0, 1): 0 correct, vanilla 1/3
+    assert shown["grid"][1][1] == pytest.approx(0.0)
+    assert shown["vmin"] == -shown["vmax"] and shown["cmap"] == "RdBu"

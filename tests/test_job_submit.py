@@ -53,6 +53,7 @@ def test_ray_job_submit_runs_the_grid_search(tmp_path):
         candidates = sorted((output / "submitted" / "candidates").glob("*.parquet"))
         assert [c.name for c in candidates] == ["xnli-sample-sw-00000.parquet"]
         assert (output / "submitted" / "report" / "report.md").exists()
+        assert (output / "submitted" / "report" / "report.html").exists()
     finally:
         _ray("stop", "--force", timeout=120, env=env)
         shutil.rmtree(temp_dir, ignore_errors=True)

@@ -74,6 +74,7 @@ def test_two_actors_complete_aggregated_and_resumed(tmp_path):
     report_dir = Path(config.output) / "r1" / "report"
     assert (report_dir / "report.md").read_text().count("\n| sw | 6 |") == 2
     assert len(list((report_dir / "heatmaps").glob("*.png"))) == 4 and (report_dir / "overview.png").stat().st_size
+    assert (report_dir / "report.html").read_text().count('<img src="data:image/png;base64,') == 9  # 4 + 4 + 1
 
     # a rerun after losing half the shards restores exactly the same rows, no duplicates
     shard_files = sorted((Path(config.output) / "r1" / "candidates").glob("*.parquet"))

@@ -19,6 +19,7 @@ from support import S3Server, aws_env, candidate_rows, grid_search_actor_pids, m
 from xtp_ray import storage  # noqa: E402
 from xtp_ray.aggregation import aggregate_run  # noqa: E402
 from xtp_ray.config import RunConfig  # noqa: E402
+from xtp_ray.lease import LeaseHeldError  # noqa: E402
 from xtp_ray.pipeline import CANDIDATE_SCHEMA, ShardWriteError, run_job, write_shard  # noqa: E402
 
 SECRET = "xtp-reliability-secret-9f2Kx"
@@ -80,10 +81,10 @@ def test_an_actor_killed_mid_batch_loses_and_duplicates_nothing(tmp_path):
 
 
 def test_a_killed_job_resumes_and_the_manifest_shows_both_attempts(tmp_path):
-    config = _config(tmp_path, run_id="killed")
+    config = _config(tmp_path, run_id="killed", lease_ttl_s=20.0)
     args = [sys.executable, "-m", "xtp_ray.cli", "run", "--model", config.model, "--tasks", "xnli", "--langs", "sw,de",
             "--limit", "8", "--shard-size", "2", "--output", config.output, "--run-id", "killed", "--scoring",
-            "generate", "--max-new-tokens", "6", "--batch-size", "2", "--no-aggregate"]
+            "generate", "--max-new-tokens", "6", "--batch-size", "2", "--no-aggregate", "--lease-ttl-s", "20"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ""}
     proc = subprocess.Popen(args, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -100,7 +101,16 @@ def test_a_killed_job_resumes_and_the_manifest_shows_both_attempts(tmp_path):
     assert not grid_search_actor_pids(), "actors of the killed job outlived it"
     partial = _committed(config)
     assert 1 <= partial < 8
-    summary = run_job(config)
+    # the killed driver's lease is still there, and still its own: a plain rerun is refused...
+    held = json.loads((Path(config.output) / "killed" / "lease.json").read_text())
+    assert held["holder"]["pid"] == proc.pid
+    if held["expires"] > time.time() + 1:
+        with pytest.raises(LeaseHeldError, match=f"pid {proc.pid}"):
+            run_job(config)
+    # ...and --take-over resumes once it lapses, waiting no longer than its time to live
+    start = time.time()
+    summary = run_job(config, take_over=True)
+    assert time.time() - start < 20 + summary["seconds"] + 30  # the lease wait + the work + Ray start
     assert summary["shards_run"] == 8 - partial
     _assert_complete(config, 16)
     manifest = json.loads((Path(config.output) / "killed" / "manifest.json").read_text())

@@ -1,7 +1,7 @@
 """Scores of hand-checked predictions on real instances."""
 import pytest
 
-from xtp_ray.scoring import (js_similarity, last_number, match_option, option_token_ids, score,
+from xtp_ray.scoring import (js_similarity, last_number, match_letter, option_token_ids, score,
                              squad_em_f1)
 from xtp_ray.tasks import load_instances
 
@@ -31,7 +31,29 @@ def test_xcopa_and_goqa_matching():
     goqa = _first("globalopinionqa", "de")  # gold "B"
     assert score(goqa, " (b) No")["correct"]  # upper-cased like the reference
     assert not score(goqa, "(A) Yes (B) No")["correct"]
-    assert match_option("B", "B", ["A", "B"], upper=True)
+    assert match_letter("B", "B")
+
+
+def test_goqa_scores_as_the_release_does():
+    """The release scores GlobalOpinionQA on the raw upper-cased text: full-width
+    brackets are NOT normalised (only XNLI's script does that), and naming any other
+    capital letter A-Z makes the answer wrong, not only the instance's own options."""
+    instances, _ = load_instances("globalopinionqa", "de", "sample")
+    checked = 0
+    for goqa in instances[:20]:
+        gold = goqa.gold
+        outside = next(x for x in "ZYXWV" if x not in goqa.options)  # a letter that is no option here
+        assert score(goqa, f" ({gold.lower()}) ")["correct"]
+        assert score(goqa, gold)["correct"]
+        assert not score(goqa, f"（{gold}）")["correct"], "full-width brackets must stay as they are"
+        assert not score(goqa, f"({gold}) or maybe ({outside})")["correct"], "any other letter makes it wrong"
+        assert not score(goqa, f"({gold}) and ({outside.lower()})")["correct"]
+        assert score(goqa, f"({gold}) {outside}")["correct"]  # a bare letter inside text names nothing
+        checked += 1
+    assert checked == min(20, len(instances)) and checked >= 5
+    # XNLI keeps its normalisation: the same full-width answer is correct there
+    xnli = _first("xnli", "de")
+    assert score(xnli, f"（{xnli.gold}）")["correct"]
 
 
 def test_goqa_distribution_similarity():

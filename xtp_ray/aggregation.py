@@ -8,7 +8,6 @@ population std (as the published evaluation scripts compute it).
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -158,104 +157,22 @@ def compare(report: dict, earlier: dict) -> list[dict]:
     return deltas
 
 
-def _pct(value) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
-
-
-def render_markdown(report: dict) -> str:
-    lines = [f"# xtp-ray report: run `{report['run_id']}`", ""]
-    for key, table in report["tables"].items():
-        lines += [f"## {key}", "",
-                  f"{table['instances']} instances, {len(table['languages'])} languages. Accuracy in %; "
-                  "upper bound = any searched cell correct.", "",
-                  "| lang | n | vanilla | upper bound | best cell | best (i, j) | target-first i* |",
-                  "|---|---|---|---|---|---|---|"]
-        for lang in table["languages"]:
-            g = table["by_lang"][lang]
-            best = g.get("best_cell")
-            lines.append(f"| {lang} | {g['instances']} | {_pct(g['vanilla_accuracy'])} | {_pct(g.get('upper_bound'))} "
-                         f"| {_pct(best['accuracy']) if best else '-'} | "
-                         f"{(best['source_layer'], best['target_layer']) if best else '-'} | "
-                         f"{g.get('target_first_choice', '-')} |")
-        lines.append(f"| **mean ± std** | {table['instances']} | {_pct(table['vanilla_mean'])} ± "
-                     f"{_pct(table['vanilla_std'])} | {_pct(table.get('upper_bound_mean'))} ± "
-                     f"{_pct(table.get('upper_bound_std'))} | {_pct(table.get('best_cell_mean'))} ± "
-                     f"{_pct(table.get('best_cell_std'))} | | |")
-        lines.append(f"| **overall (micro)** | | {_pct(table['vanilla_overall'])} | "
-                     f"{_pct(table.get('upper_bound_overall'))} | | | |")
-        lines.append("")
-    if report["target_first"]:
-        lines += ["## Target-first selection (sample -> unseen)", "",
-                  "| task | module | lang | (i*, 0) | unseen vanilla | unseen applied |", "|---|---|---|---|---|---|"]
-        for e in report["target_first"]:
-            lines.append(f"| {e['task']} | {e['module']} | {e['lang']} | ({e['source_layer']}, 0) | "
-                         f"{_pct(e.get('unseen_vanilla'))} | {_pct(e.get('unseen_applied'))} |")
-        lines.append("")
-    if report.get("compared_with"):
-        lines += [f"## Compared with run `{report['compared_with']}`", "",
-                  "| table | lang | vanilla Δ | upper bound Δ |", "|---|---|---|---|"]
-        for d in report["deltas"]:
-            lines.append(f"| {d['table']} | {d['lang']} | {_pct(d['vanilla_delta'])} | {_pct(d.get('upper_bound_delta'))} |")
-        lines.append("")
-    lines += ["## Figures", ""] + [f"- `{name}`" for name in report["figures"]]
-    return "\n".join(lines) + "\n"
-
-
-def _png(figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    return buffer.getvalue()
-
-
-def render_figures(report: dict) -> dict[str, bytes]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figures = {}
-    for key, table in report["tables"].items():
-        for lang, g in table["by_lang"].items():
-            if "heatmap" not in g:
-                continue
-            grid = [[float("nan") if v is None else 100 * v for v in row] for row in g["heatmap"]]
-            fig, ax = plt.subplots(figsize=(4.8, 4))
-            image = ax.imshow(grid, origin="lower", cmap="viridis", vmin=0, vmax=100)
-            ticks = list(range(0, len(grid), max(1, len(grid) // 8)))
-            ax.set_xticks(ticks)
-            ax.set_yticks(ticks)
-            ax.set_xlabel("target layer j (recipient)")
-            ax.set_ylabel("source layer i (donor)")
-            ax.set_title(f"{key} {lang}: accuracy % (vanilla {_pct(g['vanilla_accuracy'])})", fontsize=8)
-            fig.colorbar(image, ax=ax)
-            figures[f"heatmaps/{key.replace('/', '-')}-{lang}.png"] = _png(fig)
-            plt.close(fig)
-    keys = list(report["tables"])
-    if keys:
-        fig, axes = plt.subplots(len(keys), 1, figsize=(8, 2.8 * len(keys)), squeeze=False)
-        for ax, key in zip(axes[:, 0], keys):
-            table = report["tables"][key]
-            langs = table["languages"]
-            xs = range(len(langs))
-            ax.bar([x - 0.2 for x in xs], [100 * table["by_lang"][l]["vanilla_accuracy"] for l in langs], 0.4,
-                   label="vanilla")
-            ax.bar([x + 0.2 for x in xs], [100 * table["by_lang"][l].get("upper_bound", float("nan")) for l in langs],
-                   0.4, label="upper bound")
-            ax.set_xticks(list(xs), langs)
-            ax.set_ylabel("accuracy %")
-            ax.set_title(key)
-            ax.legend(fontsize=7)
-        fig.tight_layout()
-        figures["overview.png"] = _png(fig)
-        plt.close(fig)
-    return figures
+def run_started(run_uri: str) -> float | None:
+    """When the run's first attempt started (from its manifest), or None."""
+    uri = storage.join(run_uri, "manifest.json")
+    if not storage.exists(uri):
+        return None
+    attempts = json.loads(storage.read_text(uri)).get("attempts") or []
+    return min((a["started"] for a in attempts if "started" in a), default=None)
 
 
 def aggregate_run(output: str, run_id: str, compare_with: str | None = None) -> dict:
-    """Write report.json, report.md and the figures under <output>/<run_id>/report/."""
+    """Write report.json, report.md, report.html and the figures under <output>/<run_id>/report/."""
+    from .report import render_figures, render_html, render_markdown
+
     run_uri = storage.join(output, run_id)
     frame = read_candidates(run_uri)
-    report = {"run_id": run_id, **aggregate_frame(frame)}
+    report = {"run_id": run_id, "started": run_started(run_uri), **aggregate_frame(frame)}
     if compare_with:
         earlier = json.loads(storage.read_text(storage.join(output, compare_with, "report", "report.json")))
         report["compared_with"] = compare_with
@@ -267,5 +184,6 @@ def aggregate_run(output: str, run_id: str, compare_with: str | None = None) -> 
         storage.write_bytes(storage.join(report_uri, name), data)
     storage.write_text(storage.join(report_uri, "report.json"), json.dumps(report, indent=1))
     storage.write_text(storage.join(report_uri, "report.md"), render_markdown(report))
-    log.info("report: %s", storage.join(report_uri, "report.md"))
+    storage.write_text(storage.join(report_uri, "report.html"), render_html(report, figures))
+    log.info("report: %s", storage.join(report_uri, "report.html"))
     return report

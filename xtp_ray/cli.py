@@ -1,4 +1,4 @@
-"""The `xtp` command: grid (direct probing), bench, tasks, run, aggregate."""
+"""The `xtp` command: grid (direct probing), bench, tasks, run, aggregate, history."""
 from __future__ import annotations
 
 import argparse
@@ -49,6 +49,26 @@ def _add_tasks(sub):
     p.add_argument("--data-root", help="local dir, s3://..., or hf:PATH (default: bundled samples)")
 
 
+def _add_history(sub):
+    p = sub.add_parser("history", help="accuracy across runs; exit 3 when the newest run regressed")
+    p.add_argument("--output", required=True, help="where the runs live (local or s3://)")
+    p.add_argument("--run-ids", help="comma-separated, oldest first (default: every run, by start time)")
+    p.add_argument("--threshold", type=float, default=2.0,
+                   help="points the newest run may fall below the previous one before it counts (default 2)")
+
+
+def _print_history(args) -> int:
+    from .history import REGRESSION_EXIT, write_history
+
+    run_ids = [r.strip() for r in args.run_ids.split(",") if r.strip()] if args.run_ids else None
+    history = write_history(args.output, run_ids, args.threshold)
+    print(f"history of {len(history['runs'])} runs: {history['uri']}")
+    for r in history["regressions"]:
+        print(f"regression: {r['table']} {r['lang']} {r['metric']}: {100 * r['previous']:.1f} -> "
+              f"{100 * r['newest']:.1f} (-{r['drop_points']:.1f} points)")
+    return REGRESSION_EXIT if history["regressions"] else 0
+
+
 def _print_tasks(data_root):
     from .tasks import describe
 
@@ -64,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_grid(sub)
     _add_bench(sub)
     _add_tasks(sub)
+    _add_history(sub)
     sub.add_parser("run", help="the distributed job: grid search + aggregation (see `xtp run --help`)",
                    add_help=False)
     sub.add_parser("aggregate", help="tables, upper bound and heatmaps of a run", add_help=False)
@@ -78,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             from .probe import run_probe
 
             run_probe(args)
+        elif args.command == "history":
+            return _print_history(args)
         elif args.command == "tasks":
             _print_tasks(args.data_root)
         elif args.command == "bench":

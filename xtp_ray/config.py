@@ -53,6 +53,7 @@ class RunConfig:
     max_prompt_tokens: int | None = None  # longer prompts are reported and skipped (default: the model's context)
     allowed_roots: list[str] = field(default_factory=list)  # if set, model/data paths must lie inside these
     write_retries: int = 5
+    lease_ttl_s: float = 120.0  # a driver's lease on the run lapses this long after its last refresh
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -181,6 +182,8 @@ def validate(config: RunConfig, source: str | None = None) -> None:
         fail(f"max_actors ({config.max_actors}) is below min_actors ({config.min_actors})")
     if config.memory_budget_mb is not None and config.memory_budget_mb <= 0:
         fail(f"memory_budget_mb must be positive, got {config.memory_budget_mb}")
+    if config.lease_ttl_s < 1:
+        fail(f"lease_ttl_s must be at least 1 second, got {config.lease_ttl_s}")
     if config.num_gpus_per_actor < 0 or config.num_cpus_per_actor <= 0:
         fail("num_gpus_per_actor must be >= 0 and num_cpus_per_actor > 0")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", config.run_id):

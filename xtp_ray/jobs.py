@@ -17,6 +17,8 @@ def grid_search_main(argv: list[str] | None = None, aggregate: bool = True) -> i
     add_flags(parser)
     parser.add_argument("--no-aggregate", action="store_true", help="only write the candidates")
     parser.add_argument("--compare-with", help="an earlier run id to report deltas against")
+    parser.add_argument("--take-over", action="store_true",
+                        help="if another driver holds the run's lease, wait for it to expire and take the run")
     args = parser.parse_args(argv)
     _setup_logging()
     try:
@@ -24,11 +26,12 @@ def grid_search_main(argv: list[str] | None = None, aggregate: bool = True) -> i
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    from .lease import LeaseHeldError
     from .pipeline import run_job
 
     try:
-        summary = run_job(config)
-    except ValueError as exc:
+        summary = run_job(config, take_over=args.take_over)
+    except (ValueError, LeaseHeldError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for line in summary["left_out"] + [f"{s['instance_id']}: {s['reason']}" for s in summary["skipped"]]:
@@ -42,7 +45,8 @@ def grid_search_main(argv: list[str] | None = None, aggregate: bool = True) -> i
 
         report = aggregate_run(config.output, config.run_id, args.compare_with)
         _print_overview(report)
-        print(f"report: {summary['run_dir']}/report/report.md (+ report.json, {len(report['figures'])} figures)")
+        print(f"report: {summary['run_dir']}/report/report.html (+ report.md, report.json, "
+              f"{len(report['figures'])} figures)")
     return 0
 
 
@@ -68,5 +72,5 @@ def aggregate_main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     _print_overview(report)
-    print(f"report: {args.output.rstrip('/')}/{args.run_id}/report/report.md")
+    print(f"report: {args.output.rstrip('/')}/{args.run_id}/report/report.html")
     return 0

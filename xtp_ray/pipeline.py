@@ -316,13 +316,24 @@ def preflight(config: RunConfig) -> int | None:
     return layers
 
 
-def run_job(config: RunConfig, ray_address: str | None = None) -> dict:
-    """Grid search over every shard not yet committed; returns a summary."""
-    import ray
-    from ray.data import ActorPoolStrategy
+def run_job(config: RunConfig, ray_address: str | None = None, take_over: bool = False) -> dict:
+    """Grid search over every shard not yet committed, holding the run's lease; returns a summary."""
+    from . import lease
 
     preflight(config)
     check_writable(config)
+    with lease.held(run_dir(config), config.lease_ttl_s, take_over) as held:
+        summary = _run_planned(config, ray_address)
+        if held.lost:
+            raise ShardWriteError(f"lost the lease of run {config.run_id!r} to another driver while running; "
+                                  "its shards are committed, rerun to check the run is complete")
+    return summary
+
+
+def _run_planned(config: RunConfig, ray_address: str | None) -> dict:
+    import ray
+    from ray.data import ActorPoolStrategy
+
     shards, load_errors = plan(config)
     for error in load_errors:
         log.warning("left out: %s", error)
@@ -336,7 +347,7 @@ def run_job(config: RunConfig, ray_address: str | None = None) -> dict:
         raise ValueError(f"run {config.run_id!r} in {config.output} was planned over other instances (tasks, "
                          "langs, splits, limit, shard_size or the data changed); use a new run_id")
     for earlier in manifest["attempts"]:
-        if earlier.get("status") == "running":  # its driver died without a word
+        if earlier.get("status") == "running":  # its driver died without a word (we hold the lease)
             earlier["status"] = "interrupted"
     done = committed_shards(config)
     todo = sorted(set(shards) - done)

@@ -1,9 +1,13 @@
 """Scoring of answers (SPEC 3), reference-compatible.
 
-Generated text: option tasks are correct when the text contains "(gold)" or is
-exactly the gold label (XNLI also accepts the gold label word in the target
-language), and wrong if it also names another option; full-width brackets are
-normalised first. XQuAD: gold contained in the prediction, case-insensitive, plus
+Generated text, as the release's evaluation scripts do it:
+- XNLI, XCOPA: full-width brackets normalised first; correct when the text contains
+  "(gold)" or is exactly the gold label (XNLI also accepts the gold label word in
+  the target language), and wrong if it also names another of the options.
+- GlobalOpinionQA: on the upper-cased raw text (no bracket normalisation); correct
+  when it contains "(gold)" or is exactly the gold letter, and wrong if it also
+  contains "(X)" or is exactly X for any other capital letter X in A-Z, whether or
+  not X is one of the instance's options. XQuAD: gold contained in the prediction, case-insensitive, plus
 SQuAD EM/F1. MGSM: the last number in the text equals the answer.
 GlobalOpinionQA: argmax accuracy, plus 1 - Jensen-Shannon distance between the
 model's option probabilities and the country's distribution.
@@ -30,14 +34,27 @@ def names_option(text: str, label: str, word: str | None = None, upper: bool = F
     return f"({label})" in text or text.strip() == label or bool(word and word in text)
 
 
-def match_option(text: str, gold: str, options: list[str], label_words: dict[str, str] | None = None,
-                 upper: bool = False) -> bool:
-    """Names the gold option and no other one (XNLI, XCOPA; GlobalOpinionQA with upper=True)."""
+def match_option(text: str, gold: str, options: list[str], label_words: dict[str, str] | None = None) -> bool:
+    """Names the gold option and no other one (XNLI, XCOPA): brackets normalised first."""
     text = normalise_brackets(text)
     words = label_words or {}
-    if not names_option(text, gold, words.get(gold), upper):
+    if not names_option(text, gold, words.get(gold)):
         return False
-    return not any(names_option(text, other, words.get(other), upper) for other in options if other != gold)
+    return not any(names_option(text, other, words.get(other)) for other in options if other != gold)
+
+
+CAPITALS = string.ascii_uppercase
+
+
+def match_letter(text: str, gold: str) -> bool:
+    """GlobalOpinionQA: names the gold letter and no other capital letter A-Z.
+
+    The raw text is upper-cased, brackets are not normalised, and every other letter
+    counts as a wrong answer, not only the instance's options.
+    """
+    if not names_option(text, gold, upper=True):
+        return False
+    return not any(names_option(text, other, upper=True) for other in CAPITALS if other != gold)
 
 
 def _squad_normalise(text: str) -> str:
@@ -113,7 +130,7 @@ def score(instance: Instance, text: str | None = None,
         words = instance.label_words if task == "xnli" else None
         result = {"correct": match_option(text, instance.gold, instance.options, words)}
     elif task == "globalopinionqa":
-        result = {"correct": match_option(text, instance.gold, instance.options, upper=True)}
+        result = {"correct": match_letter(text, instance.gold)}
     elif task == "xquad":
         answers = instance.extra.get("answers") or [instance.gold]
         em, f1 = squad_em_f1(text, answers)
