@@ -1,9 +1,9 @@
 """The fast engine against the hook-based reference, cell for cell.
 
-Tolerances: fp32 + eager attention. The engine lays the cells side by side after
-a shared prefix and reads keys in a different order than `generate`, so sums are
-reassociated: logits differ by float rounding only (~1e-5 seen), well inside the
-SPEC's 1e-4. Greedy tokens must be identical.
+Tolerances: fp32 + eager attention. The engine runs the cells as rows against a
+shared prefix, splitting each softmax into a prefix part and an own part merged by
+log-sum-exp, so sums are reassociated: logits differ by float rounding only (~1e-5
+seen), well inside the SPEC's 1e-4. Greedy tokens must be identical.
 """
 import pytest
 import torch
@@ -99,15 +99,19 @@ def test_cell_lists_equal_their_cells_of_the_full_grid(tokenizer):
         assert_same(part, [[by_cell[b][r.cell] for r in row] for b, row in enumerate(part)])
 
 
-def test_gemma2_sliding_window_caps_the_chunk_and_rejects_long_prompts(tokenizer):
-    model = _model("Gemma2ForCausalLM", tokenizer, sliding_window=48)
+def test_gemma2_sliding_window_prompts_longer_than_the_window(tokenizer):
+    """Prefix keys that fell out of a sliding layer's window are masked by position (and the
+    prefill cache keeps only the window): prompts longer than the window equal the reference."""
+    model = _model("Gemma2ForCausalLM", tokenizer, sliding_window=12)
     cells = parse_cells("full", 3)
-    short_d, short_r = DONORS[2:], RECIPIENTS[2:]  # ~10 tokens: few cells fit the window per chunk
-    fast = engine.run_grid(model, tokenizer, short_d, short_r, cells, "ffn", 3, keep_logits=True)
-    slow = reference.run_grid(model, tokenizer, short_d, short_r, cells, "ffn", 3)
+    donors, recipients = DONORS[:2], [RECIPIENTS[0] * 2, RECIPIENTS[2]]  # ~30 and ~6 tokens: one beyond 12
+    assert len(tokenizer(recipients[0]).input_ids) > 2 * 12
+    fast = engine.run_grid(model, tokenizer, donors, recipients, cells, "ffn", 5, cells_per_chunk=4,
+                           keep_logits=True)
+    slow = reference.run_grid(model, tokenizer, donors, recipients, cells, "ffn", 5)
     assert_same(fast, slow)
-    with pytest.raises(ValueError, match="sliding window"):
-        engine.run_grid(model, tokenizer, DONORS[1:2], [RECIPIENTS[1] * 4], cells, "ffn", 3)
+    with pytest.raises(ValueError, match="sliding window"):  # a row's own tokens must fit the window
+        engine.run_grid(model, tokenizer, DONORS[:1], RECIPIENTS[:1], cells, "ffn", 11)
 
 
 def _hook_count(model):
@@ -187,4 +191,5 @@ def test_cells_per_chunk_bounds_every_forward(tokenizer):
         handle.remove()
     cell_forwards = [shape for shape in widths[2:]]  # after the donor forward and the recipient prefill
     assert len(cell_forwards) == 4 * 3  # ceil(17 / 5) chunks x 3 steps
-    assert max(shape[1] for shape in cell_forwards) == 5
+    assert max(shape[0] for shape in cell_forwards) == 3 * 5  # rows: 3 instances x 5 cells
+    assert all(shape[1] == 1 for shape in cell_forwards)  # one token per row: the prefix is never re-fed

@@ -1,18 +1,28 @@
-"""`xtp bench`: the reference path and the fast engine, side by side in one run.
+"""`xtp bench`: the fast engine, a batched peer and the reference, side by side in one run.
 
-Same tiny model, same instances, same cells. Every cell is compared; the last line
-prints the speedup and how many cells agree.
+Same tiny model, same instances, same cells, every cell compared:
+- fast: `engine.run_grid` (shared prefix, cells as rows, cascade attention);
+- peer: what a practitioner writes with plain hooks (TransformerLens / nnsight style):
+  one donor forward per instance capturing every layer, then all cells of the
+  instance as rows of ONE batched hooked `generate` over the full recipient prompt,
+  each row patched at its last prompt token in the prefill only (scoring: one
+  batched forward);
+- reference: `reference.run_grid`, one hooked `generate` per cell.
+The fast path runs three times (median counts, range printed); peer and reference once.
 """
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from importlib import resources
 
 import torch
 
 from . import engine, reference
-from .cells import parse_cells
+from .capture import replace_rows
+from .cells import VANILLA, parse_cells
+from .engine import CellResult, capture_donors, eos_ids, option_logprobs_all
 from .scoring import option_token_ids
 from .tiny import build_tiny_model, tokenizer_corpus, train_tokenizer
 
@@ -25,16 +35,85 @@ def _bench_prompts(tokenizer, instances: int, prompt_tokens: int) -> tuple[list[
 
     def cut(lang):
         lines = (root / f"{lang}.json").read_text(encoding="utf-8").splitlines()[:instances]
-        return [tokenizer.decode(tokenizer(json.loads(line), add_special_tokens=False).input_ids[-prompt_tokens + 1:])
-                for line in lines]
+        out = []
+        for line in lines:
+            ids = tokenizer(json.loads(line), add_special_tokens=False).input_ids
+            while len(ids) < prompt_tokens:  # longer prompts than the sample holds: repeat it
+                ids = ids + ids
+            out.append(tokenizer.decode(ids[-prompt_tokens + 1:]))
+        return out
 
     return cut("en"), cut("sw")
+
+
+@torch.no_grad()
+def run_peer(model, tokenizer, donors, recipients, cells, module, max_new_tokens=20, option_token_ids=None):
+    """The batched plain-hooks baseline (see the module docstring); same contract as run_grid."""
+    all_cells = [VANILLA, *cells]
+    stop = sorted(eos_ids(model, tokenizer))
+    out = []
+    for b, (donor, recipient) in enumerate(zip(donors, recipients)):
+        values = capture_donors(model, tokenizer, [donor], module)[0]  # [L, d]
+        ids = tokenizer(recipient, return_tensors="pt").input_ids.to(model.device)  # [1, T]
+        rows = ids.expand(len(all_cells), -1)  # [R, T]: every cell a row over the full prompt
+        by_target: dict[int, list[int]] = {}
+        for r, cell in enumerate(all_cells):
+            if cell != VANILLA:
+                by_target.setdefault(cell.target_layer, []).append(r)
+        patches = {j: (torch.tensor(rs, device=model.device),
+                       values[[all_cells[r].source_layer for r in rs]]) for j, rs in by_target.items()}
+        results = [CellResult(cell) for cell in all_cells]
+        with replace_rows(model, module, patches, first_call_only=True):
+            if max_new_tokens > 0:
+                pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop or [0])[0]
+                gen = model.generate(rows, attention_mask=torch.ones_like(rows), do_sample=False,
+                                     max_new_tokens=max_new_tokens, eos_token_id=stop or None, pad_token_id=pad,
+                                     output_logits=True, return_dict_in_generate=True, num_beams=1,
+                                     repetition_penalty=None, temperature=None, top_p=None, top_k=None)
+                logits = gen.logits[0]  # [R, V] the patched position
+                for r, result in enumerate(results):
+                    tokens = gen.sequences[r, ids.shape[1]:].tolist()
+                    end = next((k + 1 for k, t in enumerate(tokens) if t in stop), len(tokens))
+                    result.token_ids = tokens[:end]
+            else:
+                logits = model(input_ids=rows, use_cache=False).logits[:, -1]  # [R, V]
+        table = option_logprobs_all(logits[None], [option_token_ids[b]]) if option_token_ids else None
+        for r, result in enumerate(results):
+            result.logits = logits[r].float().cpu()
+            if table is not None:
+                result.option_logprobs = table[0][r]
+        out.append(results)
+    return out
+
+
+def compare(fast, other, mode: str) -> tuple[int, int, float]:
+    """(identical cells, cells, max next-token logit difference)."""
+    total = identical = 0
+    max_diff = 0.0
+    for fast_row, other_row in zip(fast, other):
+        for f, s in zip(fast_row, other_row):
+            total += 1
+            diff = (f.logits - s.logits).abs().max().item()
+            max_diff = max(max_diff, diff)
+            if mode == "generate":
+                same = f.token_ids == s.token_ids
+            else:
+                same = max(range(len(f.option_logprobs)), key=f.option_logprobs.__getitem__) == \
+                    max(range(len(s.option_logprobs)), key=s.option_logprobs.__getitem__)
+            identical += bool(same and diff <= LOGIT_TOLERANCE)
+    return identical, total, max_diff
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
 
 
 def run_bench(mode: str = "generate", architecture: str = "LlamaForCausalLM", num_layers: int = 16,
               hidden: int = 256, prompt_tokens: int = 128, instances: int = 2, cells: str = "full",
               module: str = "ffn", max_new_tokens: int = 20, cells_per_chunk: int | None = None,
-              threads: int | None = None, log=print) -> dict:
+              threads: int | None = None, peer: bool = True, log=print) -> dict:
     if mode not in ("generate", "score"):
         raise ValueError("mode is generate or score")
     if threads:
@@ -51,39 +130,61 @@ def run_bench(mode: str = "generate", architecture: str = "LlamaForCausalLM", nu
         f"~{prompt_tokens}-token prompts, {len(grid)} cells + vanilla, module {module}, "
         f"threads {torch.get_num_threads()}")
 
-    # Warm both paths up once (first calls pay one-off allocator and kernel set-up).
+    # Warm every path up once (first calls pay one-off allocator and kernel set-up).
     engine.run_grid(model, tokenizer, donors[:1], recipients[:1], grid[:1], module, min(new_tokens, 2))
     reference.run_grid(model, tokenizer, donors[:1], recipients[:1], grid[:1], module, min(new_tokens, 2))
 
-    # The fast path takes well under a second when scoring, where one scheduler hiccup
-    # shows; it runs three times and the median counts. The reference's one long run
-    # already averages over every cell.
     fast_times = []
     for _ in range(3):
-        start = time.perf_counter()
-        fast = engine.run_grid(model, tokenizer, donors, recipients, grid, module, new_tokens,
-                               cells_per_chunk=cells_per_chunk, option_token_ids=options, keep_logits=True)
-        fast_times.append(time.perf_counter() - start)
-    fast_s = sorted(fast_times)[1]
-    log(f"fast engine: {fast_s:.2f} s (median of {', '.join(f'{t:.2f}' for t in fast_times)})")
-    start = time.perf_counter()
-    slow = reference.run_grid(model, tokenizer, donors, recipients, grid, module, new_tokens,
-                              option_token_ids=options)
-    slow_s = time.perf_counter() - start
-    log(f"reference:   {slow_s:.2f} s")
-
-    total = identical = 0
-    max_logit_diff = 0.0
-    for fast_row, slow_row in zip(fast, slow):
-        for f, s in zip(fast_row, slow_row):
-            total += 1
-            diff = (f.logits - s.logits).abs().max().item()
-            max_logit_diff = max(max_logit_diff, diff)
-            same = f.token_ids == s.token_ids if mode == "generate" else (
-                max(range(3), key=lambda k: f.option_logprobs[k]) == max(range(3), key=lambda k: s.option_logprobs[k]))
-            identical += bool(same and diff <= LOGIT_TOLERANCE)
-    result = {"mode": mode, "fast_s": fast_s, "reference_s": slow_s, "speedup": slow_s / fast_s,
-              "cells": total, "identical": identical, "max_logit_diff": max_logit_diff}
-    log(f"max next-token logit difference {max_logit_diff:.2e} (tolerance {LOGIT_TOLERANCE:g})")
-    log(f"fast/reference speedup {slow_s / fast_s:.1f}x, cells {identical}/{total} identical")
+        fast, seconds = _timed(lambda: engine.run_grid(
+            model, tokenizer, donors, recipients, grid, module, new_tokens, cells_per_chunk=cells_per_chunk,
+            option_token_ids=options, keep_logits=True))
+        fast_times.append(seconds)
+    fast_s = statistics.median(fast_times)
+    log(f"fast engine: {fast_s:.3f} s (median of {', '.join(f'{t:.3f}' for t in fast_times)}; "
+        f"range {min(fast_times):.3f}-{max(fast_times):.3f} s)")
+    result = {"mode": mode, "fast_s": fast_s, "fast_range": [min(fast_times), max(fast_times)]}
+    rivals = [("reference", lambda: reference.run_grid(model, tokenizer, donors, recipients, grid, module,
+                                                        new_tokens, option_token_ids=options))]
+    if peer:
+        run_peer(model, tokenizer, donors[:1], recipients[:1], grid[:1], module, min(new_tokens, 2),
+                 options[:1] if options else None)  # warm-up
+        rivals.insert(0, ("peer", lambda: run_peer(model, tokenizer, donors, recipients, grid, module, new_tokens,
+                                                   options)))
+    lines = []
+    for name, fn in rivals:
+        other, seconds = _timed(fn)
+        identical, total, diff = compare(fast, other, mode)
+        log(f"{name + ':':<12} {seconds:.2f} s, max next-token logit difference {diff:.2e} "
+            f"(tolerance {LOGIT_TOLERANCE:g})")
+        result[name] = {"seconds": seconds, "speedup": seconds / fast_s, "identical": identical, "cells": total,
+                        "max_logit_diff": diff}
+        lines.append(f"fast/{name} speedup {seconds / fast_s:.1f}x, cells {identical}/{total} identical")
+    per_cell = fast_s / (len(recipients) * (len(grid) + 1))
+    log(f"fast engine: {1000 * per_cell:.2f} ms per cell, {1 / per_cell:.0f} cells/s, "
+        f"{fast_s / len(recipients):.3f} s per instance")
+    for line in lines:
+        log(line)
     return result
+
+
+def run_sweep(chunks: list[int], num_layers: int = 32, hidden: int = 256, prompt_tokens: int = 128,
+              cells: int = 512, max_new_tokens: int = 20, threads: int | None = None, log=print) -> dict:
+    """Generation time per cell against cells per forward (one instance, `cells` cells)."""
+    if threads:
+        torch.set_num_threads(threads)
+    tokenizer = train_tokenizer(tokenizer_corpus(), 512)
+    model = build_tiny_model("LlamaForCausalLM", len(tokenizer), num_layers=num_layers, hidden=hidden,
+                             heads=max(1, hidden // 64), kv_heads=max(1, hidden // 128), initializer_range=0.1)
+    donors, recipients = _bench_prompts(tokenizer, 1, prompt_tokens)
+    grid = parse_cells("full", num_layers)[:cells - 1]  # + vanilla = `cells` rows
+    log(f"sweep: LlamaForCausalLM, {num_layers} layers, hidden {hidden}, ~{prompt_tokens}-token prompt, "
+        f"{len(grid) + 1} cells, {max_new_tokens} new tokens, threads {torch.get_num_threads()}")
+    engine.run_grid(model, tokenizer, donors, recipients, grid[:8], "ffn", 2)  # warm-up
+    out = {}
+    for chunk in chunks:
+        _, seconds = _timed(lambda: engine.run_grid(model, tokenizer, donors, recipients, grid, "ffn",
+                                                    max_new_tokens, cells_per_chunk=chunk))
+        out[chunk] = 1000 * seconds / (len(grid) + 1)
+        log(f"{chunk} cells per forward: {out[chunk]:.2f} ms per cell ({seconds:.2f} s)")
+    return out

@@ -94,3 +94,30 @@ def replace_positions(model, module: str, patches: dict[int, tuple[torch.Tensor,
 
     with _hooks(register):
         yield
+
+
+@contextmanager
+def replace_rows(model, module: str, patches: dict[int, tuple[torch.Tensor, torch.Tensor]],
+                 first_call_only: bool = False) -> Iterator[None]:
+    """Replace `module`'s output at the last position of chosen batch rows.
+
+    patches: target layer -> (rows [k] long, values [k, d]). The output at
+    [rows, -1] becomes values (replaced, not added); other rows are untouched. With
+    first_call_only only the first forward is patched (the prefill of `generate`).
+    """
+    def register(handles):
+        for layer, (rows, values) in patches.items():
+            done = [False]
+
+            def on_output(_mod, _args, output, rows=rows, values=values, done=done):
+                if first_call_only and done[0]:
+                    return output
+                done[0] = True
+                hidden = first_tensor(output).clone()  # [R, T, d]
+                hidden[rows, -1] = values.to(hidden.dtype)
+                return _with_first(output, hidden)
+
+            handles.append(submodule(model, module, layer).register_forward_hook(on_output))
+
+    with _hooks(register):
+        yield

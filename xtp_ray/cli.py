@@ -41,7 +41,11 @@ def _add_bench(sub):
     p.add_argument("--cells", default="full")
     p.add_argument("--module", default="ffn", choices=MODULES)
     p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--cells-per-chunk", type=int, default=None, help="cells per instance per forward")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-peer", action="store_true", help="skip the batched plain-hooks peer")
+    p.add_argument("--sweep", help="instead: generation ms per cell at these cells per forward, e.g. 64,512 "
+                                   "(one instance, 512 cells; --layers defaults to 32 here)")
 
 
 def _add_tasks(sub):
@@ -104,12 +108,18 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "tasks":
             _print_tasks(args.data_root)
         elif args.command == "bench":
-            from .bench import run_bench
+            from .bench import run_bench, run_sweep
 
+            if args.sweep:
+                chunks = [int(c) for c in args.sweep.split(",")]
+                run_sweep(chunks, args.layers if args.layers != 16 else 32, args.hidden, args.prompt_tokens,
+                          max_new_tokens=args.max_new_tokens, threads=args.threads)
+                return 0
             modes = ["score", "generate"] if args.mode == "both" else [args.mode]
             for mode in modes:
                 run_bench(mode, args.architecture, args.layers, args.hidden, args.prompt_tokens,
-                          args.instances, args.cells, args.module, args.max_new_tokens, threads=args.threads)
+                          args.instances, args.cells, args.module, args.max_new_tokens,
+                          cells_per_chunk=args.cells_per_chunk, threads=args.threads, peer=not args.no_peer)
     except (ValueError, FileNotFoundError) as exc:
         print(f"xtp {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -1,41 +1,39 @@
-"""The fast grid engine (SPEC 6): no L^2 full passes.
+"""The fast grid engine (SPEC 6): no L^2 full passes, cost linear in the cells.
 
 Per batch of instances (B of them, left padded, recipient length T):
 1. one donor forward captures the donor value of every layer at the last token;
-2. one recipient prefill over the P = T - 1 prefix tokens builds the prefix KV
-   cache, shared by every cell (patching the last position leaves every earlier
-   position untouched under causal attention);
-3. the cells of a chunk (n of them, vanilla included) become n copies of the last
-   prompt token laid side by side after the prefix, all at the same position id.
-   A 4D mask lets each copy see the prefix and itself only, so each copy is exactly
-   the recipient's last token of its own cell; the target layer's module output of
-   each copy is replaced by its source layer's donor value. The prefix KV is read,
-   never copied, and one forward scores n cells;
-4. greedy decoding continues every cell in the same layout: at step s each cell
-   adds one token that sees the prefix and its own tokens only.
+2. one recipient prefill over the P = T - 1 prefix tokens builds the prefix KV,
+   shared by every cell (patching the last position leaves every earlier position
+   untouched under causal attention). It is stored once per instance and layer;
+3. the cells of a chunk are batch rows: n cells per instance, R = B * n rows, each
+   row a copy of its instance's last prompt token at the same position id. The
+   target layer's module output of each row is replaced by its source layer's donor
+   value. Attention is `cascade.py`'s: each instance's rows' queries folded into one
+   product against its prefix, plus each row against its own keys, merged exactly by
+   log-sum-exp. A row's cache holds only its own tokens; the prefix is never copied;
+4. greedy decoding continues every row: each step adds one own token per row.
 
-The model's own HF modules do all the computing; the engine only lays out tokens,
-masks and position ids. Results equal `reference.py` (one donor forward + one
-patched `generate` per cell). Peak memory grows with cells_per_chunk: the chunk's
-attention scores are [B, heads, n, P + n * (steps + 1)].
+The model's own HF modules do all the computing; the engine lays out rows, position
+ids and the shared prefix. Results equal `reference.py` (one donor forward + one
+patched `generate` per cell). Per forward the work is linear in the rows: the
+prefix scores are [B, K_h, n * G, P], the own scores [R, H, 1, steps + 1].
 """
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from transformers import DynamicCache
 
 from .architectures import num_layers
-from .capture import capture_last_token, replace_positions
+from .capture import capture_last_token, replace_rows
+from .cascade import SharedPrefix, cascade_attention, own_tokens_cache
 from .cells import VANILLA, Cell
 
-# Rows (instances x cells) per forward when decoding: attention over the cells' own
-# tokens grows as n^2 * steps, so generation uses smaller chunks than scoring. 192 rows
-# measured best on the bench model (16 layers, hidden 256) with 1 and 2 instances.
-DEFAULT_ROWS_GENERATE = 192
-DEFAULT_CHUNK_SCORE = 1024
+# Rows (instances x cells) per forward when decoding. The cost per row no longer grows
+# with the rows, so this only bounds memory; chosen on the bench model (see README).
+DEFAULT_ROWS_GENERATE = 1024
+DEFAULT_ROWS_SCORE = 4096
 
 
 @dataclass
@@ -77,62 +75,69 @@ def option_logprobs(logits: torch.Tensor, option_token_ids: list[list[int]]) -> 
     return [torch.logsumexp(logp[ids], dim=0).item() for ids in option_token_ids]
 
 
-def _share(cache: DynamicCache) -> DynamicCache:
-    """A cache that starts from the same prefix tensors (updates concatenate, so the
-    prefix itself is never modified and every chunk starts from it again)."""
-    shared = copy.copy(cache)
-    shared.layers = [copy.copy(layer) for layer in cache.layers]
-    return shared
+def option_logprobs_all(logits: torch.Tensor, option_token_ids: list[list[list[int]]]) -> list[list[list[float]]]:
+    """log P(option) for every row at once: [B, n, V] logits -> [b][c][k] floats.
 
-
-def _cells_mask(prefix_mask: torch.Tensor, n: int, segments: int, dtype) -> torch.Tensor:
-    """Additive mask [B, 1, n, P + n * segments] for the newest segment of n cell tokens.
-
-    Key layout: the P prefix tokens, then `segments` blocks of n cell tokens (block s
-    holds every cell's token of step s). Cell c sees the unpadded prefix and column c
-    of every block: its own tokens.
+    option_token_ids[b][k]: the token ids of option k of instance b. One gather and one
+    masked logsumexp over a padded [B, K, M] index, no per-cell loop.
     """
-    batch = prefix_mask.shape[0]
-    own = torch.eye(n, dtype=torch.bool, device=prefix_mask.device).repeat(1, segments)  # [n, n*segments]
-    allowed = torch.cat([prefix_mask.bool()[:, None, :].expand(batch, n, -1),
-                         own[None].expand(batch, -1, -1)], dim=-1)  # [B, n, P + n*segments]
-    blocked = torch.tensor(torch.finfo(dtype).min, dtype=dtype, device=prefix_mask.device)
-    zero = torch.zeros((), dtype=dtype, device=prefix_mask.device)
-    return torch.where(allowed, zero, blocked)[:, None]
+    batch = logits.shape[0]
+    options = max(len(o) for o in option_token_ids)
+    width = max(len(ids) for o in option_token_ids for ids in o)
+    index = torch.zeros(batch, options, width, dtype=torch.long)
+    valid = torch.zeros(batch, options, width, dtype=torch.bool)
+    for b, per_option in enumerate(option_token_ids):
+        for k, ids in enumerate(per_option):
+            index[b, k, :len(ids)] = torch.tensor(ids)
+            valid[b, k, :len(ids)] = True
+    index, valid = index.to(logits.device), valid.to(logits.device)
+    logp = torch.log_softmax(logits.float(), dim=-1)  # [B, n, V]
+    picked = torch.gather(logp, 2, index.view(batch, 1, -1).expand(-1, logp.shape[1], -1))
+    picked = picked.view(batch, logp.shape[1], options, width).masked_fill(~valid[:, None], float("-inf"))
+    table = torch.logsumexp(picked, dim=-1).tolist()  # [B][n][K]
+    return [[row[:len(option_token_ids[b])] for row in table[b]] for b in range(batch)]
 
 
-def _sliding_window(cache: DynamicCache) -> int | None:
-    windows = [layer.sliding_window for layer in cache.layers if getattr(layer, "is_sliding", False)]
+def sliding_window(model) -> int | None:
+    """The smallest sliding window among the model's attention layers (as its own cache sees them), if any."""
+    windows = [layer.sliding_window for layer in DynamicCache(config=model.config).layers
+               if getattr(layer, "is_sliding", False)]
     return min(windows) if windows else None
+
+
+def _dims(model) -> dict:
+    config = model.config
+    heads = getattr(config, "num_attention_heads", None) or config.n_head
+    hidden = getattr(config, "hidden_size", None) or config.n_embd
+    return {"heads": heads, "hidden": hidden,
+            "inter": getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * hidden,
+            "kv_heads": getattr(config, "num_key_value_heads", None) or heads,
+            "head_dim": getattr(config, "head_dim", None) or hidden // heads,
+            "vocab": config.vocab_size, "element": torch.finfo(model.dtype).bits // 8}
 
 
 def chunk_bytes(model, batch: int, prefix_len: int, n: int, max_new_tokens: int) -> int:
     """An upper estimate of the transient memory of one chunk of n cells for B instances.
 
-    The terms, at the last decoding step (the largest), K = P + n * (steps + 1) keys:
-    eager attention's scores [B, heads, n, K] in fp32, six live copies at the peak
-    (matmul, scale, mask add, softmax, and their allocator reuse) plus the additive
-    mask; the cells' own KV in every layer; one layer's concatenated and head-repeated
-    copy of the whole cache; activations of n rows through the widest module; logits.
-    The sum is doubled: growing caches fragment the CPU allocator; 1.5 was measured
-    to be just enough on this machine (tests/test_memory.py), 2 leaves a margin.
+    At the last decoding step (the largest), rows R = B * n, s = steps + 1 own keys:
+    - the rows' own K/V in every layer (the only cache that grows with the cells);
+    - one layer's prefix attention: fp32 scores [B, H, n, P], four live copies
+      (product, scale, exp, and the allocator's reuse), plus the folded queries/outputs;
+    - one layer's own attention: fp32 scores [R, H, s], four copies;
+    - activations of R rows through the widest module (four live tensors);
+    - fp32 logits [R, V] and their log-softmax.
+    The sum is doubled for allocator fragmentation (growing caches), as measured in
+    tests/test_memory.py. The prefix KV itself is not counted: it exists once.
     """
-    config = model.config
-    heads = getattr(config, "num_attention_heads", None) or config.n_head
-    hidden = getattr(config, "hidden_size", None) or config.n_embd
-    inter = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * hidden
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or hidden // heads
-    element = torch.finfo(model.dtype).bits // 8
+    d = _dims(model)
     steps = max_new_tokens + 1
-    keys = prefix_len + n * steps
     rows = batch * n
-    scores = 6 * batch * heads * n * keys * 4 + batch * n * keys * (element + 1)
-    own_kv = num_layers(model) * 2 * batch * kv_heads * n * steps * head_dim * element
-    cache_copy = 2 * batch * (kv_heads + heads) * keys * head_dim * element
-    activations = 4 * rows * (hidden + 2 * inter) * element
-    logits = 2 * rows * config.vocab_size * 4
-    return int(2 * (scores + own_kv + cache_copy + activations + logits))
+    own_kv = num_layers(model) * 2 * rows * d["kv_heads"] * steps * d["head_dim"] * d["element"]
+    prefix_scores = 4 * batch * d["heads"] * n * prefix_len * 4 + 4 * rows * d["heads"] * d["head_dim"] * 4
+    own_scores = 4 * rows * d["heads"] * steps * 4
+    activations = 4 * rows * (d["hidden"] + 2 * d["inter"]) * d["element"]
+    logits = 2 * rows * d["vocab"] * 4
+    return int(2 * (own_kv + prefix_scores + own_scores + activations + logits))
 
 
 def cells_for_budget(model, batch: int, prefix_len: int, max_new_tokens: int, budget_bytes: int,
@@ -154,6 +159,14 @@ def cells_for_budget(model, batch: int, prefix_len: int, max_new_tokens: int, bu
     return fits
 
 
+def free_accelerator_bytes(device) -> int | None:
+    """What a chunk may use on a GPU: 80% of its free memory now (None on CPU)."""
+    if torch.device(device).type != "cuda":
+        return None
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(0.8 * free)
+
+
 @torch.no_grad()
 def capture_donors(model, tokenizer, donors: list[str], module: str) -> torch.Tensor:
     """Donor values of every layer at the last donor token: [B, L, d]."""
@@ -173,94 +186,106 @@ def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: 
 
     Returns, per instance, [vanilla, *cells] results. max_new_tokens=0 scores only
     (no decoding). option_token_ids[b][k] lists the token ids of option k of
-    instance b. cells_per_chunk: cells of each instance per forward (default: all
-    when scoring, DEFAULT_ROWS_GENERATE rows per forward when decoding).
-    memory_budget_mb: shrink chunks until `chunk_bytes` fits it.
+    instance b. cells_per_chunk: cells of each instance per forward (default:
+    DEFAULT_ROWS_GENERATE / DEFAULT_ROWS_SCORE rows per forward, shared among the
+    instances). memory_budget_mb: shrink chunks until `chunk_bytes` fits it; on a
+    GPU without a budget, chunks fit 80% of the free memory.
     """
     if len(donors) != len(recipients):
         raise ValueError("donors and recipients differ in length")
+    batch = len(recipients)
     if cells_per_chunk is None:
-        cells_per_chunk = (max(16, DEFAULT_ROWS_GENERATE // len(recipients)) if max_new_tokens > 0
-                           else DEFAULT_CHUNK_SCORE)
+        rows = DEFAULT_ROWS_GENERATE if max_new_tokens > 0 else DEFAULT_ROWS_SCORE
+        cells_per_chunk = max(1, rows // batch)
     if cells_per_chunk < 1:
         raise ValueError("cells_per_chunk must be positive")
     device = model.device
-    donor_values = capture_donors(model, tokenizer, donors, module)  # [B, L, d]
-
     ids, mask = encode_left_padded(tokenizer, recipients, device)  # [B, T]
+    window = sliding_window(model)
+    if window is not None and max_new_tokens + 1 >= window:
+        # a row's own tokens must all lie inside the window (prefix keys are masked by position)
+        raise ValueError(f"{max_new_tokens} new tokens do not fit the model's sliding window of {window}; "
+                         "use the reference engine")
+    donor_values = capture_donors(model, tokenizer, donors, module)  # [B, L, d]
     pos = positions(mask)  # [B, T]
-    prefix = DynamicCache(config=model.config)
-    if ids.shape[1] > 1:
-        model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1],
-              past_key_values=prefix, use_cache=True)
     prefix_len = ids.shape[1] - 1
-    window = _sliding_window(prefix)
-    if window is not None:  # keep every key inside the window, as the reference sees them
-        fits = (window - 1 - prefix_len) // (max_new_tokens + 1)
-        if fits < 1:
-            raise ValueError(f"prompt of {prefix_len + 1} tokens plus {max_new_tokens} new tokens does not fit "
-                             f"the model's sliding window of {window}; use the reference engine")
-        cells_per_chunk = min(cells_per_chunk, fits)
+    cache = DynamicCache(config=model.config)
+    if prefix_len > 0:
+        model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1],
+              past_key_values=cache, use_cache=True)
+        shared = SharedPrefix([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers],
+                              mask[:, :-1].bool(), pos[:, :-1])  # [B, K_h, P, D] per layer, [B, P], [B, P]
+    else:  # a one-token prompt: an empty prefix
+        d = _dims(model)
+        empty = torch.zeros(batch, d["kv_heads"], 0, d["head_dim"], dtype=model.dtype, device=device)
+        nothing = torch.zeros(batch, 0, dtype=torch.long, device=device)
+        shared = SharedPrefix([empty] * num_layers(model), [empty] * num_layers(model), nothing.bool(), nothing)
 
     all_cells = [VANILLA, *cells]
-    if memory_budget_mb is not None:
-        cells_per_chunk = cells_for_budget(model, len(recipients), prefix_len, max_new_tokens,
-                                           int(memory_budget_mb * 2**20), min(cells_per_chunk, len(all_cells)))
+    cells_per_chunk = min(cells_per_chunk, len(all_cells))
+    budget = int(memory_budget_mb * 2**20) if memory_budget_mb is not None else free_accelerator_bytes(device)
+    if budget is not None:
+        cells_per_chunk = cells_for_budget(model, batch, prefix_len, max_new_tokens, budget, cells_per_chunk)
     results = [[CellResult(cell) for cell in all_cells] for _ in recipients]
     stop = eos_ids(model, tokenizer)
     for start in range(0, len(all_cells), cells_per_chunk):
         chunk = all_cells[start:start + cells_per_chunk]
-        logits, tokens = _run_chunk(model, module, chunk, donor_values, ids[:, -1], mask[:, :-1],
-                                    pos[:, -1], prefix, max_new_tokens, stop)
+        logits, tokens = _run_chunk(model, module, chunk, donor_values, ids[:, -1], pos[:, -1], shared,
+                                    max_new_tokens, stop)
+        options = option_logprobs_all(logits, option_token_ids) if option_token_ids is not None else None
+        kept = logits.float().cpu() if keep_logits else None
         for b, row in enumerate(results):
             for c in range(len(chunk)):
                 result = row[start + c]
-                if keep_logits:
-                    result.logits = logits[b, c].float().cpu()
-                if option_token_ids is not None:
-                    result.option_logprobs = option_logprobs(logits[b, c], option_token_ids[b])
+                if kept is not None:
+                    result.logits = kept[b, c]
+                if options is not None:
+                    result.option_logprobs = options[b][c]
                 if tokens is not None:
                     result.token_ids = tokens[b][c]
     return results
 
 
-def _run_chunk(model, module, chunk, donor_values, last_token, prefix_mask, last_pos, prefix,
-               max_new_tokens, stop):
-    """One chunk of n cells for all B instances: logits [B, n, V], tokens [B][n] or None."""
-    batch, n = last_token.shape[0], len(chunk)
+def _patches(chunk: list[Cell], donor_values: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """target layer -> (rows [k], donor values [k, d]) for a chunk laid out as row b * n + c."""
+    batch, n = donor_values.shape[0], len(chunk)
     by_target: dict[int, list[int]] = {}
     for c, cell in enumerate(chunk):
         if cell != VANILLA:
             by_target.setdefault(cell.target_layer, []).append(c)
-    patches = {
-        j: (torch.tensor(cs, device=last_token.device),
-            donor_values[:, [chunk[c].source_layer for c in cs]])  # [B, k, d]
-        for j, cs in by_target.items()
-    }
-    cache = _share(prefix)
-    dtype = model.dtype
-    with replace_positions(model, module, patches):
-        out = model(input_ids=last_token[:, None].expand(batch, n),
-                    attention_mask=_cells_mask(prefix_mask, n, 1, dtype),
-                    position_ids=last_pos[:, None].expand(batch, n),
-                    past_key_values=cache, use_cache=True)
-    logits = out.logits  # [B, n, V]
-    if max_new_tokens == 0:
-        return logits, None
+    patches = {}
+    for j, cs in by_target.items():
+        rows = torch.tensor([b * n + c for b in range(batch) for c in cs], device=donor_values.device)
+        sources = torch.tensor([chunk[c].source_layer for c in cs], device=donor_values.device)
+        patches[j] = (rows, donor_values[:, sources].reshape(batch * len(cs), -1))  # [B * k, d]
+    return patches
 
-    generated = [[[] for _ in range(n)] for _ in range(batch)]
-    finished = torch.zeros(batch, n, dtype=torch.bool, device=logits.device)
-    stop_ids = torch.tensor(sorted(stop), dtype=torch.long, device=logits.device)
-    next_token = logits.argmax(-1)  # [B, n]
-    for step in range(max_new_tokens):
-        for b, c in (~finished).nonzero().tolist():
-            generated[b][c].append(int(next_token[b, c]))
-        finished |= torch.isin(next_token, stop_ids)
-        if step == max_new_tokens - 1 or bool(finished.all()):
-            break
-        out = model(input_ids=next_token,
-                    attention_mask=_cells_mask(prefix_mask, n, step + 2, dtype),
-                    position_ids=(last_pos + step + 1)[:, None].expand(batch, n),
-                    past_key_values=cache, use_cache=True)
-        next_token = out.logits.argmax(-1)
+
+def _run_chunk(model, module, chunk, donor_values, last_token, last_pos, shared, max_new_tokens, stop):
+    """One chunk of n cells for all B instances as R = B * n rows: logits [B, n, V], tokens [B][n] or None."""
+    batch, n = last_token.shape[0], len(chunk)
+    rows = batch * n
+    own = own_tokens_cache(num_layers(model), max_new_tokens + 1)  # rows' own tokens; the prefix stays in `shared`
+    row_pos = last_pos.repeat_interleave(n)[:, None]  # [R, 1]
+    with cascade_attention(model):
+        with replace_rows(model, module, _patches(chunk, donor_values)):
+            out = model(input_ids=last_token.repeat_interleave(n)[:, None], position_ids=row_pos,
+                        past_key_values=own, use_cache=True, xtp_prefix=replace(shared, query_positions=last_pos))
+        logits = out.logits[:, -1].view(batch, n, -1)  # [B, n, V]
+        if max_new_tokens == 0:
+            return logits, None
+
+        generated = [[[] for _ in range(n)] for _ in range(batch)]
+        finished = torch.zeros(rows, dtype=torch.bool, device=logits.device)
+        stop_ids = torch.tensor(sorted(stop), dtype=torch.long, device=logits.device)
+        next_token = logits.reshape(rows, -1).argmax(-1)  # [R]
+        for step in range(max_new_tokens):
+            for r in (~finished).nonzero()[:, 0].tolist():
+                generated[r // n][r % n].append(int(next_token[r]))
+            finished |= torch.isin(next_token, stop_ids)
+            if step == max_new_tokens - 1 or bool(finished.all()):
+                break
+            out = model(input_ids=next_token[:, None], position_ids=row_pos + step + 1, past_key_values=own,
+                        use_cache=True, xtp_prefix=replace(shared, query_positions=last_pos + step + 1))
+            next_token = out.logits[:, -1].argmax(-1)
     return logits, generated

@@ -1,0 +1,106 @@
+"""Cascade attention against plain softmax attention over the concatenated keys, on random tensors.
+
+Tolerance 1e-5 (fp32): the two differ only by where the softmax sum is split (prefix
+part + own part merged by log-sum-exp), i.e. by float reassociation.
+"""
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from xtp_ray.cascade import SharedPrefix, attend_fused, attend_matmul, cascade_attention_forward
+
+TOL = 1e-5
+
+
+def _plain(query, prefix_k, prefix_v, visible, own_k, own_v, scaling, softcap=None):
+    """Row by row: softmax over [the visible prefix keys of its instance, its own keys]."""
+    rows, heads = query.shape[:2]
+    batch = prefix_k.shape[0]
+    n, group = rows // batch, heads // prefix_k.shape[1]
+    out = torch.empty_like(query)
+    for r in range(rows):
+        b = r // n
+        keys = torch.cat([prefix_k[b][:, visible[b]], own_k[r]], dim=1).repeat_interleave(group, 0)  # [H, k, D]
+        values = torch.cat([prefix_v[b][:, visible[b]], own_v[r]], dim=1).repeat_interleave(group, 0)
+        scores = query[r] @ keys.transpose(-1, -2) * scaling  # [H, q, k]
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
+        out[r] = torch.softmax(scores, dim=-1) @ values
+    return out
+
+
+def _case(batch=3, n=5, heads=4, kv_heads=2, prefix=9, own=3, dim=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    rows = batch * n
+    query = torch.randn(rows, heads, 1, dim, generator=g)
+    prefix_k = torch.randn(batch, kv_heads, prefix, dim, generator=g)
+    prefix_v = torch.randn(batch, kv_heads, prefix, dim, generator=g)
+    own_k = torch.randn(rows, kv_heads, own, dim, generator=g)
+    own_v = torch.randn(rows, kv_heads, own, dim, generator=g)
+    mask = torch.ones(batch, prefix, dtype=torch.bool)
+    for b in range(batch):  # left padding: instance b has b * 2 pad positions
+        mask[b, :2 * b] = False
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    return query, prefix_k, prefix_v, own_k, own_v, mask, positions
+
+
+def _cascade(query, prefix_k, prefix_v, own_k, own_v, mask, positions=None, query_positions=None, fused=True,
+             **kwargs):
+    shared = SharedPrefix([prefix_k], [prefix_v], mask, positions, query_positions, fused=fused)
+    out, weights = cascade_attention_forward(SimpleNamespace(layer_idx=0), query, own_k, own_v, None,
+                                             xtp_prefix=shared, **kwargs)
+    assert weights is None
+    return out.transpose(1, 2)  # back to [R, H, q, D]
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])  # MHA, GQA, MQA
+@pytest.mark.parametrize("fused", [True, False])
+def test_equals_plain_attention_with_padding_and_gqa(kv_heads, fused):
+    query, pk, pv, ok, ov, mask, _ = _case(kv_heads=kv_heads)
+    got = _cascade(query, pk, pv, ok, ov, mask, fused=fused, scaling=0.25)
+    want = _plain(query, pk, pv, mask, ok, ov, 0.25)
+    assert torch.allclose(got, want, atol=TOL, rtol=0), (got - want).abs().max()
+
+
+def test_softcap():
+    query, pk, pv, ok, ov, mask, _ = _case()
+    query = query * 8  # large scores, so the cap bites
+    got = _cascade(query, pk, pv, ok, ov, mask, scaling=0.25, softcap=5.0)
+    want = _plain(query, pk, pv, mask, ok, ov, 0.25, softcap=5.0)
+    assert torch.allclose(got, want, atol=TOL, rtol=0)
+    assert not torch.allclose(got, _cascade(query, pk, pv, ok, ov, mask, scaling=0.25), atol=1e-3)
+
+
+def test_sliding_window_masks_prefix_keys_out_of_reach():
+    query, pk, pv, ok, ov, mask, positions = _case(prefix=12)
+    query_positions = positions[:, -1] + 3  # three steps into decoding
+    window = 6
+    visible = mask & (query_positions[:, None] - positions < window)
+    assert (visible.sum(-1) < mask.sum(-1)).all()  # the window really hides keys
+    got = _cascade(query, pk, pv, ok, ov, mask, positions, query_positions, scaling=0.25, sliding_window=window)
+    assert torch.allclose(got, _plain(query, pk, pv, visible, ok, ov, 0.25), atol=TOL, rtol=0)
+
+
+def test_an_all_padding_prefix_gives_own_attention_not_nan():
+    query, pk, pv, ok, ov, mask, _ = _case()
+    mask[1] = False  # instance 1's prefix is all padding: its log-sum-exp is -inf
+    for fused in (True, False):
+        got = _cascade(query, pk, pv, ok, ov, mask, fused=fused, scaling=0.25)
+        assert torch.isfinite(got).all()
+        assert torch.allclose(got, _plain(query, pk, pv, mask, ok, ov, 0.25), atol=TOL, rtol=0)
+    empty = pk[:, :, :0]  # and a prefix of length 0 (a one-token prompt)
+    got = _cascade(query, empty, empty, ok, ov, mask[:, :0], fused=False, scaling=0.25)
+    assert torch.allclose(got, _plain(query, empty, empty, mask[:, :0], ok, ov, 0.25), atol=TOL, rtol=0)
+
+
+def test_fused_kernel_runs_here_and_equals_the_matmul_path():
+    """The private fused op with log-sum-exp must exist on this torch (else the fallback hides it)."""
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 3, 40, 16, generator=g) for _ in range(3))
+    mask = torch.rand(2, 1, 1, 40, generator=g) > 0.3
+    fused = attend_fused(q, k, v, 0.25, mask)
+    assert fused is not None, "the fused CPU kernel is unavailable: the fallback would hide a regression"
+    plain = attend_matmul(q, k, v, 0.25, mask)
+    assert torch.allclose(fused[0], plain[0], atol=TOL, rtol=0)
+    assert torch.allclose(fused[1], plain[1], atol=TOL, rtol=0)

@@ -1,0 +1,241 @@
+"""Shared-prefix ("cascade") attention: many rows of one instance against one prefix KV.
+
+The cells of an instance are batch rows (B instances x n cells = R rows, row
+r = b * n + c). Every row shares its instance's prefix (the recipient prompt but its
+last token), whose keys and values are stored once per layer and never copied or
+expanded per row. A row's attention is computed in two parts, merged exactly by
+log-sum-exp (as in Hydragen / FlashInfer's cascade attention):
+
+- prefix part: for each instance and KV head, ONE matrix product of all its rows'
+  queries (folded together, GQA groups included) against the prefix keys;
+- own part: each row's queries against its own keys (its cell's last prompt token
+  and the tokens it generated), which is all a row's cache holds.
+
+softmax([s_p, s_o]) @ [V_p; V_o] = (e^{lse_p} out_p + e^{lse_o} out_o) / (e^{lse_p} + e^{lse_o}).
+
+It plugs into transformers as a registered attention function (`AttentionInterface`),
+selected by `attn_implementation`; the prefix reaches it as a model kwarg
+(`xtp_prefix`), since `past_key_values` is not forwarded to attention functions.
+The HF modules do every projection, rotary embedding and norm. Shapes: B instances,
+n rows per instance, R = B * n, H query heads, G = H / K_h query heads per KV head,
+P prefix length, q query tokens per row, s own keys per row, D head dim.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from transformers import AttentionInterface
+from transformers.cache_utils import Cache, DynamicLayer
+
+ATTENTION_NAME = "xtp_cascade"
+
+
+@dataclass
+class SharedPrefix:
+    """Each instance's prefix K/V, once per layer, and which prefix positions are real."""
+    keys: list[torch.Tensor]  # per layer [B, K_h, P, D] (after rotary, as the cache stores them)
+    values: list[torch.Tensor]  # per layer [B, K_h, P, D]
+    mask: torch.Tensor  # [B, P] bool: True for real tokens, False for left padding
+    key_positions: torch.Tensor | None = None  # [B, P] position ids of the prefix tokens (sliding windows)
+    query_positions: torch.Tensor | None = None  # [B] position id of this forward's rows (one per instance)
+    fused: bool = True  # use torch's fused attention kernels (returning the log-sum-exp) where they apply
+
+    def key_mask(self, layer: int, window: int | None) -> torch.Tensor:
+        """[B, P_l] visible prefix keys of a layer; a sliding layer's cache may keep only its last P_l."""
+        kept = self.keys[layer].shape[2]
+        visible = self.mask[:, self.mask.shape[1] - kept:]
+        if window is not None:
+            if self.key_positions is None or self.query_positions is None:
+                raise RuntimeError("a sliding-window layer needs the key and query positions")
+            keys_at = self.key_positions[:, self.key_positions.shape[1] - kept:]
+            visible = visible & (self.query_positions[:, None] - keys_at < window)
+        return visible
+
+
+class OwnTokensLayer(DynamicLayer):
+    """A cache layer holding only the rows' own tokens, preallocated for `capacity` of them.
+
+    The prefix lives in `SharedPrefix`, so this is all HF's attention module sees as
+    keys and values: [R, K_h, s, D] views of one buffer. Appending writes in place; a
+    growing torch.cat per step would copy the whole cache every step (O(steps^2)).
+    """
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self.length = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        rows, heads, _, dim = key_states.shape
+        self.key_buffer = key_states.new_empty(rows, heads, self.capacity, dim)
+        self.value_buffer = value_states.new_empty(rows, heads, self.capacity, value_states.shape[-1])
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        if end > self.capacity:
+            raise RuntimeError(f"own-token cache holds {self.capacity} tokens, asked for {end}")
+        self.key_buffer[:, :, self.length:end] = key_states
+        self.value_buffer[:, :, self.length:end] = value_states
+        self.length = end
+        self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+
+def own_tokens_cache(num_layers: int, capacity: int) -> Cache:
+    """The rows' cache: one `OwnTokensLayer` per decoder layer."""
+    return Cache(layers=[OwnTokensLayer(capacity) for _ in range(num_layers)])
+
+
+def _masked(scores: torch.Tensor, key_mask: torch.Tensor | None, softcap: float | None) -> torch.Tensor:
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if key_mask is not None:
+        scores = scores.masked_fill(~key_mask, float("-inf"))
+    return scores
+
+
+def attend_matmul(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float,
+                  key_mask: torch.Tensor | None = None, softcap: float | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain attention returning (out [..., m, D] in query's dtype, lse [..., m] fp32).
+
+    query [..., m, D], key/value [..., k, D], key_mask broadcastable to [..., m, k].
+    Scores and softmax in fp32 (as HF's eager attention). A row whose keys are all
+    masked gets out 0 and lse -inf, so the merge gives it no weight.
+    """
+    scores = _masked(torch.matmul(query, key.transpose(-1, -2)).float() * scaling, key_mask, softcap)
+    lse = torch.logsumexp(scores, dim=-1)  # [..., m]
+    weights = torch.exp(scores - lse.clamp_min(torch.finfo(torch.float32).min)[..., None])  # all masked: 0
+    return torch.matmul(weights.to(value.dtype), value), lse
+
+
+def attend_fused(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float,
+                 key_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The same through torch's fused kernels that also return the log-sum-exp, or None.
+
+    4D inputs [N, h, m, D]. CPU: `_scaled_dot_product_flash_attention_for_cpu`; CUDA:
+    `_scaled_dot_product_efficient_attention(compute_log_sumexp=True)`. Both are
+    private ops: any failure falls back to `attend_matmul` (tests hold both equal).
+    """
+    bias = None
+    if key_mask is not None:
+        bias = torch.zeros(key_mask.shape, dtype=query.dtype, device=query.device)
+        bias = bias.masked_fill(~key_mask, float("-inf")).expand(*query.shape[:-1], key.shape[-2])
+    try:
+        if query.device.type == "cpu":
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                query, key, value, 0.0, False, attn_mask=bias, scale=scaling)
+        elif query.device.type == "cuda":
+            out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
+                query, key, value, bias, True, 0.0, False, scale=scaling)[:2]
+            lse = lse[..., :query.shape[-2]]  # padded to a multiple of 32 on some builds
+        else:
+            return None
+    except (RuntimeError, TypeError, AttributeError, NotImplementedError):
+        return None
+    lse = lse.float()
+    if key_mask is not None:  # the kernels' value for a row with every key masked is not -inf: make it so
+        blind = ~key_mask.any(-1)  # broadcastable to [N, h, m]
+        lse = lse.masked_fill(blind, float("-inf"))
+        out = out.masked_fill(blind[..., None], 0.0)
+    return out, lse
+
+
+def merge(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor) -> torch.Tensor:
+    """Exact softmax over the union of two key sets from each part's output and log-sum-exp.
+
+    out [..., m, D], lse [..., m]. A part with lse -inf (all its keys masked, e.g. a
+    prefix that is all padding) gets weight 0.
+    """
+    top = torch.maximum(lse_a, lse_b)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    w_a = torch.exp(lse_a - top)[..., None]
+    w_b = torch.exp(lse_b - top)[..., None]
+    mixed = (w_a * out_a.float() + w_b * out_b.float()) / (w_a + w_b)
+    return mixed.to(out_a.dtype)
+
+
+def prefix_part(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scaling: float,
+                softcap: float | None, fused: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """query [R, H, q, D] against each instance's prefix: (out [R, H, q, D], lse [R, H, q]).
+
+    keys/values [B, K_h, P, D], mask [B, P] (the keys every row of instance b may see:
+    all rows of an instance sit at the same position, so one mask serves them all).
+    """
+    rows, heads, q_len, dim = query.shape
+    batch, kv_heads, prefix_len, _ = keys.shape
+    n, group = rows // batch, heads // kv_heads
+    # fold: [B, n, K_h, G, q, D] -> [B, K_h, n, G, q, D] -> [B, K_h, n * G * q, D]
+    folded = query.view(batch, n, kv_heads, group, q_len, dim).permute(0, 2, 1, 3, 4, 5)
+    folded = folded.reshape(batch, kv_heads, n * group * q_len, dim)
+    key_mask = mask[:, None, None, :]  # [B, 1, 1, P]
+    result = attend_fused(folded, keys, values, scaling, key_mask) if fused and softcap is None else None
+    if result is None:
+        result = attend_matmul(folded, keys, values, scaling, key_mask, softcap)
+    out, lse = result  # [B, K_h, n*G*q, D], [B, K_h, n*G*q]
+    out = out.view(batch, kv_heads, n, group, q_len, dim).permute(0, 2, 1, 3, 4, 5).reshape(rows, heads, q_len, dim)
+    lse = lse.view(batch, kv_heads, n, group, q_len).permute(0, 2, 1, 3, 4).reshape(rows, heads, q_len)
+    return out, lse
+
+
+def own_part(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float,
+             softcap: float | None, fused: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """query [R, H, q, D] against each row's own keys [R, K_h, s, D] (causal over the last q)."""
+    rows, heads, q_len, dim = query.shape
+    kv_heads, own = key.shape[1], key.shape[2]
+    group = heads // kv_heads
+    grouped = query.view(rows, kv_heads, group * q_len, dim)  # GQA without repeating keys
+    if q_len == 1 and softcap is None and fused:  # the G queries of a KV head need no mask: one fused call
+        result = attend_fused(grouped, key, value, scaling)
+        if result is not None:
+            return result[0].reshape(rows, heads, q_len, dim), result[1].reshape(rows, heads, q_len)
+    causal = None
+    if q_len > 1:  # query t sits at own position s - q + t and sees keys up to it
+        at = torch.arange(own - q_len, own, device=query.device)
+        causal = (torch.arange(own, device=query.device)[None, :] <= at[:, None]).repeat(group, 1)
+    out, lse = attend_matmul(grouped, key, value, scaling, causal, softcap)
+    return out.view(rows, heads, q_len, dim), lse.view(rows, heads, q_len)
+
+
+def cascade_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None,
+                              sliding_window=None, xtp_prefix: SharedPrefix | None = None, **kwargs):
+    """The registered attention function: HF passes query [R, H, q, D] and the rows' own
+    key/value [R, K_h, s, D] (their cache holds nothing else); returns ([R, q, H, D], None).
+
+    A sliding-window layer (Gemma2) masks the prefix keys that fell out of the window;
+    the rows' own keys all lie inside it (the engine refuses more new tokens than that).
+    """
+    if xtp_prefix is None:
+        raise RuntimeError(f"{ATTENTION_NAME} attention needs the shared prefix (model kwarg xtp_prefix)")
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    layer = module.layer_idx
+    out_p, lse_p = prefix_part(query, xtp_prefix.keys[layer], xtp_prefix.values[layer],
+                               xtp_prefix.key_mask(layer, sliding_window), scaling, softcap, xtp_prefix.fused)
+    out_o, lse_o = own_part(query, key, value, scaling, softcap, xtp_prefix.fused)
+    out = merge(out_p, lse_p, out_o, lse_o)  # [R, H, q, D]
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ATTENTION_NAME, cascade_attention_forward)
+
+
+@contextmanager
+def cascade_attention(model) -> Iterator[None]:
+    """Run the model's attention modules through the cascade function inside the block."""
+    config = model.config
+    previous = config._attn_implementation
+    config._attn_implementation = ATTENTION_NAME
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous
