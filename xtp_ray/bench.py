@@ -87,13 +87,14 @@ def run_peer(model, tokenizer, donors, recipients, cells, module, max_new_tokens
 
 
 def compare(fast, other, mode: str) -> tuple[int, int, float]:
-    """(identical cells, cells, max next-token logit difference)."""
+    """(identical cells, cells, max next-token log-prob difference)."""
     total = identical = 0
     max_diff = 0.0
     for fast_row, other_row in zip(fast, other):
         for f, s in zip(fast_row, other_row):
             total += 1
-            diff = (f.logits - s.logits).abs().max().item()
+            # next-token log-probs: the vllm engine reports those; for logits they differ by a per-row constant
+            diff = (torch.log_softmax(f.logits, -1) - torch.log_softmax(s.logits, -1)).abs().max().item()
             max_diff = max(max_diff, diff)
             if mode == "generate":
                 same = f.token_ids == s.token_ids
@@ -113,7 +114,7 @@ def _timed(fn):
 def run_bench(mode: str = "generate", architecture: str = "LlamaForCausalLM", num_layers: int = 16,
               hidden: int = 256, prompt_tokens: int = 128, instances: int = 2, cells: str = "full",
               module: str = "ffn", max_new_tokens: int = 20, cells_per_chunk: int | None = None,
-              threads: int | None = None, peer: bool = True, log=print) -> dict:
+              threads: int | None = None, peer: bool = True, engine_name: str = "hf", log=print) -> dict:
     if mode not in ("generate", "score"):
         raise ValueError("mode is generate or score")
     if threads:
@@ -130,28 +131,35 @@ def run_bench(mode: str = "generate", architecture: str = "LlamaForCausalLM", nu
         f"~{prompt_tokens}-token prompts, {len(grid)} cells + vanilla, module {module}, "
         f"threads {torch.get_num_threads()}")
 
+    hf = engine.HFEngine(model, tokenizer)
+    tested = hf if engine_name == "hf" else _vllm_twin(model, tokenizer)
     # Warm every path up once (first calls pay one-off allocator and kernel set-up).
-    engine.run_grid(model, tokenizer, donors[:1], recipients[:1], grid[:1], module, min(new_tokens, 2))
+    tested.run_grid(donors[:1], recipients[:1], grid[:1], module, min(new_tokens, 2))
     reference.run_grid(model, tokenizer, donors[:1], recipients[:1], grid[:1], module, min(new_tokens, 2))
 
+    name = "fast" if engine_name == "hf" else engine_name
     fast_times = []
     for _ in range(3):
-        fast, seconds = _timed(lambda: engine.run_grid(
-            model, tokenizer, donors, recipients, grid, module, new_tokens, cells_per_chunk=cells_per_chunk,
+        fast, seconds = _timed(lambda: tested.run_grid(
+            donors, recipients, grid, module, new_tokens, cells_per_chunk=cells_per_chunk,
             option_token_ids=options, keep_logits=True))
         fast_times.append(seconds)
     fast_s = statistics.median(fast_times)
-    log(f"fast engine: {fast_s:.3f} s (median of {', '.join(f'{t:.3f}' for t in fast_times)}; "
+    log(f"{name} engine: {fast_s:.3f} s (median of {', '.join(f'{t:.3f}' for t in fast_times)}; "
         f"range {min(fast_times):.3f}-{max(fast_times):.3f} s)")
-    result = {"mode": mode, "fast_s": fast_s, "fast_range": [min(fast_times), max(fast_times)]}
+    result = {"mode": mode, "engine": engine_name, "fast_s": fast_s, "fast_range": [min(fast_times), max(fast_times)]}
     rivals = [("reference", lambda: reference.run_grid(model, tokenizer, donors, recipients, grid, module,
                                                         new_tokens, option_token_ids=options))]
+    if engine_name != "hf":
+        rivals.insert(0, ("hf", lambda: hf.run_grid(donors, recipients, grid, module, new_tokens,
+                                                    option_token_ids=options, keep_logits=True)))
     if peer:
         run_peer(model, tokenizer, donors[:1], recipients[:1], grid[:1], module, min(new_tokens, 2),
                  options[:1] if options else None)  # warm-up
         rivals.insert(0, ("peer", lambda: run_peer(model, tokenizer, donors, recipients, grid, module, new_tokens,
                                                    options)))
     lines = []
+    tested_name = name
     for name, fn in rivals:
         other, seconds = _timed(fn)
         identical, total, diff = compare(fast, other, mode)
@@ -159,13 +167,25 @@ def run_bench(mode: str = "generate", architecture: str = "LlamaForCausalLM", nu
             f"(tolerance {LOGIT_TOLERANCE:g})")
         result[name] = {"seconds": seconds, "speedup": seconds / fast_s, "identical": identical, "cells": total,
                         "max_logit_diff": diff}
-        lines.append(f"fast/{name} speedup {seconds / fast_s:.1f}x, cells {identical}/{total} identical")
+        lines.append(f"{tested_name}/{name} speedup {seconds / fast_s:.1f}x, cells {identical}/{total} identical")
     per_cell = fast_s / (len(recipients) * (len(grid) + 1))
-    log(f"fast engine: {1000 * per_cell:.2f} ms per cell, {1 / per_cell:.0f} cells/s, "
+    log(f"{tested_name} engine: {1000 * per_cell:.2f} ms per cell, {1 / per_cell:.0f} cells/s, "
         f"{fast_s / len(recipients):.3f} s per instance")
     for line in lines:
         log(line)
     return result
+
+
+def _vllm_twin(model, tokenizer):
+    """A vLLM engine over the very same weights (saved to a temporary directory)."""
+    import tempfile
+
+    from .vllm_engine import VllmEngine
+
+    path = tempfile.mkdtemp(prefix="xtp-bench-")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return VllmEngine(path, "float32")
 
 
 def run_sweep(chunks: list[int], num_layers: int = 32, hidden: int = 256, prompt_tokens: int = 128,

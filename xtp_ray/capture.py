@@ -87,7 +87,7 @@ def replace_positions(model, module: str, patches: dict[int, tuple[torch.Tensor,
                     return output
                 done[0] = True
                 hidden = first_tensor(output).clone()  # [B, T, d]
-                hidden[:, index] = values.to(hidden.dtype)
+                hidden[:, index.to(hidden.device)] = values.to(hidden.device, hidden.dtype)
                 return _with_first(output, hidden)
 
             handles.append(submodule(model, module, layer).register_forward_hook(on_output))
@@ -114,7 +114,7 @@ def replace_rows(model, module: str, patches: dict[int, tuple[torch.Tensor, torc
                     return output
                 done[0] = True
                 hidden = first_tensor(output).clone()  # [R, T, d]
-                hidden[rows, -1] = values.to(hidden.dtype)
+                hidden[rows.to(hidden.device), -1] = values.to(hidden.device, hidden.dtype)
                 return _with_first(output, hidden)
 
             handles.append(submodule(model, module, layer).register_forward_hook(on_output))

@@ -220,7 +220,8 @@ def cascade_attention_forward(module, query, key, value, attention_mask, scaling
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     layer = module.layer_idx
     out_p, lse_p = prefix_part(query, xtp_prefix.keys[layer], xtp_prefix.values[layer],
-                               xtp_prefix.key_mask(layer, sliding_window), scaling, softcap, xtp_prefix.fused)
+                               xtp_prefix.key_mask(layer, sliding_window).to(query.device), scaling, softcap,
+                               xtp_prefix.fused)
     out_o, lse_o = own_part(query, key, value, scaling, softcap, xtp_prefix.fused)
     out = merge(out_p, lse_p, out_o, lse_o)  # [R, H, q, D]
     return out.transpose(1, 2).contiguous(), None

@@ -25,8 +25,8 @@ def _add_grid(sub):
     p.add_argument("--attn-implementation", default=None, help="default: eager for float32, else sdpa")
     p.add_argument("--batch-size", type=int, default=4, help="instances per engine call")
     p.add_argument("--cells-per-chunk", type=int, default=None, help="cells per forward (bounds memory)")
-    p.add_argument("--engine", default="fast", choices=["fast", "reference"])
-    p.add_argument("--device", default=None)
+    p.add_argument("--engine", default="hf", choices=["hf", "vllm", "reference", "fast"],
+                   help="hf (fast, exact), vllm, or reference (the slow definition); fast = hf")
     p.add_argument("--trust-remote-code", action="store_true")
 
 
@@ -44,6 +44,8 @@ def _add_bench(sub):
     p.add_argument("--cells-per-chunk", type=int, default=None, help="cells per instance per forward")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-peer", action="store_true", help="skip the batched plain-hooks peer")
+    p.add_argument("--engine", default="hf", choices=["hf", "vllm"],
+                   help="the engine to time against the others (vllm: against hf and the reference)")
     p.add_argument("--sweep", help="instead: generation ms per cell at these cells per forward, e.g. 64,512 "
                                    "(one instance, 512 cells; --layers defaults to 32 here)")
 
@@ -119,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             for mode in modes:
                 run_bench(mode, args.architecture, args.layers, args.hidden, args.prompt_tokens,
                           args.instances, args.cells, args.module, args.max_new_tokens,
-                          cells_per_chunk=args.cells_per_chunk, threads=args.threads, peer=not args.no_peer)
+                          cells_per_chunk=args.cells_per_chunk, threads=args.threads,
+                          peer=not args.no_peer and args.engine == "hf", engine_name=args.engine)
     except (ValueError, FileNotFoundError) as exc:
         print(f"xtp {args.command}: error: {exc}", file=sys.stderr)
         return 2

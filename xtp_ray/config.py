@@ -22,11 +22,13 @@ from .tasks import FAMILY, TASKS
 SCORING = ("generate", "logprobs")
 CELL_SPECS = ("full", "target-first", "coarse")
 TINY_PREFIX = "tiny:"  # tiny:<Architecture>[:<layers>] builds a seeded tiny model in every actor
+TINY_RUN_SHAPE = {"hidden": 128, "heads": 4, "kv_heads": 2}  # head size 32: what vLLM's CPU attention needs
 
 
 @dataclass
 class RunConfig:
     model: str = "tiny:LlamaForCausalLM:4"
+    engine: str = "hf"  # hf (transformers, exact against the reference) or vllm
     model_revision: str | None = None
     dtype: str = "float32"
     attn_implementation: str | None = None  # default: eager for float32, sdpa otherwise
@@ -60,7 +62,7 @@ class RunConfig:
 
     def digest(self) -> str:
         """What makes two runs' candidates comparable (everything but where and how wide)."""
-        keys = ("model", "model_revision", "dtype", "attn_implementation", "modules", "cells", "scoring",
+        keys = ("model", "model_revision", "engine", "dtype", "attn_implementation", "modules", "cells", "scoring",
                 "max_new_tokens")
         return hashlib.sha256(json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -150,6 +152,14 @@ def validate(config: RunConfig, source: str | None = None) -> None:
     def fail(message):
         raise ConfigError(where + message)
 
+    from .engines import ENGINES
+
+    if config.engine not in ENGINES:
+        fail(f"engine {config.engine!r} unknown; choose one of {', '.join(ENGINES)}")
+    if config.engine == "vllm":
+        unsupported = [m for m in config.modules if m not in ("ffn", "attn")]
+        if unsupported:
+            fail(f"the vllm engine supports modules ffn and attn, not {', '.join(unsupported)}")
     if config.dtype not in DTYPES:
         fail(f"dtype {config.dtype!r} unknown; choose one of {', '.join(DTYPES)}")
     for task in config.tasks:

@@ -174,7 +174,7 @@ def capture_donors(model, tokenizer, donors: list[str], module: str) -> torch.Te
     ids, mask = encode_left_padded(tokenizer, donors, model.device)
     with capture_last_token(model, module, layers) as store:
         model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=False)
-    return torch.stack([store[layer] for layer in layers], dim=1)
+    return torch.stack([store[layer].to(model.device) for layer in layers], dim=1)  # layers may sit on several GPUs
 
 
 @torch.no_grad()
@@ -289,3 +289,24 @@ def _run_chunk(model, module, chunk, donor_values, last_token, last_pos, shared,
                         use_cache=True, xtp_prefix=replace(shared, query_positions=last_pos + step + 1))
             next_token = out.logits[:, -1].argmax(-1)
     return logits, generated
+
+
+class HFEngine:
+    """The fast engine behind the grid contract shared with `vllm_engine.VllmEngine`.
+
+    run_grid(donors, recipients, cells, module, max_new_tokens, cells_per_chunk,
+    option_token_ids, keep_logits, memory_budget_mb) -> per instance [vanilla, *cells].
+    """
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+        self.num_layers = num_layers(model)
+        self.context_length = getattr(model.config, "max_position_embeddings", None) or getattr(
+            model.config, "n_positions", None)
+
+    def run_grid(self, donors: list[str], recipients: list[str], cells: list[Cell], module: str,
+                 max_new_tokens: int = 20, cells_per_chunk: int | None = None,
+                 option_token_ids: list[list[list[int]]] | None = None, keep_logits: bool = False,
+                 memory_budget_mb: float | None = None) -> list[list[CellResult]]:
+        return run_grid(self.model, self.tokenizer, donors, recipients, cells, module, max_new_tokens,
+                        cells_per_chunk, option_token_ids, keep_logits, memory_budget_mb)

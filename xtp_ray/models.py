@@ -14,11 +14,13 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def load_model(name_or_path: str, dtype: str = "float32", attn_implementation: str | None = None,
-               device: str | None = None, trust_remote_code: bool = False, revision: str | None = None):
+               device: str | None = None, trust_remote_code: bool = False, revision: str | None = None,
+               spread: bool = False):
     """(model, tokenizer) from a `save_pretrained` directory or a hub id (where a hub is reachable).
 
     Weights load from safetensors only. Attention defaults to eager for float32 so the
-    engine and the reference agree to 1e-4; sdpa otherwise.
+    engine and the reference agree to 1e-4; sdpa otherwise. spread: place the layers
+    over every visible GPU (`device_map="auto"`, needs accelerate) for models beyond one.
     """
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
@@ -29,11 +31,19 @@ def load_model(name_or_path: str, dtype: str = "float32", attn_implementation: s
                                                      trust_remote_code=trust_remote_code)
     lookup(config)  # fail fast, before loading any weights
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    placement = {}
+    if spread and torch.cuda.device_count() > 1:
+        try:
+            import accelerate  # noqa: F401
+        except ImportError:
+            raise ValueError("spreading a model over several GPUs needs accelerate: pip install accelerate") from None
+        placement = {"device_map": "auto"}
     model = AutoModelForCausalLM.from_pretrained(
         name_or_path, revision=revision, dtype=DTYPES[dtype], attn_implementation=attn_implementation,
         trust_remote_code=trust_remote_code, use_safetensors=True,
-        local_files_only=local or os.environ.get("HF_HUB_OFFLINE") == "1",
-    ).to(device).eval()
+        local_files_only=local or os.environ.get("HF_HUB_OFFLINE") == "1", **placement,
+    )
+    model = (model if placement else model.to(device)).eval()
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision,
                                               trust_remote_code=trust_remote_code)
     return model, tokenizer

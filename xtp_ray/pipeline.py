@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from . import __version__, storage
 from .cells import parse_cells
-from .config import TINY_PREFIX, RunConfig, coarse_setting, tiny_spec
+from .config import TINY_PREFIX, TINY_RUN_SHAPE, RunConfig, coarse_setting, tiny_spec
 from .tasks import Instance, InstanceError, list_languages, load_instances, task_splits
 
 log = logging.getLogger("xtp_ray")
@@ -92,19 +92,26 @@ def committed_shards(config: RunConfig) -> set[str]:
 # ---------------------------------------------------------------- model loading
 
 def load_for_run(config: RunConfig):
-    """(model, tokenizer, revision) for tiny:<arch>[:<layers>], a local dir, s3:// dir or hub id."""
+    """(engine, revision) for tiny:<arch>[:<layers>], a local dir, s3:// dir or hub id.
+
+    A tiny model is built from its config (seeded, hidden 128 and 4 heads: head size
+    32, as vLLM's CPU attention needs) and, for the vllm engine, saved to a temporary
+    directory first.
+    """
     import hashlib
     import tempfile
 
-    from .models import load_model
+    from .engines import load_engine
 
     if config.model.startswith(TINY_PREFIX):
-        from .tiny import build_tiny_model, tokenizer_corpus, train_tokenizer
+        from .tiny import save_tiny_model
 
         architecture, layers = tiny_spec(config.model)
-        tokenizer = train_tokenizer(tokenizer_corpus(), 512)
-        model = build_tiny_model(architecture, len(tokenizer), num_layers=layers)
-        return model, tokenizer, "tiny-seed0"
+        path = tempfile.mkdtemp(prefix="xtp-tiny-")
+        save_tiny_model(path, architecture, num_layers=layers, **TINY_RUN_SHAPE)
+        return load_engine(config.engine, path, config.dtype, config.attn_implementation, config.num_gpus_per_actor,
+                           max_model_len=config.max_prompt_tokens and config.max_prompt_tokens + config.max_new_tokens
+                           ), "tiny-seed0"
     path = config.model
     if path.startswith("s3://"):
         import pyarrow.fs as pafs
@@ -113,9 +120,9 @@ def load_for_run(config: RunConfig):
         local = tempfile.mkdtemp(prefix="xtp-model-")
         pafs.copy_files(remote, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
         path = local
-    model, tokenizer = load_model(path, config.dtype, config.attn_implementation,
-                                  trust_remote_code=config.trust_remote_code, revision=config.model_revision)
-    revision = config.model_revision or getattr(model.config, "_commit_hash", None)
+    engine = load_engine(config.engine, path, config.dtype, config.attn_implementation, config.num_gpus_per_actor,
+                         trust_remote_code=config.trust_remote_code, revision=config.model_revision)
+    revision = config.model_revision
     if not revision and os.path.isdir(path):
         digest = hashlib.sha256()
         for name in sorted(os.listdir(path)):
@@ -124,7 +131,7 @@ def load_for_run(config: RunConfig):
             if name == "config.json":
                 digest.update(open(full, "rb").read())
         revision = "local-" + digest.hexdigest()[:12]
-    return model, tokenizer, revision or "unknown"
+    return engine, revision or "unknown"
 
 
 # ---------------------------------------------------------------- the actor
@@ -134,12 +141,12 @@ class GridSearch:
 
     def __init__(self, config: dict):
         self.config = RunConfig(**config)
-        self.model, self.tokenizer, self.revision = load_for_run(self.config)
-        from .architectures import num_layers
-
-        self.num_layers = num_layers(self.model)
-        self.max_tokens = self.config.max_prompt_tokens or getattr(self.model.config, "max_position_embeddings", None)
-        self.row_config = json.dumps({"digest": self.config.digest(), "cells": self.config.cells,
+        self.engine, self.revision = load_for_run(self.config)
+        self.tokenizer = self.engine.tokenizer
+        self.num_layers = self.engine.num_layers
+        self.max_tokens = self.config.max_prompt_tokens or self.engine.context_length
+        self.row_config = json.dumps({"digest": self.config.digest(), "engine": self.config.engine,
+                                      "cells": self.config.cells,
                                       "scoring": self.config.scoring, "max_new_tokens": self.config.max_new_tokens,
                                       "attn_implementation": self.config.attn_implementation,
                                       "xtp_ray": __version__}, sort_keys=True)
@@ -173,7 +180,6 @@ class GridSearch:
         return [(module, parse_cells(self.config.cells, self.num_layers)) for module in self.config.modules]
 
     def run_shard(self, instances: list[Instance]) -> tuple[pa.Table, list[dict], int]:
-        from . import engine
         from .scoring import option_token_ids, score
 
         kept, skipped = [], []
@@ -189,8 +195,8 @@ class GridSearch:
             batch = kept[start:start + self.config.batch_size]
             options = [option_token_ids(self.tokenizer, i.options) if i.options else [] for i in batch]
             for module, cells in self.settings(batch[0].task):
-                results = engine.run_grid(
-                    self.model, self.tokenizer, [i.donor for i in batch], [i.recipient for i in batch], cells,
+                results = self.engine.run_grid(
+                    [i.donor for i in batch], [i.recipient for i in batch], cells,
                     module, new_tokens, cells_per_chunk=self.config.cells_per_chunk,
                     option_token_ids=options if all(options) else None,
                     memory_budget_mb=self.config.memory_budget_mb)
@@ -311,6 +317,10 @@ def preflight(config: RunConfig) -> int | None:
                 config.model, revision=config.model_revision, trust_remote_code=config.trust_remote_code).to_dict()
         lookup(model_config)
         layers = num_layers_of_config(model_config)
+        if config.engine == "vllm":
+            from .vllm_engine import check_model
+
+            check_model(model_config, max(1, int(config.num_gpus_per_actor)))
     if layers and config.cells not in ("full", "target-first", "coarse"):
         parse_cells(config.cells, layers)
     return layers

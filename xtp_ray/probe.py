@@ -7,10 +7,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import engine, reference
-from .architectures import num_layers
+from . import reference
 from .cells import parse_cells
-from .models import load_model
+from .engines import load_engine
 
 GRID_SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -75,20 +74,22 @@ def run_probe(args) -> None:
         pairs = pairs[:args.limit]
     if args.batch_size < 1:
         raise ValueError("--batch-size must be positive")
-    model, tokenizer = load_model(args.model, args.dtype, args.attn_implementation, args.device,
-                                  trust_remote_code=args.trust_remote_code)
-    cells = parse_cells(args.cells, num_layers(model))
+    name = "hf" if args.engine in ("fast", "reference") else args.engine
+    engine = load_engine(name, args.model, args.dtype, args.attn_implementation,
+                         trust_remote_code=args.trust_remote_code)
+    tokenizer = engine.tokenizer
+    cells = parse_cells(args.cells, engine.num_layers)
     rows = []
     for start in range(0, len(pairs), args.batch_size):
         batch = pairs[start:start + args.batch_size]
         donors = [p["donor"] for p in batch]
         recipients = [p["recipient"] for p in batch]
-        if args.engine == "fast":
-            results = engine.run_grid(model, tokenizer, donors, recipients, cells, args.module,
-                                      args.max_new_tokens, cells_per_chunk=args.cells_per_chunk)
-        else:
-            results = reference.run_grid(model, tokenizer, donors, recipients, cells, args.module,
+        if args.engine == "reference":
+            results = reference.run_grid(engine.model, tokenizer, donors, recipients, cells, args.module,
                                          args.max_new_tokens)
+        else:
+            results = engine.run_grid(donors, recipients, cells, args.module, args.max_new_tokens,
+                                      cells_per_chunk=args.cells_per_chunk)
         rows.extend(grid_rows([p["id"] for p in batch], results, args.module, tokenizer))
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=GRID_SCHEMA), args.output)

@@ -1,0 +1,36 @@
+"""Which engine runs the grid: `hf` (transformers, `engine.py`) or `vllm` (`vllm_engine.py`).
+
+Both follow one contract (`run_grid` with the same arguments, per instance
+[vanilla, *cells] CellResults, `tokenizer`, `num_layers`); the pipeline, scoring and
+aggregation never ask which one ran. An actor loads its engine once.
+"""
+from __future__ import annotations
+
+ENGINES = ("hf", "vllm")
+
+
+def check_engine(name: str) -> None:
+    if name not in ENGINES:
+        raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
+
+
+def load_engine(name: str, model_path: str, dtype: str = "float32", attn_implementation: str | None = None,
+                gpus: float = 0, trust_remote_code: bool = False, revision: str | None = None,
+                max_model_len: int | None = None):
+    """An engine over a `save_pretrained` directory (or a hub id where a hub is reachable).
+
+    gpus: the GPUs this actor holds. vllm runs tensor parallel over them; hf spreads the
+    model over them with `device_map="auto"` (accelerate) when there are several.
+    """
+    check_engine(name)
+    if name == "vllm":
+        from .vllm_engine import VllmEngine
+
+        return VllmEngine(model_path, dtype, tensor_parallel_size=max(1, int(gpus)), max_model_len=max_model_len,
+                          revision=revision, trust_remote_code=trust_remote_code)
+    from .engine import HFEngine
+    from .models import load_model
+
+    model, tokenizer = load_model(model_path, dtype, attn_implementation, trust_remote_code=trust_remote_code,
+                                  revision=revision, spread=int(gpus) > 1)
+    return HFEngine(model, tokenizer)
