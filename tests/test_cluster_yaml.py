@@ -26,3 +26,16 @@ def test_an_invalid_cluster_yaml_is_rejected():
     config["available_node_types"]["gpu_7b"]["min_workers"] = "zero"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(config, schema)
+
+
+def test_the_70b_config_fits_the_70b_node_type_and_validates():
+    from xtp_ray.config import load_config
+    from xtp_ray.vllm_engine import check_model
+
+    config = load_config(path=str(ROOT / "jobs" / "llama70b.yaml"))
+    node = yaml.safe_load((ROOT / "cluster.yaml").read_text())["available_node_types"]["gpu_70b"]["resources"]
+    assert config.engine == "vllm" and config.num_gpus_per_actor == node["GPU"]
+    assert config.num_cpus_per_actor <= node["CPU"]
+    # Llama-2-70B's published attention shape: tensor parallel 8 divides it
+    check_model({"architectures": ["LlamaForCausalLM"], "num_attention_heads": 64, "num_key_value_heads": 8},
+                int(config.num_gpus_per_actor))

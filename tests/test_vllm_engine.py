@@ -147,3 +147,29 @@ def test_what_cannot_work_is_refused():
         validate(RunConfig(engine="tgi"))
     with pytest.raises(ConfigError, match="vllm engine supports modules ffn and attn"):
         validate(RunConfig(engine="vllm", modules=["attn_ref"]))
+
+
+def test_grid_and_bench_commands_take_the_vllm_engine(tmp_path, capsys):
+    import json
+
+    import pyarrow.parquet as pq
+
+    from xtp_ray.cli import main
+
+    path = save_tiny_model(tmp_path / "llama", num_layers=2, hidden=128, heads=4, kv_heads=2)
+    pairs = tmp_path / "in.jsonl"
+    pairs.write_text("".join(json.dumps({"id": str(k), "donor": d, "recipient": r}) + "\n"
+                             for k, (d, r) in enumerate(zip(DONORS, RECIPIENTS))))
+    common = ["grid", "--model", str(path), "--input", str(pairs), "--max-new-tokens", "4", "--module", "attn"]
+    assert main(common + ["--engine", "vllm", "--output", str(tmp_path / "vllm.parquet")]) == 0
+    assert main(common + ["--engine", "reference", "--output", str(tmp_path / "ref.parquet")]) == 0
+    vllm_rows = pq.read_table(tmp_path / "vllm.parquet").to_pylist()
+    assert vllm_rows == pq.read_table(tmp_path / "ref.parquet").to_pylist() and len(vllm_rows) == 3 * 5
+
+    capsys.readouterr()
+    assert main(["bench", "--engine", "vllm", "--layers", "2", "--hidden", "128", "--prompt-tokens", "40",
+                 "--instances", "2", "--max-new-tokens", "3"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    for name in ("hf", "reference"):  # per mode, every cell compared: 2 instances x (4 cells + vanilla)
+        summary = [line for line in lines if line.startswith(f"vllm/{name} speedup")]
+        assert len(summary) == 2 and all(line.endswith("cells 10/10 identical") for line in summary), lines
