@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -47,6 +48,30 @@ class S3Server:
 def aws_env(endpoint: str, secret: str) -> dict:
     return {"AWS_ACCESS_KEY_ID": "xtp-test-key", "AWS_SECRET_ACCESS_KEY": secret,
             "AWS_DEFAULT_REGION": "us-east-1", "XTP_S3_ENDPOINT": endpoint}
+
+
+@contextmanager
+def s3_environment(secret: str, bucket: str):
+    """A moto S3 server with one bucket, its endpoint and credentials in os.environ (restored after).
+
+    Set before ray.init, so Ray's workers see them too.
+    """
+    import boto3
+
+    server = S3Server()
+    env = aws_env(server.endpoint, secret)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        boto3.client("s3", endpoint_url=server.endpoint).create_bucket(Bucket=bucket)
+        yield server
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def grid_search_actor_pids() -> list[int]:

@@ -5,7 +5,8 @@ import pytest
 
 from xtp_ray.config import ConfigError, RunConfig, load_config, validate
 from xtp_ray.models import load_model
-from xtp_ray.pipeline import check_writable, plan, preflight
+from xtp_ray.pipeline import check_writable
+from xtp_ray.planning import plan, preflight
 from xtp_ray.tiny import build_tiny_model
 
 

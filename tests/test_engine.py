@@ -10,7 +10,7 @@ import torch
 
 from xtp_ray import engine, reference
 from xtp_ray.architectures import MODULES, REGISTRY, UnknownArchitectureError, lookup
-from xtp_ray.capture import capture_last_token, replace_positions
+from xtp_ray.capture import capture_last_token, replace_rows
 from xtp_ray.cells import VANILLA, Cell, parse_cells
 from xtp_ray.tiny import TINY_CONFIGS, build_tiny_model
 
@@ -126,7 +126,7 @@ def test_hooks_are_gone_after_an_exception(tokenizer):
             assert _hook_count(model) == 6
             raise RuntimeError("boom")
     with pytest.raises(RuntimeError, match="boom"):
-        with replace_positions(model, "ffn", {1: (torch.tensor([-1]), torch.zeros(1, 1, 64))}):
+        with replace_rows(model, "ffn", {1: (torch.tensor([0]), torch.zeros(1, 64))}):
             assert _hook_count(model) == 1
             raise RuntimeError("boom")
     assert _hook_count(model) == 0

@@ -5,13 +5,12 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 boto3 = pytest.importorskip("boto3")
 
-from support import S3Server, aws_env  # noqa: E402
+from support import s3_environment  # noqa: E402
 from xtp_ray import lease, storage  # noqa: E402
 
 SECRET = "xtp-lease-secret-Qm4"
@@ -19,18 +18,8 @@ SECRET = "xtp-lease-secret-Qm4"
 
 @pytest.fixture(scope="module")
 def s3():
-    server = S3Server()
-    env = aws_env(server.endpoint, SECRET)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    boto3.client("s3", endpoint_url=server.endpoint).create_bucket(Bucket="xtp-lease")
-    yield server
-    server.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with s3_environment(SECRET, "xtp-lease") as server:
+        yield server
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -1,6 +1,5 @@
 """Candidates on a real S3-compatible server (moto's, on 127.0.0.1), data read from it too."""
 import json
-import os
 import pyarrow.fs as pafs
 import pytest
 
@@ -12,27 +11,17 @@ from xtp_ray.aggregation import aggregate_run  # noqa: E402
 from xtp_ray.config import RunConfig, validate  # noqa: E402
 from xtp_ray.pipeline import run_job  # noqa: E402
 from xtp_ray.tasks import bundled_root  # noqa: E402
-from support import S3Server, aws_env  # noqa: E402
+from support import s3_environment  # noqa: E402
 
 FAKE_SECRET = "xtp-test-secret-Zq8v3Lw0PzK2"
 
 
 @pytest.fixture(scope="module")
 def s3():
-    server = S3Server()
-    env = aws_env(server.endpoint, FAKE_SECRET)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # before ray.init, so the workers see them
-    boto3.client("s3", endpoint_url=server.endpoint).create_bucket(Bucket="xtp")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield server
-    ray.shutdown()
-    server.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with s3_environment(FAKE_SECRET, "xtp") as server:  # before ray.init, so the workers see them
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        yield server
+        ray.shutdown()
 
 
 def _upload_xnli_sample(langs=("en", "sw")):

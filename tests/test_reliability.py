@@ -20,7 +20,9 @@ from xtp_ray import storage  # noqa: E402
 from xtp_ray.aggregation import aggregate_run  # noqa: E402
 from xtp_ray.config import RunConfig  # noqa: E402
 from xtp_ray.lease import LeaseHeldError  # noqa: E402
-from xtp_ray.pipeline import CANDIDATE_SCHEMA, ShardWriteError, run_job, write_shard  # noqa: E402
+from xtp_ray.actor import CANDIDATE_SCHEMA  # noqa: E402
+from xtp_ray.pipeline import run_job  # noqa: E402
+from xtp_ray.shards import ShardWriteError, write_shard  # noqa: E402
 
 SECRET = "xtp-reliability-secret-9f2Kx"
 

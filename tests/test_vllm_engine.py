@@ -24,7 +24,7 @@ else:
 
 from test_engine import DONORS, OPTIONS, RECIPIENTS  # noqa: E402
 from xtp_ray import engine, reference  # noqa: E402
-from xtp_ray.capture import replace_positions  # noqa: E402
+from xtp_ray.capture import replace_rows  # noqa: E402
 from xtp_ray.cells import VANILLA, parse_cells  # noqa: E402
 from xtp_ray.models import load_model  # noqa: E402
 from xtp_ray.tiny import save_tiny_model  # noqa: E402
@@ -55,9 +55,9 @@ def _margin_at(model, tokenizer, donor, recipient, cell, module, step):
     patches = {}
     if cell != VANILLA:
         values = engine.capture_donors(model, tokenizer, [donor], module)  # [1, L, d]
-        patches = {cell.target_layer: (torch.tensor([-1]), values[:, [cell.source_layer]])}
+        patches = {cell.target_layer: (torch.tensor([0]), values[:, cell.source_layer])}
     ids = tokenizer(recipient, return_tensors="pt").input_ids
-    with replace_positions(model, module, patches, first_call_only=True):
+    with replace_rows(model, module, patches, first_call_only=True):
         out = model.generate(ids, do_sample=False, max_new_tokens=step + 1, output_logits=True,
                              return_dict_in_generate=True, pad_token_id=0)
     top2 = out.logits[step][0].topk(2).values

@@ -16,7 +16,7 @@ else:
 
 import pyarrow.parquet as pq  # noqa: E402
 
-from xtp_ray.pipeline import CANDIDATE_SCHEMA  # noqa: E402
+from xtp_ray.actor import CANDIDATE_SCHEMA  # noqa: E402
 from support import candidate_rows, make_config  # noqa: E402
 
 

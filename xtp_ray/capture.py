@@ -69,34 +69,6 @@ def capture_last_token(model, module: str, layers: list[int]) -> Iterator[dict[i
 
 
 @contextmanager
-def replace_positions(model, module: str, patches: dict[int, tuple[torch.Tensor, torch.Tensor]],
-                      first_call_only: bool = False) -> Iterator[None]:
-    """Replace `module`'s output at chosen positions of every batch row.
-
-    patches: target layer -> (positions [k] long, values [B, k, d]). The output at
-    [:, positions] becomes values (replaced, not added). With first_call_only the
-    patch applies to the first forward only (the prefill of `generate`), so
-    generated tokens are not patched.
-    """
-    def register(handles):
-        for layer, (index, values) in patches.items():
-            done = [False]
-
-            def on_output(_mod, _args, output, index=index, values=values, done=done):
-                if first_call_only and done[0]:
-                    return output
-                done[0] = True
-                hidden = first_tensor(output).clone()  # [B, T, d]
-                hidden[:, index.to(hidden.device)] = values.to(hidden.device, hidden.dtype)
-                return _with_first(output, hidden)
-
-            handles.append(submodule(model, module, layer).register_forward_hook(on_output))
-
-    with _hooks(register):
-        yield
-
-
-@contextmanager
 def replace_rows(model, module: str, patches: dict[int, tuple[torch.Tensor, torch.Tensor]],
                  first_call_only: bool = False) -> Iterator[None]:
     """Replace `module`'s output at the last position of chosen batch rows.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .capture import capture_last_token, replace_positions
+from .capture import capture_last_token, replace_rows
 from .cells import VANILLA, Cell
 from .engine import CellResult, eos_ids, option_logprobs
 
@@ -31,10 +31,10 @@ def run_cell(model, tokenizer, donor: str, recipient: str, cell: Cell, module: s
         with capture_last_token(model, module, [cell.source_layer]) as store:
             model(input_ids=_encode(tokenizer, donor, device), use_cache=False)
         value = store[cell.source_layer]  # [1, d]
-        patches = {cell.target_layer: (torch.tensor([-1], device=device), value[:, None])}
+        patches = {cell.target_layer: (torch.tensor([0], device=device), value)}  # row 0, last position
     recipient_ids = _encode(tokenizer, recipient, device)
     result = CellResult(cell)
-    with replace_positions(model, module, patches, first_call_only=True):
+    with replace_rows(model, module, patches, first_call_only=True):
         if max_new_tokens > 0:
             stop = sorted(eos_ids(model, tokenizer))
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop or [0])[0]

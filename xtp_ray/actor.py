@@ -1,0 +1,168 @@
+"""The Ray Data callable: one engine per actor (loaded once), one shard per call,
+scored candidate rows committed as a Parquet shard."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import pyarrow as pa
+
+from . import __version__, storage
+from .cells import parse_cells
+from .config import TINY_PREFIX, TINY_RUN_SHAPE, RunConfig, coarse_setting, tiny_spec
+from .shards import write_shard
+from .tasks import Instance
+
+log = logging.getLogger("xtp_ray")
+
+CANDIDATE_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("model", pa.string()), ("model_revision", pa.string()), ("dtype", pa.string()),
+    ("task", pa.string()), ("split", pa.string()), ("lang", pa.string()), ("instance_id", pa.string()),
+    ("direction", pa.string()), ("module", pa.string()),
+    ("source_layer", pa.int32()), ("target_layer", pa.int32()),  # both null for vanilla
+    ("prediction", pa.string()), ("token_ids", pa.list_(pa.int32())),
+    ("correct", pa.bool_()), ("score", pa.float64()),
+    ("option_logprobs", pa.list_(pa.float64())),  # null for open-answer tasks
+    ("metrics", pa.string()),  # JSON: em / f1 (XQuAD), js_similarity (GlobalOpinionQA)
+    ("num_layers", pa.int32()), ("config", pa.string()),  # JSON: what reproduces the row
+])
+INPUT_COLUMNS = ("shard", "instances")
+
+
+def load_for_run(config: RunConfig):
+    """(engine, revision) for tiny:<arch>[:<layers>], a local dir, s3:// dir or hub id.
+
+    A tiny model is built from its config (seeded, hidden 128 and 4 heads: head size
+    32, as vLLM's CPU attention needs) and, for the vllm engine, saved to a temporary
+    directory first.
+    """
+    import hashlib
+    import tempfile
+
+    from .engines import load_engine
+
+    if config.model.startswith(TINY_PREFIX):
+        from .tiny import save_tiny_model
+
+        architecture, layers = tiny_spec(config.model)
+        path = tempfile.mkdtemp(prefix="xtp-tiny-")
+        save_tiny_model(path, architecture, num_layers=layers, **TINY_RUN_SHAPE)
+        return load_engine(config.engine, path, config.dtype, config.attn_implementation, config.num_gpus_per_actor,
+                           max_model_len=config.max_prompt_tokens and config.max_prompt_tokens + config.max_new_tokens
+                           ), "tiny-seed0"
+    path = config.model
+    if path.startswith("s3://"):
+        import pyarrow.fs as pafs
+
+        fs, remote = storage.resolve(path)
+        local = tempfile.mkdtemp(prefix="xtp-model-")
+        pafs.copy_files(remote, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        path = local
+    engine = load_engine(config.engine, path, config.dtype, config.attn_implementation, config.num_gpus_per_actor,
+                         trust_remote_code=config.trust_remote_code, revision=config.model_revision)
+    revision = config.model_revision
+    if not revision and os.path.isdir(path):
+        digest = hashlib.sha256()
+        for name in sorted(os.listdir(path)):
+            full = os.path.join(path, name)
+            digest.update(name.encode() + str(os.path.getsize(full)).encode())
+            if name == "config.json":
+                digest.update(open(full, "rb").read())
+        revision = "local-" + digest.hexdigest()[:12]
+    return engine, revision or "unknown"
+
+
+class GridSearch:
+    """Ray Data callable: one transplant-ready model per actor, one shard per call."""
+
+    def __init__(self, config: dict):
+        self.config = RunConfig(**config)
+        self.engine, self.revision = load_for_run(self.config)
+        self.tokenizer = self.engine.tokenizer
+        self.num_layers = self.engine.num_layers
+        self.max_tokens = self.config.max_prompt_tokens or self.engine.context_length
+        self.row_config = json.dumps({"digest": self.config.digest(), "engine": self.config.engine,
+                                      "cells": self.config.cells,
+                                      "scoring": self.config.scoring, "max_new_tokens": self.config.max_new_tokens,
+                                      "attn_implementation": self.config.attn_implementation,
+                                      "xtp_ray": __version__}, sort_keys=True)
+
+    def __call__(self, batch: dict) -> dict:
+        missing = [c for c in INPUT_COLUMNS if c not in batch]
+        if missing:
+            raise ValueError(f"GridSearch input lacks column(s) {missing}; expected {list(INPUT_COLUMNS)}")
+        out = {"shard": [], "rows": [], "instances": [], "cells": [], "skipped": [], "seconds": [], "revision": []}
+        for shard, payload in zip(batch["shard"], batch["instances"]):
+            start = time.perf_counter()
+            instances = [Instance.from_row(r) for r in json.loads(payload)]
+            table, skipped, cells = self.run_shard(instances)
+            write_shard(self.config, str(shard), table, skipped)
+            out["shard"].append(str(shard))
+            out["rows"].append(table.num_rows)
+            out["instances"].append(len(instances) - len(skipped))
+            out["cells"].append(cells)
+            out["skipped"].append(json.dumps(skipped))
+            out["seconds"].append(time.perf_counter() - start)
+            out["revision"].append(self.revision)
+            log.info("shard %s: %d instances, %d rows in %.1f s", shard, len(instances), table.num_rows,
+                     out["seconds"][-1])
+        return out
+
+    def settings(self, task: str) -> list[tuple[str, list]]:
+        """(module, cells) pairs to run for a task."""
+        if self.config.cells == "coarse":
+            module, spec = coarse_setting(task)
+            return [(module, parse_cells(spec, self.num_layers))]
+        return [(module, parse_cells(self.config.cells, self.num_layers)) for module in self.config.modules]
+
+    def run_shard(self, instances: list[Instance]) -> tuple[pa.Table, list[dict], int]:
+        from .scoring import option_token_ids, score
+
+        kept, skipped = [], []
+        for inst in instances:
+            too_long = self._too_long(inst)
+            if too_long:
+                skipped.append({"instance_id": inst.id, "reason": too_long})
+            else:
+                kept.append(inst)
+        rows, cells_run = [], 0
+        new_tokens = self.config.max_new_tokens if self.config.scoring == "generate" else 0
+        for start in range(0, len(kept), self.config.batch_size):
+            batch = kept[start:start + self.config.batch_size]
+            options = [option_token_ids(self.tokenizer, i.options) if i.options else [] for i in batch]
+            for module, cells in self.settings(batch[0].task):
+                results = self.engine.run_grid(
+                    [i.donor for i in batch], [i.recipient for i in batch], cells,
+                    module, new_tokens, cells_per_chunk=self.config.cells_per_chunk,
+                    option_token_ids=options if all(options) else None,
+                    memory_budget_mb=self.config.memory_budget_mb)
+                for inst, cell_results in zip(batch, results):
+                    for result in cell_results:
+                        cells_run += 1
+                        rows.append(self._row(inst, module, result, score))
+        return pa.Table.from_pylist(rows, schema=CANDIDATE_SCHEMA), skipped, cells_run
+
+    def _too_long(self, inst: Instance) -> str | None:
+        if not self.max_tokens:
+            return None
+        for name, prompt in (("donor", inst.donor), ("recipient", inst.recipient)):
+            n = len(self.tokenizer(prompt).input_ids)
+            if n + self.config.max_new_tokens > self.max_tokens:
+                return (f"{name} prompt of {n} tokens + {self.config.max_new_tokens} new tokens exceeds the "
+                        f"limit of {self.max_tokens} tokens")
+        return None
+
+    def _row(self, inst: Instance, module: str, result, score) -> dict:
+        text = self.tokenizer.decode(result.token_ids, skip_special_tokens=True) if result.token_ids else None
+        scored = score(inst, text, result.option_logprobs)
+        metrics = {k: v for k, v in scored.items() if k not in ("correct", "score", "prediction")}
+        return {"run_id": self.config.run_id, "model": self.config.model, "model_revision": self.revision,
+                "dtype": self.config.dtype, "task": inst.task, "split": inst.split, "lang": inst.lang,
+                "instance_id": inst.id, "direction": inst.direction, "module": module,
+                "source_layer": result.cell.source_layer, "target_layer": result.cell.target_layer,
+                "prediction": text if text is not None else scored.get("prediction"),
+                "token_ids": result.token_ids, "correct": bool(scored["correct"]), "score": scored["score"],
+                "option_logprobs": result.option_logprobs, "metrics": json.dumps(metrics),
+                "num_layers": self.num_layers, "config": self.row_config}

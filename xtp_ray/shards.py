@@ -1,0 +1,77 @@
+"""Committed candidate shards: where they live and how one is written whole or not at all.
+
+A shard is the unit of work and of resume: the actor that runs it writes
+`<output>/<run_id>/candidates/<shard>.parquet` through a temporary name and a move,
+so a file under that name is always complete, and a rerun skips the shards there.
+Rewriting a shard is idempotent, so a retried shard duplicates nothing.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import storage
+from .config import RunConfig
+
+log = logging.getLogger("xtp_ray")
+
+
+def run_dir(config: RunConfig) -> str:
+    return storage.join(config.output, config.run_id)
+
+
+def candidates_dir(config: RunConfig) -> str:
+    return storage.join(run_dir(config), "candidates")
+
+
+def committed_shards(config: RunConfig) -> set[str]:
+    names = storage.list_names(candidates_dir(config))
+    return {n[:-len(".parquet")] for n in names if n.endswith(".parquet")}
+
+
+class ShardWriteError(RuntimeError):
+    pass
+
+
+def write_shard(config: RunConfig, shard: str, table: pa.Table, skipped: list[dict]) -> str:
+    """Write then commit: a temporary object, then a move onto the shard's name.
+
+    Retries with exponential backoff (object store briefly unavailable); after
+    `write_retries` attempts, raises naming the shard that was not written.
+    """
+    final = storage.join(candidates_dir(config), f"{shard}.parquet")
+    table = table.replace_schema_metadata({"xtp_skipped": json.dumps(skipped), "xtp_shard": shard})
+    delay = 0.5
+    for attempt in range(1, config.write_retries + 1):
+        tmp = storage.join(run_dir(config), "_tmp", f"{shard}.{uuid.uuid4().hex}.parquet")
+        try:
+            fs, tmp_path = storage.resolve(tmp)
+            _, final_path = storage.resolve(final)
+            fs.create_dir(tmp_path.rsplit("/", 1)[0], recursive=True)
+            fs.create_dir(final_path.rsplit("/", 1)[0], recursive=True)
+            pq.write_table(table, tmp_path, filesystem=fs)
+            fs.move(tmp_path, final_path)
+            return final
+        except OSError as exc:
+            if attempt == config.write_retries:
+                raise ShardWriteError(f"shard {shard} not written to {final} after {attempt} attempts: "
+                                      f"{redact(str(exc))}") from None
+            log.warning("write of shard %s failed (attempt %d/%d), retrying in %.1f s", shard, attempt,
+                        config.write_retries, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+    raise AssertionError("unreachable")
+
+
+def redact(text: str) -> str:
+    for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "HF_TOKEN"):
+        secret = os.environ.get(name)
+        if secret:
+            text = text.replace(secret, "***")
+    return text
