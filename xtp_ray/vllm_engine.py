@@ -55,6 +55,14 @@ class VllmEngine:
         if tensor_parallel_size == 1:  # engine core in this process: no spawn inside a Ray actor
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # two actors on one node must not fight
+        import torch
+
+        memory = {}
+        if not torch.cuda.is_available():
+            # vLLM's CPU backend reserves gpu_memory_utilization (0.92) of the machine's memory unless told
+            # otherwise: a 4 GiB KV cache and half the memory leave room for the rest of the job
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+            memory = {"gpu_memory_utilization": 0.5}
         config_path = os.path.join(model_path, "config.json")
         if os.path.exists(config_path):
             with open(config_path, encoding="utf-8") as f:
@@ -70,7 +78,7 @@ class VllmEngine:
                        revision=revision, trust_remote_code=trust_remote_code,
                        enforce_eager=True,  # compiled graphs bypass forward hooks
                        enable_prefix_caching=True, block_size=32,  # CPU attention: multiples of 32
-                       max_logprobs=-1, worker_extension_cls=WORKER_EXTENSION, **kwargs)
+                       max_logprobs=-1, worker_extension_cls=WORKER_EXTENSION, **memory, **kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.model_config = self.llm.llm_engine.model_config
         self.num_layers = self.model_config.hf_config.num_hidden_layers
@@ -123,6 +131,13 @@ class VllmEngine:
         finally:
             self.llm.collective_rpc("xtp_remove")
             self.llm.collective_rpc("xtp_forget", args=(keys,))
+        suspect = [k for k, out in enumerate(outputs) if (out.num_cached_tokens or 0) >= len(out.prompt_token_ids)]
+        if suspect:
+            # a prefix-cache hit reaching the patched position means the request was preempted and
+            # resumed onto cached blocks that may hold another cell's patched KV
+            raise RuntimeError(f"{len(suspect)} cell request(s) were preempted and resumed from the prefix cache "
+                               "past their patched token; give vLLM a larger KV cache (VLLM_CPU_KVCACHE_SPACE on "
+                               "CPU, gpu_memory_utilization on GPUs) or smaller batches")
         results, cached = [], []
         per_instance = len(all_cells)
         for b in range(len(recipients)):
