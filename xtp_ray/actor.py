@@ -47,11 +47,11 @@ def load_for_run(config: RunConfig):
         from .tiny import save_tiny_model
 
         architecture, layers = tiny_spec(config.model)
-        path = tempfile.mkdtemp(prefix="xtp-tiny-")
-        save_tiny_model(path, architecture, num_layers=layers, **TINY_RUN_SHAPE)
-        return load_engine(config.engine, path, config.dtype, config.attn_implementation, config.num_gpus_per_actor,
-                           max_model_len=config.max_prompt_tokens and config.max_prompt_tokens + config.max_new_tokens
-                           ), "tiny-seed0"
+        with tempfile.TemporaryDirectory(prefix="xtp-tiny-") as path:  # both engines hold what they load
+            save_tiny_model(path, architecture, num_layers=layers, **TINY_RUN_SHAPE)
+            limit = config.max_prompt_tokens and config.max_prompt_tokens + config.max_new_tokens
+            return load_engine(config.engine, path, config.dtype, config.attn_implementation,
+                               config.num_gpus_per_actor, max_model_len=limit), "tiny-seed0"
     path = config.model
     if path.startswith("s3://"):
         import pyarrow.fs as pafs

@@ -193,10 +193,10 @@ def _vllm_twin(model, tokenizer):
 
     key = model.config.to_json_string()
     if key not in _VLLM_TWINS:
-        path = tempfile.mkdtemp(prefix="xtp-bench-")
-        model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
-        _VLLM_TWINS[key] = VllmEngine(path, "float32")
+        with tempfile.TemporaryDirectory(prefix="xtp-bench-") as path:
+            model.save_pretrained(path)
+            tokenizer.save_pretrained(path)
+            _VLLM_TWINS[key] = VllmEngine(path, "float32")
     return _VLLM_TWINS[key]
 
 
