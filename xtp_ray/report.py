@@ -93,6 +93,9 @@ def marginals_plot(key: str, lang: str, summary: dict) -> bytes:
         points = sorted(summary[name].items(), key=lambda kv: int(kv[0]))
         ax.plot([int(k) for k, _ in points], [100 * v for _, v in points], marker="o", markersize=3, label=label)
     ax.axhline(100 * summary["vanilla_accuracy"], color="grey", linestyle="--", label="vanilla")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are whole numbers
     ax.set_xlabel("layer")
     ax.set_ylabel("accuracy %")
     ax.set_ylim(-2, 102)
