@@ -172,7 +172,9 @@ def run_bench(mode: str = "generate", architecture: str = "LlamaForCausalLM", nu
             f"(tolerance {LOGIT_TOLERANCE:g})")
         result[name] = {"seconds": seconds, "speedup": seconds / fast_s, "identical": identical, "cells": total,
                         "max_logit_diff": diff}
-        lines.append(f"{tested_name}/{name} speedup {seconds / fast_s:.1f}x, cells {identical}/{total} identical")
+        ratio = seconds / fast_s
+        lines.append(f"{tested_name}/{name} speedup {ratio:.1f}x, cells {identical}/{total} identical" if ratio >= 1
+                     else f"{tested_name}/{name} speedup {ratio:.3f}x, cells {identical}/{total} identical")
     per_cell = fast_s / (len(recipients) * (len(grid) + 1))
     log(f"{tested_name} engine: {1000 * per_cell:.2f} ms per cell, {1 / per_cell:.0f} cells/s, "
         f"{fast_s / len(recipients):.3f} s per instance")
