@@ -22,7 +22,7 @@ import torch
 from . import engine, reference
 from .capture import replace_rows
 from .cells import VANILLA, parse_cells
-from .engine import CellResult, capture_donors, eos_ids, option_logprobs_all
+from .engine import CellResult, capture_donors, cell_patches, eos_ids, option_logprobs_all, trim_at_stop
 from .scoring import option_token_ids
 from .tiny import build_tiny_model, tokenizer_corpus, train_tokenizer
 
@@ -56,12 +56,7 @@ def run_peer(model, tokenizer, donors, recipients, cells, module, max_new_tokens
         values = capture_donors(model, tokenizer, [donor], module)[0]  # [L, d]
         ids = tokenizer(recipient, return_tensors="pt").input_ids.to(model.device)  # [1, T]
         rows = ids.expand(len(all_cells), -1)  # [R, T]: every cell a row over the full prompt
-        by_target: dict[int, list[int]] = {}
-        for r, cell in enumerate(all_cells):
-            if cell != VANILLA:
-                by_target.setdefault(cell.target_layer, []).append(r)
-        patches = {j: (torch.tensor(rs, device=model.device),
-                       values[[all_cells[r].source_layer for r in rs]]) for j, rs in by_target.items()}
+        patches = cell_patches(all_cells, values[None])  # one instance: row r is cell r
         results = [CellResult(cell) for cell in all_cells]
         with replace_rows(model, module, patches, first_call_only=True):
             if max_new_tokens > 0:
@@ -72,9 +67,7 @@ def run_peer(model, tokenizer, donors, recipients, cells, module, max_new_tokens
                                      repetition_penalty=None, temperature=None, top_p=None, top_k=None)
                 logits = gen.logits[0]  # [R, V] the patched position
                 for r, result in enumerate(results):
-                    tokens = gen.sequences[r, ids.shape[1]:].tolist()
-                    end = next((k + 1 for k, t in enumerate(tokens) if t in stop), len(tokens))
-                    result.token_ids = tokens[:end]
+                    result.token_ids = trim_at_stop(gen.sequences[r, ids.shape[1]:].tolist(), stop)
             else:
                 logits = model(input_ids=rows, use_cache=False).logits[:, -1]  # [R, V]
         table = option_logprobs_all(logits[None], [option_token_ids[b]]) if option_token_ids else None
@@ -87,7 +80,7 @@ def run_peer(model, tokenizer, donors, recipients, cells, module, max_new_tokens
 
 
 def compare(fast, other, mode: str, strict: bool = True) -> tuple[int, int, float]:
-    """(identical cells, cells, max next-token log-prob difference).
+    """(identical cells, cells, max next-token logit (strict) or log-prob difference).
 
     A cell is identical when it decides the same (greedy tokens, or the chosen option)
     and, with strict (the hf engine's exactness contract), its next-token log-probs are
@@ -98,8 +91,10 @@ def compare(fast, other, mode: str, strict: bool = True) -> tuple[int, int, floa
     for fast_row, other_row in zip(fast, other):
         for f, s in zip(fast_row, other_row):
             total += 1
-            # next-token log-probs: the vllm engine reports those; for logits they differ by a per-row constant
-            diff = (torch.log_softmax(f.logits, -1) - torch.log_softmax(s.logits, -1)).abs().max().item()
+            if strict:  # the hf engine: raw next-token logits
+                diff = (f.logits - s.logits).abs().max().item()
+            else:  # the vllm engine reports log-probs: the logits up to a constant per row
+                diff = (torch.log_softmax(f.logits, -1) - torch.log_softmax(s.logits, -1)).abs().max().item()
             max_diff = max(max_diff, diff)
             if mode == "generate":
                 same = f.token_ids == s.token_ids

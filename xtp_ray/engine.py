@@ -53,6 +53,12 @@ def eos_ids(model, tokenizer) -> set[int]:
     return set(eos) if isinstance(eos, (list, tuple)) else {eos}
 
 
+def trim_at_stop(tokens: list[int], stop) -> list[int]:
+    """A continuation up to and including its first stop token (generate pads after it)."""
+    end = next((k + 1 for k, token in enumerate(tokens) if token in stop), len(tokens))
+    return tokens[:end]
+
+
 def encode_left_padded(tokenizer, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
     """ids [B, T], mask [B, T], left padded so position -1 is each prompt's last token."""
     tokenizer.padding_side = "left"
@@ -246,7 +252,7 @@ def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: 
     return results
 
 
-def _patches(chunk: list[Cell], donor_values: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+def cell_patches(chunk: list[Cell], donor_values: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """target layer -> (rows [k], donor values [k, d]) for a chunk laid out as row b * n + c."""
     batch, n = donor_values.shape[0], len(chunk)
     by_target: dict[int, list[int]] = {}
@@ -268,7 +274,7 @@ def _run_chunk(model, module, chunk, donor_values, last_token, last_pos, shared,
     own = own_tokens_cache(num_layers(model), max_new_tokens + 1)  # rows' own tokens; the prefix stays in `shared`
     row_pos = last_pos.repeat_interleave(n)[:, None]  # [R, 1]
     with cascade_attention(model):
-        with replace_rows(model, module, _patches(chunk, donor_values)):
+        with replace_rows(model, module, cell_patches(chunk, donor_values)):
             out = model(input_ids=last_token.repeat_interleave(n)[:, None], position_ids=row_pos,
                         past_key_values=own, use_cache=True, xtp_prefix=replace(shared, query_positions=last_pos))
         logits = out.logits[:, -1].view(batch, n, -1)  # [B, n, V]

@@ -12,7 +12,7 @@ import torch
 
 from .capture import capture_last_token, replace_rows
 from .cells import VANILLA, Cell
-from .engine import CellResult, eos_ids, option_logprobs
+from .engine import CellResult, eos_ids, option_logprobs, trim_at_stop
 
 
 def _encode(tokenizer, prompt: str, device) -> torch.Tensor:
@@ -45,12 +45,8 @@ def run_cell(model, tokenizer, donor: str, recipient: str, cell: Cell, module: s
                 num_beams=1, repetition_penalty=None, temperature=None, top_p=None, top_k=None,
             )
             logits = out.logits[0][0]  # [V] first step: the patched position
-            result.token_ids = out.sequences[0, recipient_ids.shape[1]:].tolist()
-            if stop:  # generate pads a finished sequence; the engine stops at eos too
-                for k, token in enumerate(result.token_ids):
-                    if token in stop:
-                        result.token_ids = result.token_ids[:k + 1]
-                        break
+            # generate pads a finished sequence; the engine stops at eos too
+            result.token_ids = trim_at_stop(out.sequences[0, recipient_ids.shape[1]:].tolist(), stop)
         else:
             logits = model(input_ids=recipient_ids, use_cache=False).logits[0, -1]  # [V]
     result.logits = logits.float().cpu()
