@@ -41,12 +41,14 @@ class TransplantWorker:
         self.xtp_remove()
         runner = self.model_runner
         layers = runner.model.model.layers
-        self.xtp_handles = []
         self.xtp_captured = getattr(self, "xtp_captured", {})
+        self.xtp_step_rows = []
+        # which rows to act on is worked out once per forward, not once per layer
+        self.xtp_handles = [runner.model.register_forward_pre_hook(self._xtp_plan_step)]
         for index, layer in enumerate(layers):
             hook = self._xtp_hook(index)
             self.xtp_handles.append(_module_of(layer, module).register_forward_hook(hook))
-        return len(self.xtp_handles)
+        return len(self.xtp_handles) - 1  # the layer hooks
 
     def xtp_remove(self) -> int:
         """Remove every hook this extension installed; returns how many are left (0)."""
@@ -56,8 +58,8 @@ class TransplantWorker:
         return self.xtp_hook_count()
 
     def xtp_hook_count(self) -> int:
-        """Forward hooks on the model's modules, all of them (not only ours)."""
-        return sum(len(m._forward_hooks) for m in self.model_runner.model.modules())
+        """Forward hooks and pre-hooks on the model's modules, all of them (not only ours)."""
+        return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in self.model_runner.model.modules())
 
     def xtp_fetch(self, keys: list[str]) -> dict[str, list[list[float]]]:
         """Captured donor values: key -> [L][d] (as Python floats, to cross processes)."""
@@ -88,10 +90,13 @@ class TransplantWorker:
                 rows.append((start + prompt - 1 - computed, plan))
         return rows
 
+    def _xtp_plan_step(self, _module, _args):
+        self.xtp_step_rows = self._xtp_rows()
+
     def _xtp_hook(self, layer: int):
         def hook(_module, _args, output):
             hidden = output[0] if isinstance(output, tuple) else output  # [tokens, d]
-            for row, plan in self._xtp_rows():
+            for row, plan in self.xtp_step_rows:
                 if "capture" in plan:
                     # clone: the next fused add-norm overwrites this buffer in place
                     self.xtp_captured.setdefault(plan["capture"], {})[layer] = hidden[row].detach().clone()
