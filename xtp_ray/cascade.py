@@ -43,8 +43,13 @@ class SharedPrefix:
     query_positions: torch.Tensor | None = None  # [B] position id of this forward's rows (one per instance)
     fused: bool = True  # use torch's fused attention kernels (returning the log-sum-exp) where they apply
 
-    def key_mask(self, layer: int, window: int | None) -> torch.Tensor:
-        """[B, P_l] visible prefix keys of a layer; a sliding layer's cache may keep only its last P_l."""
+    def __post_init__(self):
+        self.dense = bool(self.mask.all())  # no padding anywhere: a non-sliding layer needs no mask
+
+    def key_mask(self, layer: int, window: int | None) -> torch.Tensor | None:
+        """[B, P_l] visible prefix keys of a layer (None: all); a sliding layer's cache may keep only its last P_l."""
+        if window is None and self.dense:
+            return None  # the fused kernels run faster without a mask
         kept = self.keys[layer].shape[2]
         visible = self.mask[:, self.mask.shape[1] - kept:]
         if window is not None:
@@ -59,41 +64,57 @@ class OwnTokensLayer(DynamicLayer):
     """A cache layer holding only the rows' own tokens, preallocated for `capacity` of them.
 
     The prefix lives in `SharedPrefix`, so this is all HF's attention module sees as
-    keys and values: [R, K_h, s, D] views of one buffer. Appending writes in place; a
+    keys and values: [R, K_h, s, D] views of one step-major buffer. Appending writes in place; a
     growing torch.cat per step would copy the whole cache every step (O(steps^2)).
     """
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, sharing=None, index: int = 0):
         super().__init__()
         self.capacity = capacity
         self.length = 0
+        self.sharing, self.index = sharing, index  # `sharing.RowSharing`: the layer may run fewer rows
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
-        rows, heads, _, dim = key_states.shape
-        self.key_buffer = key_states.new_empty(rows, heads, self.capacity, dim)
-        self.value_buffer = value_states.new_empty(rows, heads, self.capacity, value_states.shape[-1])
+        _, heads, _, dim = key_states.shape
+        rows = self.sharing.rows if self.sharing is not None else key_states.shape[0]
+        # step-major [capacity, R, K_h, D]: appending a step writes one contiguous block
+        self.key_buffer = key_states.new_empty(self.capacity, rows, heads, dim)
+        self.value_buffer = value_states.new_empty(self.capacity, rows, heads, value_states.shape[-1])
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """New keys/values of the computed rows [A, K_h, q, D] -> their own keys/values [A, K_h, s, D].
+
+        When the layer computes only some rows (a `RowSharing` plan), every row [R] takes
+        its slot's new keys/values, and the layer gets its computed rows' whole own cache.
+        """
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
+        plan = self.sharing.plans[self.index] if self.sharing is not None else None
+        if plan is not None:
+            key_states = key_states.index_select(0, plan.spread)  # [R, K_h, q, D]
+            value_states = value_states.index_select(0, plan.spread)
         end = self.length + key_states.shape[-2]
         if end > self.capacity:
             raise RuntimeError(f"own-token cache holds {self.capacity} tokens, asked for {end}")
-        self.key_buffer[:, :, self.length:end] = key_states
-        self.value_buffer[:, :, self.length:end] = value_states
+        self.key_buffer[self.length:end] = key_states.permute(2, 0, 1, 3)  # [q, R, K_h, D]
+        self.value_buffer[self.length:end] = value_states.permute(2, 0, 1, 3)
         self.length = end
-        self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+        keys, values = self.key_buffer[:end], self.value_buffer[:end]  # [s, R, K_h, D]
+        self.keys, self.values = keys.permute(1, 2, 0, 3), values.permute(1, 2, 0, 3)  # [R, K_h, s, D] views
+        if plan is not None:  # [s, A, K_h, D] -> [A, K_h, s, D]
+            return keys.index_select(1, plan.active).permute(1, 2, 0, 3), \
+                values.index_select(1, plan.active).permute(1, 2, 0, 3)
         return self.keys, self.values
 
     def get_seq_length(self) -> int:
         return self.length
 
 
-def own_tokens_cache(num_layers: int, capacity: int) -> Cache:
+def own_tokens_cache(num_layers: int, capacity: int, sharing=None) -> Cache:
     """The rows' cache: one `OwnTokensLayer` per decoder layer."""
-    return Cache(layers=[OwnTokensLayer(capacity) for _ in range(num_layers)])
+    return Cache(layers=[OwnTokensLayer(capacity, sharing, index) for index in range(num_layers)])
 
 
 def _masked(scores: torch.Tensor, key_mask: torch.Tensor | None, softcap: float | None) -> torch.Tensor:
@@ -154,23 +175,21 @@ def attend_fused(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, sc
 def merge(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor) -> torch.Tensor:
     """Exact softmax over the union of two key sets from each part's output and log-sum-exp.
 
-    out [..., m, D], lse [..., m]. A part with lse -inf (all its keys masked, e.g. a
-    prefix that is all padding) gets weight 0.
+    out [..., m, D], lse [..., m]. Part a's weight is e^lse_a / (e^lse_a + e^lse_b) =
+    sigmoid(lse_a - lse_b): a part with lse -inf (all its keys masked, e.g. a prefix
+    that is all padding) gets weight 0. Part b (the rows' own keys, which always
+    include the current token) is never all masked.
     """
-    top = torch.maximum(lse_a, lse_b)
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    w_a = torch.exp(lse_a - top)[..., None]
-    w_b = torch.exp(lse_b - top)[..., None]
-    mixed = (w_a * out_a.float() + w_b * out_b.float()) / (w_a + w_b)
-    return mixed.to(out_a.dtype)
+    weight = torch.sigmoid(lse_a - lse_b)[..., None]  # [..., m, 1]
+    return torch.lerp(out_b.float(), out_a.float(), weight).to(out_a.dtype)
 
 
-def prefix_part(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scaling: float,
+def prefix_part(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None, scaling: float,
                 softcap: float | None, fused: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """query [R, H, q, D] against each instance's prefix: (out [R, H, q, D], lse [R, H, q]).
 
-    keys/values [B, K_h, P, D], mask [B, P] (the keys every row of instance b may see:
-    all rows of an instance sit at the same position, so one mask serves them all).
+    keys/values [B, K_h, P, D], mask [B, P] or None (the keys every row of instance b may
+    see: all rows of an instance sit at the same position, so one mask serves them all).
     """
     rows, heads, q_len, dim = query.shape
     batch, kv_heads, prefix_len, _ = keys.shape
@@ -178,7 +197,7 @@ def prefix_part(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, m
     # fold: [B, n, K_h, G, q, D] -> [B, K_h, n, G, q, D] -> [B, K_h, n * G * q, D]
     folded = query.view(batch, n, kv_heads, group, q_len, dim).permute(0, 2, 1, 3, 4, 5)
     folded = folded.reshape(batch, kv_heads, n * group * q_len, dim)
-    key_mask = mask[:, None, None, :]  # [B, 1, 1, P]
+    key_mask = mask[:, None, None, :].to(query.device) if mask is not None else None  # [B, 1, 1, P]
     result = attend_fused(folded, keys, values, scaling, key_mask) if fused and softcap is None else None
     if result is None:
         result = attend_matmul(folded, keys, values, scaling, key_mask, softcap)
@@ -220,7 +239,7 @@ def cascade_attention_forward(module, query, key, value, attention_mask, scaling
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     layer = module.layer_idx
     out_p, lse_p = prefix_part(query, xtp_prefix.keys[layer], xtp_prefix.values[layer],
-                               xtp_prefix.key_mask(layer, sliding_window).to(query.device), scaling, softcap,
+                               xtp_prefix.key_mask(layer, sliding_window), scaling, softcap,
                                xtp_prefix.fused)
     out_o, lse_o = own_part(query, key, value, scaling, softcap, xtp_prefix.fused)
     out = merge(out_p, lse_p, out_o, lse_o)  # [R, H, q, D]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
 from transformers import DynamicCache
 
@@ -29,6 +30,7 @@ from .architectures import num_layers
 from .capture import capture_last_token, replace_rows
 from .cascade import SharedPrefix, cascade_attention, own_tokens_cache
 from .cells import VANILLA, Cell
+from .sharing import RowSharing, share_rows
 
 # Rows (instances x cells) per forward when decoding. The cost per row no longer grows
 # with the rows, so this only bounds memory; chosen on the bench model (see README).
@@ -187,7 +189,8 @@ def capture_donors(model, tokenizer, donors: list[str], module: str) -> torch.Te
 def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: list[Cell],
              module: str, max_new_tokens: int = 20, cells_per_chunk: int | None = None,
              option_token_ids: list[list[list[int]]] | None = None,
-             keep_logits: bool = False, memory_budget_mb: float | None = None) -> list[list[CellResult]]:
+             keep_logits: bool = False, memory_budget_mb: float | None = None,
+             share: bool = True) -> list[list[CellResult]]:
     """Vanilla + every cell for each (donor, recipient) pair.
 
     Returns, per instance, [vanilla, *cells] results. max_new_tokens=0 scores only
@@ -195,7 +198,8 @@ def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: 
     instance b. cells_per_chunk: cells of each instance per forward (default:
     DEFAULT_ROWS_GENERATE / DEFAULT_ROWS_SCORE rows per forward, shared among the
     instances). memory_budget_mb: shrink chunks until `chunk_bytes` fits it; on a
-    GPU without a budget, chunks fit 80% of the free memory.
+    GPU without a budget, chunks fit 80% of the free memory. share: layers compute
+    only the rows that differ there (`sharing.py`); False computes every row everywhere.
     """
     if len(donors) != len(recipients):
         raise ValueError("donors and recipients differ in length")
@@ -237,7 +241,7 @@ def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: 
     for start in range(0, len(all_cells), cells_per_chunk):
         chunk = all_cells[start:start + cells_per_chunk]
         logits, tokens = _run_chunk(model, module, chunk, donor_values, ids[:, -1], pos[:, -1], shared,
-                                    max_new_tokens, stop)
+                                    max_new_tokens, stop, share)
         options = option_logprobs_all(logits, option_token_ids) if option_token_ids is not None else None
         kept = logits.float().cpu() if keep_logits else None
         for b, row in enumerate(results):
@@ -267,14 +271,25 @@ def cell_patches(chunk: list[Cell], donor_values: torch.Tensor) -> dict[int, tup
     return patches
 
 
-def _run_chunk(model, module, chunk, donor_values, last_token, last_pos, shared, max_new_tokens, stop):
-    """One chunk of n cells for all B instances as R = B * n rows: logits [B, n, V], tokens [B][n] or None."""
+def _run_chunk(model, module, chunk, donor_values, last_token, last_pos, shared, max_new_tokens, stop, share=True):
+    """One chunk of n cells for all B instances as R = B * n rows: logits [B, n, V], tokens [B][n] or None.
+
+    With share, each layer computes only the rows that differ below their target layer
+    (`sharing.py`); finished rows stop computing.
+    """
     batch, n = last_token.shape[0], len(chunk)
     rows = batch * n
-    own = own_tokens_cache(num_layers(model), max_new_tokens + 1)  # rows' own tokens; the prefix stays in `shared`
+    layers = num_layers(model)
+    targets = np.tile([layers if cell == VANILLA else cell.target_layer for cell in chunk], batch)  # [R]
+    sharing = RowSharing(targets, batch, last_token.device, layers)
+    if share:
+        sharing.plan(first_step=True)
+    own = own_tokens_cache(layers, max_new_tokens + 1, sharing)  # rows' own tokens; the prefix stays in `shared`
     row_pos = last_pos.repeat_interleave(n)[:, None]  # [R, 1]
-    with cascade_attention(model):
-        with replace_rows(model, module, cell_patches(chunk, donor_values)):
+    patches = {j: (_slots(sharing.plans[j], rows_j), values) for j, (rows_j, values) in
+               cell_patches(chunk, donor_values).items()}  # the rows' slots in their target layer's batch
+    with cascade_attention(model), share_rows(model, sharing):
+        with replace_rows(model, module, patches):
             out = model(input_ids=last_token.repeat_interleave(n)[:, None], position_ids=row_pos,
                         past_key_values=own, use_cache=True, xtp_prefix=replace(shared, query_positions=last_pos))
         logits = out.logits[:, -1].view(batch, n, -1)  # [B, n, V]
@@ -286,15 +301,24 @@ def _run_chunk(model, module, chunk, donor_values, last_token, last_pos, shared,
         stop_ids = torch.tensor(sorted(stop), dtype=torch.long, device=logits.device)
         next_token = logits.reshape(rows, -1).argmax(-1)  # [R]
         for step in range(max_new_tokens):
+            chosen = next_token.tolist()
             for r in (~finished).nonzero()[:, 0].tolist():
-                generated[r // n][r % n].append(int(next_token[r]))
+                generated[r // n][r % n].append(chosen[r])
             finished |= torch.isin(next_token, stop_ids)
             if step == max_new_tokens - 1 or bool(finished.all()):
                 break
+            if share:
+                sharing.advance(next_token.cpu().numpy(), finished.cpu().numpy())
+                sharing.plan(first_step=False)
             out = model(input_ids=next_token[:, None], position_ids=row_pos + step + 1, past_key_values=own,
                         use_cache=True, xtp_prefix=replace(shared, query_positions=last_pos + step + 1))
             next_token = out.logits[:, -1].argmax(-1)
     return logits, generated
+
+
+def _slots(plan, rows: torch.Tensor) -> torch.Tensor:
+    """Rows [k] -> their positions in a layer's computed batch (itself without a plan)."""
+    return rows if plan is None else plan.spread[rows.to(plan.spread.device)]
 
 
 class HFEngine:
