@@ -17,10 +17,10 @@ def _plain(query, prefix_k, prefix_v, visible, own_k, own_v, scaling, softcap=No
     """Row by row: softmax over [the visible prefix keys of its instance, its own keys]."""
     rows, heads = query.shape[:2]
     batch = prefix_k.shape[0]
-    n, group = rows // batch, heads // prefix_k.shape[1]
+    group = heads // prefix_k.shape[1]
     out = torch.empty_like(query)
     for r in range(rows):
-        b = r // n
+        b = r % batch  # rows are cell-major: r = c * B + b
         keys = torch.cat([prefix_k[b][:, visible[b]], own_k[r]], dim=1).repeat_interleave(group, 0)  # [H, k, D]
         values = torch.cat([prefix_v[b][:, visible[b]], own_v[r]], dim=1).repeat_interleave(group, 0)
         scores = query[r] @ keys.transpose(-1, -2) * scaling  # [H, q, k]

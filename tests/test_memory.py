@@ -11,7 +11,7 @@ from xtp_ray import engine
 from xtp_ray.tiny import build_tiny_model
 
 PROBE = Path(__file__).with_name("memory_probe.py")
-BUDGET_MB = 30  # well above the allocator's run-to-run noise (~5 MB seen)
+BUDGET_MB = 20  # well above the allocator's run-to-run noise (~5 MB seen)
 
 
 def _grew(budget, cells_per_chunk):

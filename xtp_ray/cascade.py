@@ -1,7 +1,7 @@
 """Shared-prefix ("cascade") attention: many rows of one instance against one prefix KV.
 
 The cells of an instance are batch rows (B instances x n cells = R rows, row
-r = b * n + c). Every row shares its instance's prefix (the recipient prompt but its
+r = c * B + b: cell-major, so that the first m * B rows are m cells of every instance). Every row shares its instance's prefix (the recipient prompt but its
 last token), whose keys and values are stored once per layer and never copied or
 expanded per row. A row's attention is computed in two parts, merged exactly by
 log-sum-exp (as in Hydragen / FlashInfer's cascade attention):
@@ -78,34 +78,34 @@ class OwnTokensLayer(DynamicLayer):
         self.dtype, self.device = key_states.dtype, key_states.device
         _, heads, _, dim = key_states.shape
         rows = self.sharing.rows if self.sharing is not None else key_states.shape[0]
-        # step-major [capacity, R, K_h, D]: appending a step writes one contiguous block
+        # step-major [capacity, R, K_h, D]: appending a step writes one contiguous block; with
+        # sharing, slot-indexed (a layer computes the first m * B slots, see sharing.py)
         self.key_buffer = key_states.new_empty(self.capacity, rows, heads, dim)
         self.value_buffer = value_states.new_empty(self.capacity, rows, heads, value_states.shape[-1])
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        """New keys/values of the computed rows [A, K_h, q, D] -> their own keys/values [A, K_h, s, D].
+        """New keys/values [A, K_h, q, D] of the A rows (or `sharing` slots) the layer computes
+        -> their own keys/values [A, K_h, s, D], a view of the buffer's first A slots.
 
-        When the layer computes only some rows (a `RowSharing` plan), every row [R] takes
-        its slot's new keys/values, and the layer gets its computed rows' whole own cache.
+        A `RowSharing` plan may first copy past keys/values from slot to slot (a group of
+        equal rows split and the new group's slot starts with the old one's past).
         """
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         plan = self.sharing.plans[self.index] if self.sharing is not None else None
-        if plan is not None:
-            key_states = key_states.index_select(0, plan.spread)  # [R, K_h, q, D]
-            value_states = value_states.index_select(0, plan.spread)
-        end = self.length + key_states.shape[-2]
+        if plan is not None and plan.copies is not None and self.length:
+            to, source = plan.copies
+            self.key_buffer[:self.length, to] = self.key_buffer[:self.length, source]
+            self.value_buffer[:self.length, to] = self.value_buffer[:self.length, source]
+        end, slots = self.length + key_states.shape[-2], key_states.shape[0]
         if end > self.capacity:
             raise RuntimeError(f"own-token cache holds {self.capacity} tokens, asked for {end}")
-        self.key_buffer[self.length:end] = key_states.permute(2, 0, 1, 3)  # [q, R, K_h, D]
-        self.value_buffer[self.length:end] = value_states.permute(2, 0, 1, 3)
+        self.key_buffer[self.length:end, :slots] = key_states.permute(2, 0, 1, 3)  # [q, A, K_h, D]
+        self.value_buffer[self.length:end, :slots] = value_states.permute(2, 0, 1, 3)
         self.length = end
-        keys, values = self.key_buffer[:end], self.value_buffer[:end]  # [s, R, K_h, D]
-        self.keys, self.values = keys.permute(1, 2, 0, 3), values.permute(1, 2, 0, 3)  # [R, K_h, s, D] views
-        if plan is not None:  # [s, A, K_h, D] -> [A, K_h, s, D]
-            return keys.index_select(1, plan.active).permute(1, 2, 0, 3), \
-                values.index_select(1, plan.active).permute(1, 2, 0, 3)
+        self.keys = self.key_buffer[:end, :slots].permute(1, 2, 0, 3)  # [A, K_h, s, D] view
+        self.values = self.value_buffer[:end, :slots].permute(1, 2, 0, 3)
         return self.keys, self.values
 
     def get_seq_length(self) -> int:
@@ -186,7 +186,7 @@ def merge(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: 
 
 def prefix_part(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None, scaling: float,
                 softcap: float | None, fused: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """query [R, H, q, D] against each instance's prefix: (out [R, H, q, D], lse [R, H, q]).
+    """query [R, H, q, D] (row r = c * B + b) against each instance's prefix: (out [R, H, q, D], lse [R, H, q]).
 
     keys/values [B, K_h, P, D], mask [B, P] or None (the keys every row of instance b may
     see: all rows of an instance sit at the same position, so one mask serves them all).
@@ -194,16 +194,16 @@ def prefix_part(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, m
     rows, heads, q_len, dim = query.shape
     batch, kv_heads, prefix_len, _ = keys.shape
     n, group = rows // batch, heads // kv_heads
-    # fold: [B, n, K_h, G, q, D] -> [B, K_h, n, G, q, D] -> [B, K_h, n * G * q, D]
-    folded = query.view(batch, n, kv_heads, group, q_len, dim).permute(0, 2, 1, 3, 4, 5)
+    # fold: [n, B, K_h, G, q, D] -> [B, K_h, n, G, q, D] -> [B, K_h, n * G * q, D]
+    folded = query.view(n, batch, kv_heads, group, q_len, dim).permute(1, 2, 0, 3, 4, 5)
     folded = folded.reshape(batch, kv_heads, n * group * q_len, dim)
     key_mask = mask[:, None, None, :].to(query.device) if mask is not None else None  # [B, 1, 1, P]
     result = attend_fused(folded, keys, values, scaling, key_mask) if fused and softcap is None else None
     if result is None:
         result = attend_matmul(folded, keys, values, scaling, key_mask, softcap)
     out, lse = result  # [B, K_h, n*G*q, D], [B, K_h, n*G*q]
-    out = out.view(batch, kv_heads, n, group, q_len, dim).permute(0, 2, 1, 3, 4, 5).reshape(rows, heads, q_len, dim)
-    lse = lse.view(batch, kv_heads, n, group, q_len).permute(0, 2, 1, 3, 4).reshape(rows, heads, q_len)
+    out = out.view(batch, kv_heads, n, group, q_len, dim).permute(2, 0, 1, 3, 4, 5).reshape(rows, heads, q_len, dim)
+    lse = lse.view(batch, kv_heads, n, group, q_len).permute(2, 0, 1, 3, 4).reshape(rows, heads, q_len)
     return out, lse
 
 

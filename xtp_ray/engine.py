@@ -5,7 +5,7 @@ Per batch of instances (B of them, left padded, recipient length T):
 2. one recipient prefill over the P = T - 1 prefix tokens builds the prefix KV,
    shared by every cell (patching the last position leaves every earlier position
    untouched under causal attention). It is stored once per instance and layer;
-3. the cells of a chunk are batch rows: n cells per instance, R = B * n rows, each
+3. the cells of a chunk are batch rows: n cells per instance, R = n * B rows (cell-major), each
    row a copy of its instance's last prompt token at the same position id. The
    target layer's module output of each row is replaced by its source layer's donor
    value. Attention is `cascade.py`'s: each instance's rows' queries folded into one
@@ -257,53 +257,54 @@ def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: 
 
 
 def cell_patches(chunk: list[Cell], donor_values: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """target layer -> (rows [k], donor values [k, d]) for a chunk laid out as row b * n + c."""
-    batch, n = donor_values.shape[0], len(chunk)
+    """target layer -> (rows [k], donor values [k, d]) for a chunk laid out as row c * B + b."""
+    batch = donor_values.shape[0]
     by_target: dict[int, list[int]] = {}
     for c, cell in enumerate(chunk):
         if cell != VANILLA:
             by_target.setdefault(cell.target_layer, []).append(c)
     patches = {}
     for j, cs in by_target.items():
-        rows = torch.tensor([b * n + c for b in range(batch) for c in cs], device=donor_values.device)
+        rows = torch.tensor([c * batch + b for c in cs for b in range(batch)], device=donor_values.device)
         sources = torch.tensor([chunk[c].source_layer for c in cs], device=donor_values.device)
-        patches[j] = (rows, donor_values[:, sources].reshape(batch * len(cs), -1))  # [B * k, d]
+        patches[j] = (rows, donor_values[:, sources].transpose(0, 1).reshape(len(cs) * batch, -1))  # [k * B, d]
     return patches
 
 
 def _run_chunk(model, module, chunk, donor_values, last_token, last_pos, shared, max_new_tokens, stop, share=True):
-    """One chunk of n cells for all B instances as R = B * n rows: logits [B, n, V], tokens [B][n] or None.
+    """One chunk of n cells for all B instances as R = n * B rows (row c * B + b, cell-major):
+    logits [B, n, V], tokens [B][n] or None.
 
-    With share, each layer computes only the rows that differ below their target layer
-    (`sharing.py`); finished rows stop computing.
+    With share, each layer computes only the rows that differ there (`sharing.py`);
+    finished rows stop computing.
     """
     batch, n = last_token.shape[0], len(chunk)
     rows = batch * n
     layers = num_layers(model)
-    targets = np.tile([layers if cell == VANILLA else cell.target_layer for cell in chunk], batch)  # [R]
+    targets = np.repeat([layers if cell == VANILLA else cell.target_layer for cell in chunk], batch)  # [R]
     sharing = RowSharing(targets, batch, last_token.device, layers)
     if share:
         sharing.plan(first_step=True)
     own = own_tokens_cache(layers, max_new_tokens + 1, sharing)  # rows' own tokens; the prefix stays in `shared`
-    row_pos = last_pos.repeat_interleave(n)[:, None]  # [R, 1]
+    row_pos = last_pos.repeat(n)[:, None]  # [R, 1]
     patches = {j: (_slots(sharing.plans[j], rows_j), values) for j, (rows_j, values) in
                cell_patches(chunk, donor_values).items()}  # the rows' slots in their target layer's batch
     with cascade_attention(model), share_rows(model, sharing):
         with replace_rows(model, module, patches):
-            out = model(input_ids=last_token.repeat_interleave(n)[:, None], position_ids=row_pos,
+            out = model(input_ids=last_token.repeat(n)[:, None], position_ids=row_pos,
                         past_key_values=own, use_cache=True, xtp_prefix=replace(shared, query_positions=last_pos))
-        logits = out.logits[:, -1].view(batch, n, -1)  # [B, n, V]
+        logits = out.logits[:, -1].view(n, batch, -1).transpose(0, 1)  # [B, n, V]
         if max_new_tokens == 0:
             return logits, None
 
         generated = [[[] for _ in range(n)] for _ in range(batch)]
         finished = torch.zeros(rows, dtype=torch.bool, device=logits.device)
         stop_ids = torch.tensor(sorted(stop), dtype=torch.long, device=logits.device)
-        next_token = logits.reshape(rows, -1).argmax(-1)  # [R]
+        next_token = out.logits[:, -1].argmax(-1)  # [R]
         for step in range(max_new_tokens):
             chosen = next_token.tolist()
             for r in (~finished).nonzero()[:, 0].tolist():
-                generated[r // n][r % n].append(chosen[r])
+                generated[r % batch][r // batch].append(chosen[r])
             finished |= torch.isin(next_token, stop_ids)
             if step == max_new_tokens - 1 or bool(finished.all()):
                 break

@@ -9,17 +9,23 @@ token (decoding step 0). What a row computes below that is some other row's too:
   <= j depends only on the tokens generated so far. It equals that of any row of
   the same instance with the same generated tokens and a target layer >= j, vanilla
   (target "above every layer") included.
-So at layer l a row is computed by itself when its target layer is below l (at l
-or below in step 0); every other row belongs to a group of equal rows (same
-instance, same generated tokens) and takes its group's first row's result. Rows
+So at layer l a row computes by itself when its target layer is below l (at l or
+below in step 0); the other rows form groups of equal rows (same instance, same
+generated tokens), and one row, the group's leader, computes for the group. Rows
 that have finished (stop token) compute nothing. On real models most cells decode
 vanilla's tokens, and even on random ones few distinct continuations appear.
 
-Per layer the computed rows of each instance are padded to a common count m (the
-cascade attention folds an instance's rows together), so a layer runs B * m rows
-instead of R = B * n. The decoder layers are HF's own: hooks only pick their input
-rows and spread their output back; the rows' cache (`cascade.OwnTokensLayer`)
-spreads the new keys/values to every row and hands the layer those of its rows.
+Layout. Rows are cell-major, row r = c * B + b (cell c, instance b), R = n * B. A
+layer computes m * B slots, slot k * B + b holding a leader of instance b (or
+padding), so the cascade attention folds an instance's slots as it folds its rows.
+A group keeps its slot from step to step: the layer's own-token cache
+(`cascade.OwnTokensLayer`) is slot-indexed, appends one step to the first m * B
+slots in place and hands the layer a view, no gather. When a group splits (its
+rows generated different tokens), each new group gets a free slot and a copy of
+the old slot's past keys/values (they were the same rows until now).
+
+The decoder layers are HF's own: hooks only pick their input rows and spread their
+output back to all R rows (`share_rows`).
 """
 from __future__ import annotations
 
@@ -35,31 +41,44 @@ from .architectures import decoder_layers
 
 @dataclass
 class RowPlan:
-    """One layer's rows for one forward: R rows, B * m of them computed."""
-    active: torch.Tensor  # [B * m] long: the rows the layer computes (instance b's in slots b*m .. b*m+m-1)
-    spread: torch.Tensor  # [R] long: the slot in `active` whose result each row takes
+    """One layer's rows for one forward: R rows, m * B slots computed."""
+    active: torch.Tensor  # [m * B] long: the row whose input each slot computes (padding: any row of b)
+    spread: torch.Tensor  # [R] long: the slot whose result each row takes
+    copies: tuple[torch.Tensor, torch.Tensor] | None = None  # (to slots, from slots): past keys/values to copy
+
+
+@dataclass
+class _Slots:
+    """A layer's slot table between forwards."""
+    leader: np.ndarray  # [capacity] row computed in each slot, -1 when free
+    slot_of: np.ndarray  # [R] the slot each row's keys/values live in
+    width: int = 0  # m: slots per instance in use
 
 
 class RowSharing:
     """Which rows each layer computes, kept up to date as the rows decode.
 
     targets [R]: each row's target layer (num_layers for vanilla), rows laid out
-    b * n + c. `plans[l]` is layer l's plan for the next forward, or None when every
-    row computes itself.
+    c * B + b. `plans[l]` is layer l's plan for the next forward, or None (sharing
+    off): every row computes itself.
     """
 
     def __init__(self, targets: np.ndarray, batch: int, device, num_layers: int):
         self.targets = np.asarray(targets, dtype=np.int64)  # [R]
-        self.rows = len(self.targets)
-        self.batch, self.n = batch, self.rows // batch
+        self.rows, self.batch = len(self.targets), batch
         self.device, self.num_layers = device, num_layers
-        self.history = np.repeat(np.arange(batch), self.n)  # [R] id of (instance, generated tokens)
+        self.instance = np.arange(self.rows) % batch  # [R]
+        self.history = self.instance.copy()  # [R] id of (instance, generated tokens)
         self.finished = np.zeros(self.rows, dtype=bool)  # [R]
         self.plans: list[RowPlan | None] = [None] * num_layers
-        self.computed = 0  # rows computed, summed over layers and forwards (for the bench)
+        self.slots: list[_Slots] = []
+        self.computed = 0  # slots computed, summed over layers and forwards
 
     def plan(self, first_step: bool) -> None:
         """Plans for the next forward: step 0 (the patched token) or a generated token."""
+        if first_step:
+            self.slots = [_Slots(np.full(self.rows, -1), np.zeros(self.rows, dtype=np.int64))
+                          for _ in range(self.num_layers)]
         self.plans = [self._plan_layer(layer, first_step) for layer in range(self.num_layers)]
 
     def advance(self, tokens: np.ndarray, finished: np.ndarray) -> None:
@@ -68,38 +87,54 @@ class RowSharing:
         self.history = np.unique(pair, return_inverse=True)[1].reshape(-1)
         self.finished = np.asarray(finished, dtype=bool)
 
-    def _plan_layer(self, layer: int, first_step: bool) -> RowPlan | None:
-        rows, n, batch = self.rows, self.n, self.batch
+    def _groups(self, layer: int, first_step: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(first row of each group [G], group of each live row [R] (-1: finished))."""
         own = self.targets <= layer if first_step else self.targets < layer  # [R]
-        live = ~self.finished
-        keys = np.where(own, np.arange(rows), rows + self.history)[live]  # group key per live row
-        if len(keys) == 0:
-            self.computed += rows
-            return None
-        _, first, group = np.unique(keys, return_index=True, return_inverse=True)
-        live_rows = np.flatnonzero(live)
-        leaders = live_rows[first]  # one row per group (its first), ascending keys
-        leader_of = np.zeros(rows, dtype=np.int64)
-        leader_of[live_rows] = leaders[group.reshape(-1)]
-        leaders = np.sort(leaders)
-        instance = leaders // n
-        counts = np.bincount(instance, minlength=batch)
-        m = max(int(counts.max()), 1)
-        if m == n:  # some instance needs all its rows: no saving in this layer's shape
-            self.computed += rows
-            return None
-        slot = np.arange(len(leaders)) - np.repeat(np.cumsum(counts) - counts, counts)  # rank within instance
-        pad = np.arange(batch) * n  # an instance with no live row: its first row (never read)
-        pad[instance[slot == 0]] = leaders[slot == 0]  # else its first computed row
-        active = np.repeat(pad, m).reshape(batch, m)  # [B, m]
-        active[instance, slot] = leaders
-        position = np.zeros(rows, dtype=np.int64)
-        position[leaders] = instance * m + slot
-        spread = position[leader_of]
-        spread[self.finished] = (np.flatnonzero(self.finished) // n) * m  # any row: never read
-        self.computed += batch * m
-        return RowPlan(torch.from_numpy(active.reshape(-1)).to(self.device),
-                       torch.from_numpy(spread).to(self.device))
+        keys = np.where(own, np.arange(self.rows), self.rows + self.history)
+        live = np.flatnonzero(~self.finished)
+        _, first, group = np.unique(keys[live], return_index=True, return_inverse=True)
+        of_row = np.full(self.rows, -1)
+        of_row[live] = group.reshape(-1)
+        return live[first], of_row
+
+    def _plan_layer(self, layer: int, first_step: bool) -> RowPlan:
+        batch, table = self.batch, self.slots[layer]
+        first, group_of = self._groups(layer, first_step)  # [G], [R]
+        slot = np.full(len(first), -1)  # [G]
+        width = 0 if first_step else table.width
+        if not first_step:  # a group keeps its rows' slot; of groups split from one slot, the first keeps it
+            wanted = table.slot_of[first]
+            _, keeper = np.unique(wanted, return_index=True)
+            slot[keeper] = wanted[keeper]
+        taken = np.zeros(len(table.leader), dtype=bool)
+        taken[slot[slot >= 0]] = True
+        needy = np.flatnonzero(slot < 0)
+        for b in range(batch):  # few instances: a loop over them is cheap
+            mine = needy[first[needy] % batch == b]
+            if len(mine) == 0:
+                continue
+            columns = np.arange(b, width * batch, batch)
+            free = columns[~taken[columns]]
+            extra = max(0, len(mine) - len(free))
+            slot[mine] = np.concatenate([free, (width + np.arange(extra)) * batch + b])[:len(mine)]
+        leader = np.full(len(table.leader), -1)
+        leader[slot] = first
+        width = int(slot.max()) // batch + 1 if len(slot) else 1
+        while width > 1 and (leader[(width - 1) * batch:width * batch] < 0).all():
+            width -= 1  # trailing columns of free slots
+        copies = None
+        if not first_step and len(needy):  # a split group's new slot starts with the old slot's past
+            copies = (torch.from_numpy(slot[needy]).to(self.device),
+                      torch.from_numpy(table.slot_of[first[needy]]).to(self.device))
+        slot_of = self.instance.copy()  # finished rows: slot b (never read)
+        live = group_of >= 0
+        slot_of[live] = slot[group_of[live]]
+        table.leader, table.slot_of, table.width = leader, slot_of, width
+        active = leader[:width * batch].copy()
+        padding = active < 0
+        active[padding] = np.arange(width * batch)[padding] % batch  # any row of that instance: row b
+        self.computed += width * batch
+        return RowPlan(torch.from_numpy(active).to(self.device), torch.from_numpy(slot_of).to(self.device), copies)
 
 
 def _pick(value, rows: int, index: torch.Tensor):
@@ -117,11 +152,11 @@ def _pick(value, rows: int, index: torch.Tensor):
 
 @contextmanager
 def share_rows(model, sharing: RowSharing) -> Iterator[None]:
-    """Inside the block each decoder layer runs only its plan's rows (hooks removed on exit).
+    """Inside the block each decoder layer runs only its plan's slots (hooks removed on exit).
 
     Input: every per-row tensor argument [R, ...] (hidden states [R, q, d], position
-    ids and embeddings) is cut to the plan's rows [B * m, ...]; output [B * m, q, d] is
-    spread back to [R, q, d], so the model between layers always holds every row.
+    ids and embeddings) is cut to the plan's slots [m * B, ...]; output [m * B, q, d]
+    is spread back to [R, q, d], so the model between layers always holds every row.
     """
     handles = []
     try:
@@ -136,7 +171,7 @@ def share_rows(model, sharing: RowSharing) -> Iterator[None]:
                 plan = sharing.plans[layer]
                 if plan is None:
                     return None
-                hidden = output[0] if isinstance(output, tuple) else output  # [B * m, q, d]
+                hidden = output[0] if isinstance(output, tuple) else output  # [m * B, q, d]
                 hidden = hidden.index_select(0, plan.spread.to(hidden.device))  # [R, q, d]
                 return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 

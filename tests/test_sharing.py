@@ -1,0 +1,101 @@
+"""Row sharing (sharing.py): which rows each layer computes, and where their keys/values live.
+
+The plans are checked against what each row must see, without a model: a simulated
+slot store records who wrote each slot's keys/values at each step, and every live
+row's slot must hold exactly its own past (a row's keys/values at layer l, step t,
+are its own when its target layer is below l, else those of its instance's rows with
+the same generated tokens). The engine tests (test_engine.py) hold the results to
+the reference with sharing on; here it is also held to sharing off, on a model where
+rows really share and split.
+"""
+import numpy as np
+import pytest
+import torch
+
+from xtp_ray import engine
+from xtp_ray.architectures import decoder_layers
+from xtp_ray.cells import parse_cells
+from xtp_ray.sharing import RowSharing, share_rows
+from xtp_ray.tiny import build_tiny_model
+
+
+def _kv_key(sharing, row, layer):
+    """Who a row's keys/values at `layer` belong to, this step: itself, or its group's tokens."""
+    return ("row", row) if sharing.targets[row] < layer else ("tokens", int(sharing.history[row]))
+
+
+def _out_key(sharing, row, layer, first_step):
+    own = sharing.targets[row] <= layer if first_step else sharing.targets[row] < layer
+    return ("row", row) if own else ("tokens", int(sharing.history[row]))
+
+
+@pytest.mark.parametrize("batch,seed", [(1, 0), (3, 1), (2, 2)])
+def test_every_row_reads_its_own_past(batch, seed):
+    rng = np.random.default_rng(seed)
+    layers, n = 6, 14
+    targets = np.repeat(np.r_[layers, rng.integers(0, layers, n - 1)], batch)  # vanilla + cells, cell-major
+    sharing = RowSharing(targets, batch, "cpu", layers)
+    rows = len(targets)
+    store = [[[] for _ in range(rows)] for _ in range(layers)]  # [layer][slot] -> keys written per step
+    past = [[[] for _ in range(rows)] for _ in range(layers)]  # [layer][row] -> what the row must read
+    finished = np.zeros(rows, dtype=bool)
+    saved = []
+    for step in range(8):
+        sharing.plan(first_step=step == 0)
+        for layer, plan in enumerate(sharing.plans):
+            active, spread = plan.active.numpy(), plan.spread.numpy()
+            assert len(active) % batch == 0 and (active % batch == np.arange(len(active)) % batch).all()
+            if plan.copies is not None:
+                for to, source in zip(*(t.tolist() for t in plan.copies)):
+                    store[layer][to] = list(store[layer][source])
+            for slot, row in enumerate(active):  # each slot's computed row writes this step's keys/values
+                store[layer][slot] = store[layer][slot][:step] + [_kv_key(sharing, row, layer)]
+            for row in np.flatnonzero(~finished):
+                past[layer][row].append(_kv_key(sharing, row, layer))
+                assert store[layer][spread[row]] == past[layer][row], (step, layer, row)
+                leader = active[spread[row]]
+                assert _out_key(sharing, leader, layer, step == 0) == _out_key(sharing, row, layer, step == 0)
+        saved.append(sharing.computed / ((step + 1) * layers * rows))
+        tokens = rng.integers(0, 3, rows)  # few tokens: groups persist, and split
+        finished = finished | (rng.random(rows) < 0.05)
+        sharing.advance(tokens, finished)
+    assert saved[-1] < 0.9  # the layers really ran fewer rows
+
+
+def test_sharing_equals_computing_every_row(tokenizer):
+    """A model whose cells often decode vanilla's tokens and sometimes split: same tokens, logits within 1e-5
+    (fp32; the layers run different batch sizes, so matrix products may sum in another order)."""
+    model = build_tiny_model("LlamaForCausalLM", len(tokenizer), num_layers=6, hidden=64, initializer_range=0.1)
+    donors = ["the cat sat on the mat", "a b c d e"]
+    recipients = ["le chat est assis sur le tapis", "x y z"]
+    cells = parse_cells("full", 6)
+    counted = []
+    original = RowSharing.plan
+
+    def counting(self, first_step):
+        original(self, first_step)
+        counted.append((self.computed, sum(p.copies is not None for p in self.plans)))
+
+    RowSharing.plan = counting
+    try:
+        shared = engine.run_grid(model, tokenizer, donors, recipients, cells, "ffn", 6, keep_logits=True)
+    finally:
+        RowSharing.plan = original
+    plain = engine.run_grid(model, tokenizer, donors, recipients, cells, "ffn", 6, keep_logits=True, share=False)
+    for a_row, b_row in zip(shared, plain):
+        for a, b in zip(a_row, b_row):
+            assert a.token_ids == b.token_ids
+            assert torch.allclose(a.logits, b.logits, atol=1e-5, rtol=0)
+    rows_per_forward = 2 * (len(cells) + 1) * 6
+    assert counted[-1][0] < 0.8 * rows_per_forward * len(counted)  # shared
+    assert sum(copies for _, copies in counted) > 0  # and groups split on the way
+    assert len({tuple(r.token_ids) for r in shared[0]}) > 1
+
+
+def test_hooks_are_removed_on_error(tokenizer):
+    model = build_tiny_model("LlamaForCausalLM", len(tokenizer), num_layers=2)
+    sharing = RowSharing(np.array([2, 0]), 1, "cpu", 2)
+    with pytest.raises(RuntimeError, match="boom"):
+        with share_rows(model, sharing):
+            raise RuntimeError("boom")
+    assert all(not layer._forward_pre_hooks and not layer._forward_hooks for layer in decoder_layers(model))
