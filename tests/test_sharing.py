@@ -48,6 +48,8 @@ def test_every_row_reads_its_own_past(batch, seed):
             if plan.copies is not None:
                 for to, source in zip(*(t.tolist() for t in plan.copies)):
                     store[layer][to] = list(store[layer][source])
+            leaders = sharing.slots[layer].leader
+            assert not finished[leaders[leaders >= 0]].any()  # finished rows compute nothing
             for slot, row in enumerate(active):  # each slot's computed row writes this step's keys/values
                 store[layer][slot] = store[layer][slot][:step] + [_kv_key(sharing, row, layer)]
             for row in np.flatnonzero(~finished):

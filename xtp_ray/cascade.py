@@ -95,7 +95,7 @@ class OwnTokensLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         plan = self.sharing.plans[self.index] if self.sharing is not None else None
         if plan is not None and plan.copies is not None and self.length:
-            to, source = plan.copies
+            to, source = (index.to(self.key_buffer.device) for index in plan.copies)  # layers may sit on several GPUs
             self.key_buffer[:self.length, to] = self.key_buffer[:self.length, source]
             self.value_buffer[:self.length, to] = self.value_buffer[:self.length, source]
         end, slots = self.length + key_states.shape[-2], key_states.shape[0]
