@@ -20,3 +20,11 @@ def test_sweep_prints_time_per_cell_for_each_chunk(capsys):
                  "--max-new-tokens", "2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split(" cells per forward")[0] for line in lines[-2:]] == ["4", "8"]
+
+
+def test_bench_without_row_sharing_is_still_identical(capsys):
+    assert main(["bench", "--mode", "generate", "--layers", "2", "--hidden", "64", "--prompt-tokens", "16",
+                 "--instances", "1", "--max-new-tokens", "3", "--no-peer", "--no-share"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].endswith("no row sharing")
+    assert lines[-1].startswith("fast/reference speedup ") and lines[-1].endswith("cells 5/5 identical")

@@ -114,7 +114,8 @@ def _timed(fn):
 def run_bench(mode: str = "generate", architecture: str = "LlamaForCausalLM", num_layers: int = 16,
               hidden: int = 256, prompt_tokens: int = 128, instances: int = 2, cells: str = "full",
               module: str = "ffn", max_new_tokens: int = 20, cells_per_chunk: int | None = None,
-              threads: int | None = None, peer: bool = True, engine_name: str = "hf", log=print) -> dict:
+              threads: int | None = None, peer: bool = True, engine_name: str = "hf", share: bool = True,
+              log=print) -> dict:
     if mode not in ("generate", "score"):
         raise ValueError("mode is generate or score")
     if threads:
@@ -129,9 +130,9 @@ def run_bench(mode: str = "generate", architecture: str = "LlamaForCausalLM", nu
     options = [option_token_ids(tokenizer, ["1", "2", "3"])] * len(recipients) if mode == "score" else None
     log(f"bench {mode}: {architecture}, {num_layers} layers, hidden {hidden}, {len(recipients)} instances, "
         f"~{prompt_tokens}-token prompts, {len(grid)} cells + vanilla, module {module}, "
-        f"threads {torch.get_num_threads()}")
+        f"threads {torch.get_num_threads()}" + ("" if share else ", no row sharing"))
 
-    hf = engine.HFEngine(model, tokenizer)
+    hf = engine.HFEngine(model, tokenizer, share=share)
     tested = hf if engine_name == "hf" else _vllm_twin(model, tokenizer)
     # Warm every path up once (first calls pay one-off allocator and kernel set-up).
     tested.run_grid(donors[:1], recipients[:1], grid[:1], module, min(new_tokens, 2))

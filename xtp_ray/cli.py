@@ -44,6 +44,8 @@ def _add_bench(sub):
     p.add_argument("--cells-per-chunk", type=int, default=None, help="cells per instance per forward")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-peer", action="store_true", help="skip the batched plain-hooks peer")
+    p.add_argument("--no-share", action="store_true",
+                   help="the hf engine computes every row in every layer (no row sharing, sharing.py)")
     p.add_argument("--engine", default="hf", choices=["hf", "vllm"],
                    help="the engine to time against the others (vllm: against hf and the reference)")
     p.add_argument("--sweep", help="instead: generation ms per cell at these cells per forward, e.g. 64,512 "
@@ -122,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                 run_bench(mode, args.architecture, args.layers, args.hidden, args.prompt_tokens,
                           args.instances, args.cells, args.module, args.max_new_tokens,
                           cells_per_chunk=args.cells_per_chunk, threads=args.threads,
-                          peer=not args.no_peer and args.engine == "hf", engine_name=args.engine)
+                          peer=not args.no_peer and args.engine == "hf", engine_name=args.engine,
+                          share=not args.no_share)
     except (ValueError, FileNotFoundError) as exc:
         print(f"xtp {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -329,8 +329,8 @@ class HFEngine:
     option_token_ids, keep_logits, memory_budget_mb) -> per instance [vanilla, *cells].
     """
 
-    def __init__(self, model, tokenizer):
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, model, tokenizer, share: bool = True):
+        self.model, self.tokenizer, self.share = model, tokenizer, share
         self.num_layers = num_layers(model)
         self.context_length = getattr(model.config, "max_position_embeddings", None) or getattr(
             model.config, "n_positions", None)
@@ -340,4 +340,4 @@ class HFEngine:
                  option_token_ids: list[list[list[int]]] | None = None, keep_logits: bool = False,
                  memory_budget_mb: float | None = None) -> list[list[CellResult]]:
         return run_grid(self.model, self.tokenizer, donors, recipients, cells, module, max_new_tokens,
-                        cells_per_chunk, option_token_ids, keep_logits, memory_budget_mb)
+                        cells_per_chunk, option_token_ids, keep_logits, memory_budget_mb, self.share)
