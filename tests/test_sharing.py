@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from xtp_ray import engine
+from xtp_ray import sharing as sharing_module
 from xtp_ray.architectures import decoder_layers
 from xtp_ray.cells import parse_cells
 from xtp_ray.sharing import RowSharing, share_rows
@@ -29,8 +30,10 @@ def _out_key(sharing, row, layer, first_step):
     return ("row", row) if own else ("tokens", int(sharing.history[row]))
 
 
+@pytest.mark.parametrize("repack", [0.0, sharing_module.REPACK, 2.0])  # re-pack at any free slot / default / never
 @pytest.mark.parametrize("batch,seed", [(1, 0), (3, 1), (2, 2)])
-def test_every_row_reads_its_own_past(batch, seed):
+def test_every_row_reads_its_own_past(batch, seed, repack, monkeypatch):
+    monkeypatch.setattr(sharing_module, "REPACK", repack)
     rng = np.random.default_rng(seed)
     layers, n = 6, 14
     targets = np.repeat(np.r_[layers, rng.integers(0, layers, n - 1)], batch)  # vanilla + cells, cell-major
@@ -45,9 +48,11 @@ def test_every_row_reads_its_own_past(batch, seed):
         for layer, plan in enumerate(sharing.plans):
             active, spread = plan.active.numpy(), plan.spread.numpy()
             assert len(active) % batch == 0 and (active % batch == np.arange(len(active)) % batch).all()
-            if plan.copies is not None:
-                for to, source in zip(*(t.tolist() for t in plan.copies)):
-                    store[layer][to] = list(store[layer][source])
+            if plan.copies is not None:  # all read before any is written, as the cache's indexed copy does
+                to, source = (t.tolist() for t in plan.copies)
+                pasts = [list(store[layer][slot]) for slot in source]
+                for slot, content in zip(to, pasts):
+                    store[layer][slot] = content
             leaders = sharing.slots[layer].leader
             assert not finished[leaders[leaders >= 0]].any()  # finished rows compute nothing
             for slot, row in enumerate(active):  # each slot's computed row writes this step's keys/values

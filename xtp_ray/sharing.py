@@ -38,6 +38,11 @@ import torch
 
 from .architectures import decoder_layers
 
+# Re-pack a layer's slots when more than this share of its width is free slots that
+# packing would remove (groups merged at step 1, finished rows): each moved group's
+# past keys/values are copied once, instead of computing a padding slot every step.
+REPACK = 0.05
+
 
 @dataclass
 class RowPlan:
@@ -97,16 +102,10 @@ class RowSharing:
         of_row[live] = group.reshape(-1)
         return live[first], of_row
 
-    def _plan_layer(self, layer: int, first_step: bool) -> RowPlan:
-        batch, table = self.batch, self.slots[layer]
-        first, group_of = self._groups(layer, first_step)  # [G], [R]
-        slot = np.full(len(first), -1)  # [G]
-        width = 0 if first_step else table.width
-        if not first_step:  # a group keeps its rows' slot; of groups split from one slot, the first keeps it
-            wanted = table.slot_of[first]
-            _, keeper = np.unique(wanted, return_index=True)
-            slot[keeper] = wanted[keeper]
-        taken = np.zeros(len(table.leader), dtype=bool)
+    def _fill(self, first: np.ndarray, slot: np.ndarray, width: int) -> int:
+        """Give each group without a slot (-1) its instance's lowest free slot; returns the width m."""
+        batch = self.batch
+        taken = np.zeros(self.rows, dtype=bool)
         taken[slot[slot >= 0]] = True
         needy = np.flatnonzero(slot < 0)
         for b in range(batch):  # few instances: a loop over them is cheap
@@ -117,15 +116,36 @@ class RowSharing:
             free = columns[~taken[columns]]
             extra = max(0, len(mine) - len(free))
             slot[mine] = np.concatenate([free, (width + np.arange(extra)) * batch + b])[:len(mine)]
+        width = int(slot.max()) // batch + 1 if len(slot) else 1
+        occupied = np.zeros(width * batch, dtype=bool)
+        occupied[slot] = True
+        while width > 1 and not occupied[(width - 1) * batch:width * batch].any():
+            width -= 1  # trailing columns of free slots
+        return width
+
+    def _plan_layer(self, layer: int, first_step: bool) -> RowPlan:
+        batch, table = self.batch, self.slots[layer]
+        first, group_of = self._groups(layer, first_step)  # [G], [R]
+        slot = np.full(len(first), -1)  # [G]
+        width = 0
+        if not first_step:  # a group keeps its rows' slot; of groups split from one slot, the first keeps it
+            past = table.slot_of[first]  # [G] where each group's past keys/values are
+            _, keeper = np.unique(past, return_index=True)
+            slot[keeper] = past[keeper]
+            width = table.width
+        width = self._fill(first, slot, width)
+        packed = int(np.bincount(first % batch, minlength=batch).max()) if len(first) else 1
+        if not first_step and width - packed > REPACK * width:  # many free slots (merged or finished groups)
+            slot[:] = -1
+            width = self._fill(first, slot, 0)
         leader = np.full(len(table.leader), -1)
         leader[slot] = first
-        width = int(slot.max()) // batch + 1 if len(slot) else 1
-        while width > 1 and (leader[(width - 1) * batch:width * batch] < 0).all():
-            width -= 1  # trailing columns of free slots
         copies = None
-        if not first_step and len(needy):  # a split group's new slot starts with the old slot's past
-            copies = (torch.from_numpy(slot[needy]).to(self.device),
-                      torch.from_numpy(table.slot_of[first[needy]]).to(self.device))
+        if not first_step:  # a group in a new slot (split off, or packed) starts with its old slot's past
+            moved = slot != past
+            if moved.any():
+                copies = (torch.from_numpy(slot[moved]).to(self.device),
+                          torch.from_numpy(past[moved]).to(self.device))
         slot_of = self.instance.copy()  # finished rows: slot b (never read)
         live = group_of >= 0
         slot_of[live] = slot[group_of[live]]
