@@ -1,7 +1,8 @@
 """Shared-prefix ("cascade") attention: many rows of one instance against one prefix KV.
 
 The cells of an instance are batch rows (B instances x n cells = R rows, row
-r = c * B + b: cell-major, so that the first m * B rows are m cells of every instance). Every row shares its instance's prefix (the recipient prompt but its
+r = c * B + b: cell-major, so that the first m * B rows are m cells of every
+instance). Every row shares its instance's prefix (the recipient prompt but its
 last token), whose keys and values are stored once per layer and never copied or
 expanded per row. A row's attention is computed in two parts, merged exactly by
 log-sum-exp (as in Hydragen / FlashInfer's cascade attention):
@@ -42,9 +43,11 @@ class SharedPrefix:
     key_positions: torch.Tensor | None = None  # [B, P] position ids of the prefix tokens (sliding windows)
     query_positions: torch.Tensor | None = None  # [B] position id of this forward's rows (one per instance)
     fused: bool = True  # use torch's fused attention kernels (returning the log-sum-exp) where they apply
+    dense: bool | None = None  # no padding anywhere (a non-sliding layer needs no mask); found once, kept by replace()
 
     def __post_init__(self):
-        self.dense = bool(self.mask.all())  # no padding anywhere: a non-sliding layer needs no mask
+        if self.dense is None:
+            self.dense = bool(self.mask.all())
 
     def key_mask(self, layer: int, window: int | None) -> torch.Tensor | None:
         """[B, P_l] visible prefix keys of a layer (None: all); a sliding layer's cache may keep only its last P_l."""

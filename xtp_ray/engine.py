@@ -309,7 +309,7 @@ def _run_chunk(model, module, chunk, donor_values, last_token, last_pos, shared,
             if step == max_new_tokens - 1 or bool(finished.all()):
                 break
             if share:
-                sharing.advance(next_token.cpu().numpy(), finished.cpu().numpy())
+                sharing.advance(np.asarray(chosen), finished.cpu().numpy())
                 sharing.plan(first_step=False)
             out = model(input_ids=next_token[:, None], position_ids=row_pos + step + 1, past_key_values=own,
                         use_cache=True, xtp_prefix=replace(shared, query_positions=last_pos + step + 1))

@@ -116,12 +116,7 @@ class RowSharing:
             free = columns[~taken[columns]]
             extra = max(0, len(mine) - len(free))
             slot[mine] = np.concatenate([free, (width + np.arange(extra)) * batch + b])[:len(mine)]
-        width = int(slot.max()) // batch + 1 if len(slot) else 1
-        occupied = np.zeros(width * batch, dtype=bool)
-        occupied[slot] = True
-        while width > 1 and not occupied[(width - 1) * batch:width * batch].any():
-            width -= 1  # trailing columns of free slots
-        return width
+        return int(slot.max()) // batch + 1 if len(slot) else 1  # up to the highest slot in use
 
     def _plan_layer(self, layer: int, first_step: bool) -> RowPlan:
         batch, table = self.batch, self.slots[layer]
