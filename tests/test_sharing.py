@@ -15,6 +15,7 @@ import torch
 from xtp_ray import engine
 from xtp_ray import sharing as sharing_module
 from xtp_ray.architectures import decoder_layers
+from xtp_ray.cascade import OwnTokenStore
 from xtp_ray.cells import parse_cells
 from xtp_ray.sharing import RowSharing, share_rows
 from xtp_ray.tiny import build_tiny_model
@@ -106,3 +107,39 @@ def test_hooks_are_removed_on_error(tokenizer):
         with share_rows(model, sharing):
             raise RuntimeError("boom")
     assert all(not layer._forward_pre_hooks and not layer._forward_hooks for layer in decoder_layers(model))
+
+
+def test_store_hands_out_views_and_grows():
+    store = OwnTokenStore()
+    like = torch.zeros(1)
+    keys, values = store.take(0, [(3, 4, 2, 8), (3, 4, 2, 6)], like)
+    assert keys.shape == (3, 4, 2, 8) and values.shape == (3, 4, 2, 6) and keys.is_contiguous()
+    smaller, _ = store.take(0, [(2, 4, 2, 8), (2, 4, 2, 6)], like)
+    assert smaller.data_ptr() == keys.data_ptr()  # reused
+    larger, _ = store.take(0, [(5, 4, 2, 8), (5, 4, 2, 6)], like)
+    assert larger.numel() == 5 * 4 * 2 * 8 and larger.data_ptr() != keys.data_ptr()  # grown
+    doubles, _ = store.take(0, [(2, 4, 2, 8), (2, 4, 2, 6)], like.double())
+    assert doubles.dtype == torch.float64  # another dtype: new memory
+    other, _ = store.take(1, [(2, 4, 2, 8), (2, 4, 2, 6)], like)
+    assert other.data_ptr() != doubles.data_ptr()  # one pair per layer
+
+
+def test_reused_store_changes_nothing(tokenizer):
+    """Chunks of several sizes through one store, its memory poisoned with NaN before each
+    grid: the results equal fresh caches' bit for bit (no row reads a slot it did not write)."""
+    model = build_tiny_model("MistralForCausalLM", len(tokenizer), num_layers=4, hidden=64, initializer_range=0.1)
+    donors, recipients = ["the cat sat on the mat", "a b c d e"], ["le chat est assis sur le tapis", "x y z"]
+    store = OwnTokenStore()
+    runs = [(parse_cells("full", 4), 5, None), (parse_cells("full", 4)[:5], 3, 2), (parse_cells("full", 4), 7, 4)]
+    for cells, new_tokens, per_chunk in runs:
+        for pair in store._flat.values():
+            for flat in pair:
+                flat.fill_(float("nan"))
+        reused = engine.run_grid(model, tokenizer, donors, recipients, cells, "ffn", new_tokens, per_chunk,
+                                 keep_logits=True, store=store)
+        fresh = engine.run_grid(model, tokenizer, donors, recipients, cells, "ffn", new_tokens, per_chunk,
+                                keep_logits=True)
+        for a_row, b_row in zip(reused, fresh):
+            for a, b in zip(a_row, b_row):
+                assert a.token_ids == b.token_ids and torch.equal(a.logits, b.logits)
+    assert store.nbytes() > 0

@@ -28,7 +28,7 @@ from transformers import DynamicCache
 
 from .architectures import num_layers
 from .capture import capture_last_token, replace_rows
-from .cascade import SharedPrefix, cascade_attention, own_tokens_cache
+from .cascade import OwnTokenStore, SharedPrefix, cascade_attention, own_tokens_cache
 from .cells import VANILLA, Cell
 from .sharing import RowSharing, share_rows
 
@@ -190,7 +190,7 @@ def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: 
              module: str, max_new_tokens: int = 20, cells_per_chunk: int | None = None,
              option_token_ids: list[list[list[int]]] | None = None,
              keep_logits: bool = False, memory_budget_mb: float | None = None,
-             share: bool = True) -> list[list[CellResult]]:
+             share: bool = True, store: OwnTokenStore | None = None) -> list[list[CellResult]]:
     """Vanilla + every cell for each (donor, recipient) pair.
 
     Returns, per instance, [vanilla, *cells] results. max_new_tokens=0 scores only
@@ -200,6 +200,7 @@ def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: 
     instances). memory_budget_mb: shrink chunks until `chunk_bytes` fits it; on a
     GPU without a budget, chunks fit 80% of the free memory. share: layers compute
     only the rows that differ there (`sharing.py`); False computes every row everywhere.
+    store: memory the rows' own-token caches reuse across chunks and calls (the engine's).
     """
     if len(donors) != len(recipients):
         raise ValueError("donors and recipients differ in length")
@@ -241,7 +242,7 @@ def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: 
     for start in range(0, len(all_cells), cells_per_chunk):
         chunk = all_cells[start:start + cells_per_chunk]
         logits, tokens = _run_chunk(model, module, chunk, donor_values, ids[:, -1], pos[:, -1], shared,
-                                    max_new_tokens, stop, share)
+                                    max_new_tokens, stop, share, store)
         options = option_logprobs_all(logits, option_token_ids) if option_token_ids is not None else None
         kept = logits.float().cpu() if keep_logits else None
         for b, row in enumerate(results):
@@ -271,7 +272,8 @@ def cell_patches(chunk: list[Cell], donor_values: torch.Tensor) -> dict[int, tup
     return patches
 
 
-def _run_chunk(model, module, chunk, donor_values, last_token, last_pos, shared, max_new_tokens, stop, share=True):
+def _run_chunk(model, module, chunk, donor_values, last_token, last_pos, shared, max_new_tokens, stop, share=True,
+               store=None):
     """One chunk of n cells for all B instances as R = n * B rows (row c * B + b, cell-major):
     logits [B, n, V], tokens [B][n] or None.
 
@@ -285,7 +287,7 @@ def _run_chunk(model, module, chunk, donor_values, last_token, last_pos, shared,
     sharing = RowSharing(targets, batch, last_token.device, layers)
     if share:
         sharing.plan(first_step=True)
-    own = own_tokens_cache(layers, max_new_tokens + 1, sharing)  # rows' own tokens; the prefix stays in `shared`
+    own = own_tokens_cache(layers, max_new_tokens + 1, sharing, store)  # rows' own tokens; the prefix stays in `shared`
     row_pos = last_pos.repeat(n)[:, None]  # [R, 1]
     patches = {j: (_slots(sharing.plans[j], rows_j), values) for j, (rows_j, values) in
                cell_patches(chunk, donor_values).items()}  # the rows' slots in their target layer's batch
@@ -331,6 +333,7 @@ class HFEngine:
 
     def __init__(self, model, tokenizer, share: bool = True):
         self.model, self.tokenizer, self.share = model, tokenizer, share
+        self.store = OwnTokenStore()  # one grid at a time: the model's hooks are per call anyway
         self.num_layers = num_layers(model)
         self.context_length = getattr(model.config, "max_position_embeddings", None) or getattr(
             model.config, "n_positions", None)
@@ -340,4 +343,4 @@ class HFEngine:
                  option_token_ids: list[list[list[int]]] | None = None, keep_logits: bool = False,
                  memory_budget_mb: float | None = None) -> list[list[CellResult]]:
         return run_grid(self.model, self.tokenizer, donors, recipients, cells, module, max_new_tokens,
-                        cells_per_chunk, option_token_ids, keep_logits, memory_budget_mb, self.share)
+                        cells_per_chunk, option_token_ids, keep_logits, memory_budget_mb, self.share, self.store)

@@ -152,6 +152,21 @@ class RowSharing:
         return RowPlan(torch.from_numpy(active).to(self.device), torch.from_numpy(slot_of).to(self.device), copies)
 
 
+# Decoder-layer kwargs that depend only on a row's position. All rows of an instance sit
+# at one position, and slot s computes a row of instance s mod B, as row s is: the first
+# m * B rows carry the slots' positions, a view instead of a gather.
+POSITIONAL = ("position_ids", "position_embeddings")
+
+
+def _front(value, rows: int, slots: int):
+    """`value` with every tensor whose first dimension is the rows cut to its first `slots` rows."""
+    if torch.is_tensor(value):
+        return value[:slots] if value.dim() and value.shape[0] == rows else value
+    if isinstance(value, tuple):
+        return tuple(_front(v, rows, slots) for v in value)
+    return value
+
+
 def _pick(value, rows: int, index: torch.Tensor):
     """`value` with every tensor whose first dimension is the rows cut to `index` (tuples, dicts too)."""
     if torch.is_tensor(value):
@@ -180,6 +195,8 @@ def share_rows(model, sharing: RowSharing) -> Iterator[None]:
                 plan = sharing.plans[layer]
                 if plan is None:
                     return None
+                slots = len(plan.active)
+                kwargs = {k: _front(v, sharing.rows, slots) if k in POSITIONAL else v for k, v in kwargs.items()}
                 return _pick(args, sharing.rows, plan.active), _pick(kwargs, sharing.rows, plan.active)
 
             def widen(_mod, _args, _kwargs, output, layer=layer):
