@@ -132,9 +132,10 @@ def test_reused_store_changes_nothing(tokenizer):
     store = OwnTokenStore()
     runs = [(parse_cells("full", 4), 5, None), (parse_cells("full", 4)[:5], 3, 2), (parse_cells("full", 4), 7, 4)]
     for cells, new_tokens, per_chunk in runs:
-        for pair in store._flat.values():
-            for flat in pair:
-                flat.fill_(float("nan"))
+        with torch.inference_mode():  # the engine's tensors are inference tensors
+            for pair in store._flat.values():
+                for flat in pair:
+                    flat.fill_(float("nan"))
         reused = engine.run_grid(model, tokenizer, donors, recipients, cells, "ffn", new_tokens, per_chunk,
                                  keep_logits=True, store=store)
         fresh = engine.run_grid(model, tokenizer, donors, recipients, cells, "ffn", new_tokens, per_chunk,

@@ -175,7 +175,7 @@ def free_accelerator_bytes(device) -> int | None:
     return int(0.8 * free)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def capture_donors(model, tokenizer, donors: list[str], module: str) -> torch.Tensor:
     """Donor values of every layer at the last donor token: [B, L, d]."""
     layers = list(range(num_layers(model)))
@@ -185,7 +185,7 @@ def capture_donors(model, tokenizer, donors: list[str], module: str) -> torch.Te
     return torch.stack([store[layer].to(model.device) for layer in layers], dim=1)  # layers may sit on several GPUs
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: list[Cell],
              module: str, max_new_tokens: int = 20, cells_per_chunk: int | None = None,
              option_token_ids: list[list[list[int]]] | None = None,
