@@ -56,6 +56,8 @@ def test_every_row_reads_its_own_past(batch, seed, repack, monkeypatch):
                     store[layer][slot] = content
             leaders = sharing.slots[layer].leader
             assert not finished[leaders[leaders >= 0]].any()  # finished rows compute nothing
+            computing = [_out_key(sharing, row, layer, step == 0) for row in leaders[leaders >= 0]]
+            assert len(set(computing)) == len(computing)  # and nothing is computed twice
             for slot, row in enumerate(active):  # each slot's computed row writes this step's keys/values
                 store[layer][slot] = store[layer][slot][:step] + [_kv_key(sharing, row, layer)]
             for row in np.flatnonzero(~finished):
