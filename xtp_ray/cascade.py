@@ -72,7 +72,7 @@ class OwnTokensLayer(DynamicLayer):
     growing torch.cat per step would copy the whole cache every step (O(steps^2)).
     """
 
-    def __init__(self, capacity: int, sharing=None, index: int = 0, store: "OwnTokenStore | None" = None):
+    def __init__(self, capacity: int, sharing=None, index: int = 0, store: OwnTokenStore | None = None):
         super().__init__()
         self.capacity = capacity
         self.length = 0

@@ -158,19 +158,13 @@ class RowSharing:
 POSITIONAL = ("position_ids", "position_embeddings")
 
 
-def _front(value, rows: int, slots: int):
-    """`value` with every tensor whose first dimension is the rows cut to its first `slots` rows."""
+def _pick(value, rows: int, index: torch.Tensor | slice):
+    """`value` with every tensor whose first dimension is the rows cut to `index` (tuples, dicts too):
+    a gather for a tensor of rows, a view for a slice."""
     if torch.is_tensor(value):
-        return value[:slots] if value.dim() and value.shape[0] == rows else value
-    if isinstance(value, tuple):
-        return tuple(_front(v, rows, slots) for v in value)
-    return value
-
-
-def _pick(value, rows: int, index: torch.Tensor):
-    """`value` with every tensor whose first dimension is the rows cut to `index` (tuples, dicts too)."""
-    if torch.is_tensor(value):
-        return value.index_select(0, index.to(value.device)) if value.dim() and value.shape[0] == rows else value
+        if not value.dim() or value.shape[0] != rows:
+            return value
+        return value[index] if isinstance(index, slice) else value.index_select(0, index.to(value.device))
     if isinstance(value, tuple):
         return tuple(_pick(v, rows, index) for v in value)
     if isinstance(value, list):
@@ -195,9 +189,10 @@ def share_rows(model, sharing: RowSharing) -> Iterator[None]:
                 plan = sharing.plans[layer]
                 if plan is None:
                     return None
-                slots = len(plan.active)
-                kwargs = {k: _front(v, sharing.rows, slots) if k in POSITIONAL else v for k, v in kwargs.items()}
-                return _pick(args, sharing.rows, plan.active), _pick(kwargs, sharing.rows, plan.active)
+                front = slice(0, len(plan.active))
+                kwargs = {k: _pick(v, sharing.rows, front if k in POSITIONAL else plan.active)
+                          for k, v in kwargs.items()}
+                return _pick(args, sharing.rows, plan.active), kwargs
 
             def widen(_mod, _args, _kwargs, output, layer=layer):
                 plan = sharing.plans[layer]
