@@ -6,8 +6,12 @@ pyvene / TransformerLens v3). Unknown architectures fail fast.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+from .names import MODULES
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -30,9 +34,6 @@ REGISTRY: dict[str, Architecture] = {
     "Phi3ForCausalLM": _LLAMA_STYLE,
     "GPT2LMHeadModel": Architecture(layers="transformer.h", ffn="mlp", attn="attn"),
 }
-
-MODULES = ("ffn", "attn", "attn_ref")
-
 
 class UnknownArchitectureError(ValueError):
     pass

@@ -28,6 +28,48 @@ from .tiny import build_tiny_model, tokenizer_corpus, train_tokenizer
 
 LOGIT_TOLERANCE = 1e-4
 
+# Model shapes by name (`--shape`): the bench builds them from a config with random weights.
+SHAPES = {
+    "llama2-7b": {"architecture": "LlamaForCausalLM", "layers": 32, "hidden": 4096, "heads": 32, "kv_heads": 32,
+                  "intermediate": 11008, "vocab": 32000},
+}
+
+
+def build_bench_model(architecture: str = "LlamaForCausalLM", layers: int = 16, hidden: int = 256,
+                      heads: int | None = None, kv_heads: int | None = None, intermediate: int | None = None,
+                      vocab: int | None = None, dtype: str = "float32", device: str = "cpu"):
+    """(model, tokenizer): random weights built on `device` in `dtype`, with the local 512-token tokenizer.
+
+    Default heads hidden/64, KV heads hidden/128, intermediate 2 x hidden, the tokenizer's vocabulary
+    (a larger `vocab` only widens the embedding and the head). fp32 runs eager attention (exactness
+    against the reference), other dtypes sdpa, as `models.load_model` does. Random weights at a
+    realistic width use HF's initializer range (0.02); the tiny widths a larger one (0.1), so that
+    cells differ from each other.
+    """
+    from .models import DTYPES
+
+    for name, value in (("layers", layers), ("hidden", hidden), ("heads", heads), ("kv_heads", kv_heads),
+                        ("intermediate", intermediate), ("vocab", vocab)):
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype {dtype!r} unknown; choose one of {', '.join(DTYPES)}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: torch sees no CUDA device here")
+    tokenizer = train_tokenizer(tokenizer_corpus(), 512)
+    heads = heads or max(1, hidden // 64)
+    kv_heads = kv_heads or max(1, hidden // 128)
+    if hidden % heads or heads % kv_heads:
+        raise ValueError(f"hidden {hidden} must split into {heads} heads, and those into {kv_heads} KV heads")
+    overrides = {}
+    if architecture != "GPT2LMHeadModel":
+        overrides["intermediate_size"] = intermediate or 2 * hidden
+    model = build_tiny_model(architecture, max(vocab or 0, len(tokenizer)), num_layers=layers, hidden=hidden,
+                             heads=heads, kv_heads=kv_heads, initializer_range=0.02 if hidden >= 1024 else 0.1,
+                             dtype=DTYPES[dtype], device=device,
+                             attn_implementation="eager" if dtype == "float32" else "sdpa", **overrides)
+    return model, tokenizer
+
 
 def _bench_prompts(tokenizer, instances: int, prompt_tokens: int) -> tuple[list[str], list[str]]:
     """Real XNLI sample prompts (donor en, recipient sw), cut to ~prompt_tokens tokens."""
@@ -83,8 +125,8 @@ def compare(fast, other, mode: str, strict: bool = True) -> tuple[int, int, floa
     """(identical cells, cells, max next-token logit (strict) or log-prob difference).
 
     A cell is identical when it decides the same (greedy tokens, or the chosen option)
-    and, with strict (the hf engine's exactness contract), its next-token log-probs are
-    within LOGIT_TOLERANCE everywhere; vllm is held to the same decisions only.
+    and, with strict (the hf engine's exactness contract in fp32), its next-token logits are
+    within LOGIT_TOLERANCE everywhere; vllm and 16-bit runs are held to the same decisions only.
     """
     total = identical = 0
     max_diff = 0.0
@@ -105,38 +147,56 @@ def compare(fast, other, mode: str, strict: bool = True) -> tuple[int, int, floa
     return identical, total, max_diff
 
 
+def synchronize() -> None:
+    """Wait for queued GPU work, so that a wall-clock span covers it (no-op without CUDA)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def _timed(fn):
+    synchronize()
     start = time.perf_counter()
     result = fn()
+    synchronize()
     return result, time.perf_counter() - start
+
+
+def check_sizes(instances: int, prompt_tokens: int, max_new_tokens: int) -> None:
+    for flag, value, least in (("--instances", instances, 1), ("--prompt-tokens", prompt_tokens, 2),
+                               ("--max-new-tokens", max_new_tokens, 0)):
+        if value < least:
+            raise ValueError(f"{flag} must be at least {least}, got {value}")
 
 
 def run_bench(mode: str = "generate", architecture: str = "LlamaForCausalLM", num_layers: int = 16,
               hidden: int = 256, prompt_tokens: int = 128, instances: int = 2, cells: str = "full",
               module: str = "ffn", max_new_tokens: int = 20, cells_per_chunk: int | None = None,
               threads: int | None = None, peer: bool = True, engine_name: str = "hf", share: bool = True,
-              log=print) -> dict:
+              log=print, heads: int | None = None, kv_heads: int | None = None, intermediate: int | None = None,
+              vocab: int | None = None, dtype: str = "float32", device: str = "cpu", reference_run: bool = True,
+              built=None) -> dict:
     if mode not in ("generate", "score"):
         raise ValueError("mode is generate or score")
+    check_sizes(instances, prompt_tokens, max_new_tokens)
     if threads:
         torch.set_num_threads(threads)
-    tokenizer = train_tokenizer(tokenizer_corpus(), 512)
-    model = build_tiny_model(architecture, len(tokenizer), num_layers=num_layers, hidden=hidden,
-                             heads=max(1, hidden // 64), kv_heads=max(1, hidden // 128),
-                             initializer_range=0.1)
+    model, tokenizer = built or build_bench_model(architecture, num_layers, hidden, heads, kv_heads, intermediate,
+                                                  vocab, dtype, device)
     donors, recipients = _bench_prompts(tokenizer, instances, prompt_tokens)
     grid = parse_cells(cells, num_layers)
     new_tokens = max_new_tokens if mode == "generate" else 0
     options = [option_token_ids(tokenizer, ["1", "2", "3"])] * len(recipients) if mode == "score" else None
     log(f"bench {mode}: {architecture}, {num_layers} layers, hidden {hidden}, {len(recipients)} instances, "
-        f"~{prompt_tokens}-token prompts, {len(grid)} cells + vanilla, module {module}, "
+        f"~{prompt_tokens}-token prompts, {len(grid)} cells + vanilla, module {module}, {dtype} on {device}, "
         f"threads {torch.get_num_threads()}" + ("" if share else ", no row sharing"))
+    strict = engine_name == "hf" and dtype == "float32"
 
     hf = engine.HFEngine(model, tokenizer, share=share)
     tested = hf if engine_name == "hf" else _vllm_twin(model, tokenizer)
     # Warm every path up once (first calls pay one-off allocator and kernel set-up).
     tested.run_grid(donors[:1], recipients[:1], grid[:1], module, min(new_tokens, 2))
-    reference.run_grid(model, tokenizer, donors[:1], recipients[:1], grid[:1], module, min(new_tokens, 2))
+    if reference_run:
+        reference.run_grid(model, tokenizer, donors[:1], recipients[:1], grid[:1], module, min(new_tokens, 2))
 
     name = "fast" if engine_name == "hf" else engine_name
     fast_times = []
@@ -148,9 +208,10 @@ def run_bench(mode: str = "generate", architecture: str = "LlamaForCausalLM", nu
     fast_s = statistics.median(fast_times)
     log(f"{name} engine: {fast_s:.3f} s (median of {', '.join(f'{t:.3f}' for t in fast_times)}; "
         f"range {min(fast_times):.3f}-{max(fast_times):.3f} s)")
-    result = {"mode": mode, "engine": engine_name, "fast_s": fast_s, "fast_range": [min(fast_times), max(fast_times)]}
+    result = {"mode": mode, "engine": engine_name, "fast_s": fast_s, "fast_range": [min(fast_times), max(fast_times)],
+              "instances": len(recipients), "cells": len(grid) + 1, "plan": getattr(tested, "last_plan", None)}
     rivals = [("reference", lambda: reference.run_grid(model, tokenizer, donors, recipients, grid, module,
-                                                        new_tokens, option_token_ids=options))]
+                                                        new_tokens, option_token_ids=options))] if reference_run else []
     if engine_name != "hf":
         rivals.insert(0, ("hf", lambda: hf.run_grid(donors, recipients, grid, module, new_tokens,
                                                     option_token_ids=options, keep_logits=True)))
@@ -163,7 +224,7 @@ def run_bench(mode: str = "generate", architecture: str = "LlamaForCausalLM", nu
     tested_name = name
     for name, fn in rivals:
         other, seconds = _timed(fn)
-        identical, total, diff = compare(fast, other, mode, strict=engine_name == "hf")
+        identical, total, diff = compare(fast, other, mode, strict=strict)
         log(f"{name + ':':<12} {seconds:.2f} s, max next-token logit difference {diff:.2e} "
             f"(tolerance {LOGIT_TOLERANCE:g})")
         result[name] = {"seconds": seconds, "speedup": seconds / fast_s, "identical": identical, "cells": total,

@@ -174,18 +174,47 @@ def attend_matmul(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, s
     return torch.matmul(weights.to(value.dtype), value), lse
 
 
+@dataclass
+class KernelCounts:
+    """How often the fused kernels ran and fell back to matmuls (bench and GPU check read it)."""
+    fused: int = 0
+    fallbacks: int = 0
+    last_error: str | None = None
+
+    def reset(self) -> None:
+        self.fused, self.fallbacks, self.last_error = 0, 0, None
+
+
+KERNELS = KernelCounts()
+
+# torch's fused CUDA kernel reads the bias in vectors: its batch/head/query strides must be multiples
+# of 8 elements for 16-bit dtypes and 4 for fp32 ("attn_bias is not correctly aligned"). Like torch's
+# public SDPA, allocate the key dimension rounded up to this and hand the kernel a view of the front.
+BIAS_ALIGNMENT = 16
+
+
+def padding_bias(key_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """key_mask [..., k] bool -> additive bias [..., k] (0 visible, -inf masked) whose every
+    non-broadcast stride but the last is a multiple of BIAS_ALIGNMENT elements."""
+    keys = key_mask.shape[-1]
+    width = -(-keys // BIAS_ALIGNMENT) * BIAS_ALIGNMENT
+    bias = torch.zeros(*key_mask.shape[:-1], width, dtype=dtype, device=key_mask.device)
+    bias = bias[..., :keys]  # a view: strides keep the rounded-up width
+    return bias.masked_fill_(~key_mask, float("-inf"))
+
+
 def attend_fused(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float,
                  key_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The same through torch's fused kernels that also return the log-sum-exp, or None.
 
     4D inputs [N, h, m, D]. CPU: `_scaled_dot_product_flash_attention_for_cpu`; CUDA:
     `_scaled_dot_product_efficient_attention(compute_log_sumexp=True)`. Both are
-    private ops: any failure falls back to `attend_matmul` (tests hold both equal).
+    private ops: any failure falls back to `attend_matmul` (tests hold both equal) and
+    is counted in KERNELS.
     """
     bias = None
     if key_mask is not None:
-        bias = torch.zeros(key_mask.shape, dtype=query.dtype, device=query.device)
-        bias = bias.masked_fill(~key_mask, float("-inf")).expand(*query.shape[:-1], key.shape[-2])
+        bias = padding_bias(key_mask, query.dtype).expand(*query.shape[:-1], key.shape[-2])
     try:
         if query.device.type == "cpu":
             out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
@@ -196,8 +225,11 @@ def attend_fused(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, sc
             lse = lse[..., :query.shape[-2]]  # padded to a multiple of 32 on some builds
         else:
             return None
-    except (RuntimeError, TypeError, AttributeError, NotImplementedError):
+    except (RuntimeError, TypeError, AttributeError, NotImplementedError) as exc:
+        KERNELS.fallbacks += 1
+        KERNELS.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         return None
+    KERNELS.fused += 1
     lse = lse.float()
     if key_mask is not None:  # the kernels' value for a row with every key masked is not -inf: make it so
         blind = ~key_mask.any(-1)  # broadcastable to [N, h, m]
@@ -227,6 +259,8 @@ def prefix_part(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, m
     """
     rows, heads, q_len, dim = query.shape
     batch, kv_heads, prefix_len, _ = keys.shape
+    if prefix_len == 0:  # a one-token prompt: no prefix keys; lse -inf gives this part no weight in `merge`
+        return query.new_zeros(query.shape), query.new_full((rows, heads, q_len), float("-inf"), dtype=torch.float32)
     n, group = rows // batch, heads // kv_heads
     # fold: [n, B, K_h, G, q, D] -> [B, K_h, n, G, q, D] -> [B, K_h, n * G * q, D]
     folded = query.view(n, batch, kv_heads, group, q_len, dim).permute(1, 2, 0, 3, 4, 5)

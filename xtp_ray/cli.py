@@ -4,8 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .architectures import MODULES
-from .models import DTYPES
+from .names import DTYPE_NAMES, MODULES
 
 
 def _add_grid(sub):
@@ -21,7 +20,7 @@ def _add_grid(sub):
     p.add_argument("--module", default="ffn", choices=MODULES)
     p.add_argument("--cells", default="full", help="full, target-first or I:J,I:J,...")
     p.add_argument("--max-new-tokens", type=int, default=20)
-    p.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    p.add_argument("--dtype", default="float32", choices=DTYPE_NAMES)
     p.add_argument("--attn-implementation", default=None, help="default: eager for float32, else sdpa")
     p.add_argument("--batch-size", type=int, default=4, help="instances per engine call")
     p.add_argument("--cells-per-chunk", type=int, default=None, help="cells per forward (bounds memory)")
@@ -50,6 +49,21 @@ def _add_bench(sub):
                    help="the engine to time against the others (vllm: against hf and the reference)")
     p.add_argument("--sweep", help="instead: generation ms per cell at these cells per forward, e.g. 64,512 "
                                    "(one instance, 512 cells; --layers defaults to 32 here)")
+    p.add_argument("--shape", help="a named model shape instead of --layers/--hidden/...: llama2-7b")
+    p.add_argument("--heads", type=int, help="attention heads (default hidden/64)")
+    p.add_argument("--kv-heads", type=int, help="KV heads (default hidden/128)")
+    p.add_argument("--intermediate", type=int, help="MLP width (default 2 x hidden)")
+    p.add_argument("--vocab", type=int, help="vocabulary size (default the local 512-token tokenizer's)")
+    p.add_argument("--dtype", default="float32", choices=DTYPE_NAMES,
+                   help="float32 (default: exactness is checked to 1e-4), bfloat16 or float16")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]; the model is built there")
+    p.add_argument("--no-reference", action="store_true", help="skip the serial reference (big shapes)")
+    p.add_argument("--suite", choices=["gpu"],
+                   help="gpu: the one-shot GPU check (kernels, parity, 7B-shape grid, scoring, peer), one JSON file")
+    p.add_argument("--small", action="store_true", help="with --suite: tiny shapes on the CPU (CI)")
+    p.add_argument("--json", default="bench-gpu.json", help="with --suite: where its JSON goes")
+    p.add_argument("--deadline-s", type=float, default=450.0,
+                   help="with --suite: phases that would end past this many seconds are skipped")
 
 
 def _add_tasks(sub):
@@ -112,8 +126,24 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "tasks":
             _print_tasks(args.data_root)
         elif args.command == "bench":
-            from .bench import run_bench, run_sweep
+            if args.suite:
+                import json
 
+                from .gpu_check import run_suite, summary
+
+                result = run_suite(args.small, args.json, args.deadline_s, args.shape or "llama2-7b",
+                                   args.dtype if args.dtype != "float32" else "bfloat16", args.instances)
+                print(json.dumps(summary(result)))
+                return 1 if result["errors"] else 0
+            from .bench import SHAPES, run_bench, run_sweep
+
+            if args.shape:
+                if args.shape not in SHAPES:
+                    raise ValueError(f"--shape {args.shape!r} unknown; known: {', '.join(SHAPES)}")
+                shape = SHAPES[args.shape]
+                args.architecture, args.layers, args.hidden = shape["architecture"], shape["layers"], shape["hidden"]
+                args.heads, args.kv_heads = shape["heads"], shape["kv_heads"]
+                args.intermediate, args.vocab = shape["intermediate"], shape["vocab"]
             if args.sweep:
                 chunks = [int(c) for c in args.sweep.split(",")]
                 run_sweep(chunks, args.layers if args.layers != 16 else 32, args.hidden, args.prompt_tokens,
@@ -125,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
                           args.instances, args.cells, args.module, args.max_new_tokens,
                           cells_per_chunk=args.cells_per_chunk, threads=args.threads,
                           peer=not args.no_peer and args.engine == "hf", engine_name=args.engine,
-                          share=not args.no_share)
+                          share=not args.no_share, heads=args.heads, kv_heads=args.kv_heads,
+                          intermediate=args.intermediate, vocab=args.vocab, dtype=args.dtype, device=args.device,
+                          reference_run=not args.no_reference)
     except (ValueError, FileNotFoundError) as exc:
         print(f"xtp {args.command}: error: {exc}", file=sys.stderr)
         return 2

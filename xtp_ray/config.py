@@ -15,8 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from .architectures import MODULES
-from .models import DTYPES
+from .names import DTYPE_NAMES, MODULES
 from .tasks import FAMILY, TASKS
 
 SCORING = ("generate", "logprobs")
@@ -160,8 +159,8 @@ def validate(config: RunConfig, source: str | None = None) -> None:
         unsupported = [m for m in config.modules if m not in ("ffn", "attn")]
         if unsupported:
             fail(f"the vllm engine supports modules ffn and attn, not {', '.join(unsupported)}")
-    if config.dtype not in DTYPES:
-        fail(f"dtype {config.dtype!r} unknown; choose one of {', '.join(DTYPES)}")
+    if config.dtype not in DTYPE_NAMES:
+        fail(f"dtype {config.dtype!r} unknown; choose one of {', '.join(DTYPE_NAMES)}")
     for task in config.tasks:
         if task not in TASKS:
             fail(f"task {task!r} unknown; tasks: {', '.join(TASKS)}")

@@ -167,12 +167,23 @@ def cells_for_budget(model, batch: int, prefix_len: int, max_new_tokens: int, bu
     return fits
 
 
-def free_accelerator_bytes(device) -> int | None:
-    """What a chunk may use on a GPU: 80% of its free memory now (None on CPU)."""
+def free_accelerator_bytes(device, reusable: int = 0) -> int | None:
+    """What a chunk may use on a GPU: 80% of the memory free now, counting as free what torch's
+    allocator holds unused and `reusable` bytes the engine's own store will hand out again
+    (None on CPU)."""
     if torch.device(device).type != "cuda":
         return None
     free, _total = torch.cuda.mem_get_info(device)
-    return int(0.8 * free)
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return int(0.8 * (free + cached + reusable))
+
+
+def balanced_chunks(total: int, most: int) -> list[tuple[int, int]]:
+    """[start, end) spans covering `total` cells in the fewest chunks of at most `most`,
+    sized alike (ceil(total / ceil(total / most))): never a small tail chunk."""
+    count = -(-total // most)
+    size = -(-total // count)
+    return [(start, min(start + size, total)) for start in range(0, total, size)]
 
 
 @torch.inference_mode()
@@ -190,7 +201,8 @@ def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: 
              module: str, max_new_tokens: int = 20, cells_per_chunk: int | None = None,
              option_token_ids: list[list[list[int]]] | None = None,
              keep_logits: bool = False, memory_budget_mb: float | None = None,
-             share: bool = True, store: OwnTokenStore | None = None) -> list[list[CellResult]]:
+             share: bool = True, store: OwnTokenStore | None = None,
+             plan: dict | None = None) -> list[list[CellResult]]:
     """Vanilla + every cell for each (donor, recipient) pair.
 
     Returns, per instance, [vanilla, *cells] results. max_new_tokens=0 scores only
@@ -201,14 +213,13 @@ def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: 
     GPU without a budget, chunks fit 80% of the free memory. share: layers compute
     only the rows that differ there (`sharing.py`); False computes every row everywhere.
     store: memory the rows' own-token caches reuse across chunks and calls (the engine's).
+    Chunks are balanced (no small tail). plan: a dict filled with the chunking chosen
+    (chunks, cells/rows per forward, the memory budget and the `chunk_bytes` estimate).
     """
     if len(donors) != len(recipients):
         raise ValueError("donors and recipients differ in length")
     batch = len(recipients)
-    if cells_per_chunk is None:
-        rows = DEFAULT_ROWS_GENERATE if max_new_tokens > 0 else DEFAULT_ROWS_SCORE
-        cells_per_chunk = max(1, rows // batch)
-    if cells_per_chunk < 1:
+    if cells_per_chunk is not None and cells_per_chunk < 1:
         raise ValueError("cells_per_chunk must be positive")
     device = model.device
     ids, mask = encode_left_padded(tokenizer, recipients, device)  # [B, T]
@@ -233,14 +244,24 @@ def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: 
         shared = SharedPrefix([empty] * num_layers(model), [empty] * num_layers(model), nothing.bool(), nothing)
 
     all_cells = [VANILLA, *cells]
-    cells_per_chunk = min(cells_per_chunk, len(all_cells))
-    budget = int(memory_budget_mb * 2**20) if memory_budget_mb is not None else free_accelerator_bytes(device)
+    reusable = store.nbytes() if store is not None else 0
+    budget = (int(memory_budget_mb * 2**20) if memory_budget_mb is not None
+              else free_accelerator_bytes(device, reusable))
+    if cells_per_chunk is None and budget is None:  # a CPU without a budget: the default rows per forward
+        rows = DEFAULT_ROWS_GENERATE if max_new_tokens > 0 else DEFAULT_ROWS_SCORE
+        cells_per_chunk = max(1, rows // batch)
+    cells_per_chunk = min(cells_per_chunk or len(all_cells), len(all_cells))
     if budget is not None:
         cells_per_chunk = cells_for_budget(model, batch, prefix_len, max_new_tokens, budget, cells_per_chunk)
+    spans = balanced_chunks(len(all_cells), cells_per_chunk)
+    if plan is not None:
+        largest = max(end - start for start, end in spans)
+        plan.update(chunks=len(spans), cells_per_forward=largest, rows_per_forward=largest * batch,
+                    budget_bytes=budget, estimate_bytes=chunk_bytes(model, batch, prefix_len, largest, max_new_tokens))
     results = [[CellResult(cell) for cell in all_cells] for _ in recipients]
     stop = eos_ids(model, tokenizer)
-    for start in range(0, len(all_cells), cells_per_chunk):
-        chunk = all_cells[start:start + cells_per_chunk]
+    for start, end in spans:
+        chunk = all_cells[start:end]
         logits, tokens = _run_chunk(model, module, chunk, donor_values, ids[:, -1], pos[:, -1], shared,
                                     max_new_tokens, stop, share, store)
         options = option_logprobs_all(logits, option_token_ids) if option_token_ids is not None else None
@@ -334,6 +355,7 @@ class HFEngine:
     def __init__(self, model, tokenizer, share: bool = True):
         self.model, self.tokenizer, self.share = model, tokenizer, share
         self.store = OwnTokenStore()  # one grid at a time: the model's hooks are per call anyway
+        self.last_plan: dict = {}  # the chunking of the last call (`run_grid`'s plan)
         self.num_layers = num_layers(model)
         self.context_length = getattr(model.config, "max_position_embeddings", None) or getattr(
             model.config, "n_positions", None)
@@ -342,5 +364,7 @@ class HFEngine:
                  max_new_tokens: int = 20, cells_per_chunk: int | None = None,
                  option_token_ids: list[list[list[int]]] | None = None, keep_logits: bool = False,
                  memory_budget_mb: float | None = None) -> list[list[CellResult]]:
+        self.last_plan = {}
         return run_grid(self.model, self.tokenizer, donors, recipients, cells, module, max_new_tokens,
-                        cells_per_chunk, option_token_ids, keep_logits, memory_budget_mb, self.share, self.store)
+                        cells_per_chunk, option_token_ids, keep_logits, memory_budget_mb, self.share, self.store,
+                        self.last_plan)

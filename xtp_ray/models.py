@@ -9,8 +9,9 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .architectures import lookup
+from .names import DTYPE_NAMES
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 def load_model(name_or_path: str, dtype: str = "float32", attn_implementation: str | None = None,

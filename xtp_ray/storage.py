@@ -9,7 +9,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pyarrow.fs as pafs
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pyarrow.fs as pafs
+
+
+def _pafs():
+    """pyarrow's filesystems, imported on first use (the engine and bench run where pyarrow is absent)."""
+    import pyarrow.fs
+
+    return pyarrow.fs
 
 
 def s3_endpoint() -> str | None:
@@ -18,6 +28,7 @@ def s3_endpoint() -> str | None:
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path inside it) for a local path or an s3://bucket/key URI."""
+    pafs = _pafs()
     uri = str(uri)
     if uri.startswith("s3://"):
         endpoint = s3_endpoint()
@@ -45,18 +56,18 @@ def join(uri: str, *parts: str) -> str:
 
 def exists(uri: str) -> bool:
     fs, path = resolve(uri)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+    return fs.get_file_info(path).type != _pafs().FileType.NotFound
 
 
 def is_dir(uri: str) -> bool:
     fs, path = resolve(uri)
-    return fs.get_file_info(path).type == pafs.FileType.Directory
+    return fs.get_file_info(path).type == _pafs().FileType.Directory
 
 
 def list_names(uri: str) -> list[str]:
     """Names of the entries directly under a directory (sorted)."""
     fs, path = resolve(uri)
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    infos = fs.get_file_info(_pafs().FileSelector(path, allow_not_found=True))
     return sorted(info.base_name for info in infos)
 
 

@@ -46,8 +46,11 @@ def train_tokenizer(texts: list[str], vocab_size: int = 512) -> PreTrainedTokeni
 
 def build_tiny_model(architecture: str, vocab_size: int, num_layers: int = 4, hidden: int = 64,
                      heads: int = 4, kv_heads: int = 2, seed: int = 0,
-                     initializer_range: float = 0.2, **overrides) -> torch.nn.Module:
-    """A randomly initialised model of a registered architecture, fp32, eager attention."""
+                     initializer_range: float = 0.2, dtype: torch.dtype = torch.float32,
+                     device: str | torch.device = "cpu", attn_implementation: str = "eager",
+                     **overrides) -> torch.nn.Module:
+    """A randomly initialised model of a registered architecture (default fp32, eager attention),
+    built directly on `device` in `dtype` (a 7B shape never passes through host memory)."""
     if architecture not in TINY_CONFIGS:
         raise ValueError(f"no tiny config for {architecture!r}; known: {', '.join(TINY_CONFIGS)}")
     config_name, extra = TINY_CONFIGS[architecture]
@@ -64,7 +67,9 @@ def build_tiny_model(architecture: str, vocab_size: int, num_layers: int = 4, hi
     config.architectures = [architecture]
     lookup(config)
     torch.manual_seed(seed)
-    model = getattr(transformers, architecture)._from_config(config, attn_implementation="eager")
+    with torch.device(device):
+        model = getattr(transformers, architecture)._from_config(config, attn_implementation=attn_implementation,
+                                                                 dtype=dtype)
     return model.eval()
 
 
