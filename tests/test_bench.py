@@ -1,5 +1,14 @@
 """`xtp bench` runs all three paths and compares every cell (speed is its output, never asserted)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
 from xtp_ray.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_bench_compares_every_cell_with_peer_and_reference(capsys):
@@ -8,7 +17,7 @@ def test_bench_compares_every_cell_with_peer_and_reference(capsys):
     assert main(args) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert sum(line.startswith("bench ") for line in lines) == 2  # score, then generate
-    for name in ("reference", "peer"):  # per mode: 2 instances x (4 cells + vanilla), every one identical
+    for name in ("reference", "peer", "nnsight", "nnsight-prefix"):  # per mode: 2 x (4 cells + vanilla), all identical
         summary = [line for line in lines if line.startswith(f"fast/{name} speedup")]
         assert len(summary) == 2 and all(line.endswith("cells 10/10 identical") for line in summary), summary
     assert lines[-1].startswith("fast/reference speedup ")
@@ -28,3 +37,78 @@ def test_bench_without_row_sharing_is_still_identical(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].endswith("no row sharing")
     assert lines[-1].startswith("fast/reference speedup ") and lines[-1].endswith("cells 5/5 identical")
+
+
+def test_gpu_suite_small_writes_its_json(tmp_path, capsys):
+    """`--suite gpu --small`: every phase on the CPU, one JSON file and one JSON line."""
+    path = tmp_path / "suite.json"
+    assert main(["bench", "--suite", "gpu", "--small", "--json", str(path)]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    result = json.loads(path.read_text())
+    assert set(result["phases"]) == {"kernels", "parity", "build", "generate", "score", "subset"}
+    assert not result["errors"] and not result["skipped"]
+    assert line["parity"] is True and line["fused_everywhere"] is True
+    assert all(v["identical"] == v["cells"] for v in result["phases"]["parity"].values())
+    for mode in ("generate", "score"):
+        phase = result["phases"][mode]
+        assert phase["plan"]["rows_per_forward"] == 2 * phase["cells_per_instance"]  # 2 instances, one chunk
+        assert phase["fused_fallbacks_per_run"] == 0 and phase["median_s"] > 0
+    assert result["phases"]["subset"]["reference"]["identical_decisions"] == result["phases"]["subset"]["reference"]["cells"]
+
+
+def test_gpu_suite_deadline_skips_phases_and_says_so(tmp_path, capsys):
+    path = tmp_path / "suite.json"
+    assert main(["bench", "--suite", "gpu", "--small", "--json", str(path), "--deadline-s", "0"]) == 0
+    result = json.loads(path.read_text())
+    assert result["phases"] == {} and "would pass" in result["skipped"]["kernels"]
+
+
+# What the GPU image lacks: the engine and bench must not import any of these.
+ABSENT_ON_THE_GPU_IMAGE = ("ray", "pyarrow", "vllm", "matplotlib", "boto3", "pandas", "nnsight")
+BLOCKER = """
+import importlib.util, sys
+ABSENT = {absent!r}
+class Block:  # an import of an absent package fails as it would there
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ABSENT:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (blocked: absent on the GPU image)")
+sys.meta_path.insert(0, Block())
+find_spec = importlib.util.find_spec
+importlib.util.find_spec = lambda name, package=None: (  # and probes for it (transformers') find nothing
+    None if name.split(".")[0] in ABSENT else find_spec(name, package))
+sys.argv = ["xtp"] + {argv!r}
+from xtp_ray.cli import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("argv", [
+    ["bench", "--suite", "gpu", "--small"],
+    ["bench", "--mode", "score", "--layers", "2", "--hidden", "64", "--prompt-tokens", "16", "--instances", "1",
+     "--dtype", "bfloat16"],
+])
+def test_bench_runs_as_carried_on_the_gpu_image(tmp_path, argv):
+    """From a plain checkout (`python -m xtp_ray.cli`, not installed) with ray, pyarrow, vllm, matplotlib
+    and nnsight unimportable, as on the GPU image."""
+    code = BLOCKER.format(absent=ABSENT_ON_THE_GPU_IMAGE, argv=argv + (["--json", str(tmp_path / "s.json")]
+                                                                      if "--suite" in argv else []))
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "nnsight: not installed, skipped" in done.stdout or "--suite" in argv
+
+
+def test_overhead_reports_time_and_transfers_per_step(capsys):
+    assert main(["bench", "--overhead", "--layers", "4"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    head = [line for line in lines if line.startswith("host overhead: ")]
+    assert len(head) == 1 and "1.00 device->host syncs" in head[0], lines
+    assert lines[-1].startswith("plain HF decode step, same model")
+
+
+@pytest.mark.parametrize("argv,flag", [(["--layers", "0"], "--layers"), (["--instances", "0"], "--instances"),
+                                       (["--prompt-tokens", "0"], "--prompt-tokens"),
+                                       (["--shape", "llama-9000"], "--shape")])
+def test_bad_bench_sizes_are_refused_with_the_flag(argv, flag, capsys):
+    assert main(["bench", "--mode", "score", *argv]) == 2
+    err = capsys.readouterr().err
+    assert flag in err and err.count("\n") == 1

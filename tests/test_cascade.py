@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from xtp_ray.cascade import SharedPrefix, attend_fused, attend_matmul, cascade_attention_forward
+from xtp_ray.cascade import (BIAS_ALIGNMENT, SharedPrefix, attend_fused, attend_matmul, cascade_attention_forward,
+                              padding_bias)
 
 TOL = 1e-5
 
@@ -89,9 +90,24 @@ def test_an_all_padding_prefix_gives_own_attention_not_nan():
         got = _cascade(query, pk, pv, ok, ov, mask, fused=fused, scaling=0.25)
         assert torch.isfinite(got).all()
         assert torch.allclose(got, _plain(query, pk, pv, mask, ok, ov, 0.25), atol=TOL, rtol=0)
-    empty = pk[:, :, :0]  # and a prefix of length 0 (a one-token prompt)
-    got = _cascade(query, empty, empty, ok, ov, mask[:, :0], fused=False, scaling=0.25)
-    assert torch.allclose(got, _plain(query, empty, empty, mask[:, :0], ok, ov, 0.25), atol=TOL, rtol=0)
+    empty = pk[:, :, :0]  # and a prefix of length 0 (a one-token prompt), fused or not: the fused CPU
+    for fused in (True, False):  # kernel dies with SIGFPE on zero keys, so the prefix part must be skipped
+        got = _cascade(query, empty, empty, ok, ov, mask[:, :0], fused=fused, scaling=0.25)
+        assert torch.allclose(got, _plain(query, empty, empty, mask[:, :0], ok, ov, 0.25), atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("keys", [1, 13, 16, 130])
+def test_padding_bias_strides_are_aligned_for_the_cuda_kernel(keys):
+    """CUDA's fused kernel reads the bias in vectors: every stride but the last must be a multiple of
+    8 elements (16-bit) or 4 (fp32), or it raises "attn_bias is not correctly aligned" and the engine
+    would fall back to matmuls on every layer. The bias is the additive form of the mask, aligned."""
+    mask = torch.rand(3, 1, 1, keys, generator=torch.Generator().manual_seed(keys)) > 0.3
+    for dtype in (torch.bfloat16, torch.float32):
+        bias = padding_bias(mask, dtype).expand(3, 4, 7, keys)  # as attend_fused hands it over
+        assert bias.stride(-1) == 1
+        assert all(stride % BIAS_ALIGNMENT == 0 for stride in bias.stride()[:-1])
+        assert torch.equal(bias == float("-inf"), (~mask).expand(3, 4, 7, keys))
+        assert (bias[mask.expand(3, 4, 7, keys)] == 0).all()
 
 
 def test_fused_kernel_runs_here_and_equals_the_matmul_path():

@@ -193,3 +193,43 @@ def test_cells_per_chunk_bounds_every_forward(tokenizer):
     assert len(cell_forwards) == 4 * 3  # ceil(17 / 5) chunks x 3 steps
     assert max(shape[0] for shape in cell_forwards) == 3 * 5  # rows: 3 instances x 5 cells
     assert all(shape[1] == 1 for shape in cell_forwards)  # one token per row: the prefix is never re-fed
+
+
+def test_one_token_recipient_on_the_fused_path_equals_reference(tokenizer):
+    """A recipient of one token (BOS) has an empty prefix: the fused CPU kernel must not see zero keys
+    (it dies with SIGFPE there), alone and padded in a batch with a longer prompt."""
+    model = _model("LlamaForCausalLM", tokenizer, layers=3)
+    cells = parse_cells("full", 3)
+    for recipients in ([""], ["", RECIPIENTS[0]]):
+        donors = DONORS[:len(recipients)]
+        assert len(tokenizer(recipients[0]).input_ids) == 1
+        fast = engine.run_grid(model, tokenizer, donors, recipients, cells, "ffn", 3, keep_logits=True)
+        assert_same(fast, reference.run_grid(model, tokenizer, donors, recipients, cells, "ffn", 3))
+
+
+@pytest.mark.parametrize("total,most,sizes", [(1025, 1024, [513, 512]), (17, 5, [5, 4, 4, 4]), (8, 8, [8]),
+                                              (3, 10, [3]), (10, 1, [1] * 10)])
+def test_chunks_are_balanced_never_a_small_tail(total, most, sizes):
+    spans = engine.balanced_chunks(total, most)
+    assert [end - start for start, end in spans] == sizes
+    assert spans[0][0] == 0 and spans[-1][1] == total
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+
+
+def test_at_most_one_transfer_each_way_per_decode_step(tokenizer):
+    """The decode loop's host<->device traffic, counted where it happens (`transfers.py`): one
+    device->host transfer per step (the tokens) and at most one host->device (all layers' plans)."""
+    from xtp_ray import transfers
+
+    model = _model("LlamaForCausalLM", tokenizer, layers=4)
+    model.generation_config.eos_token_id = None  # every row decodes every step
+    tokenizer_eos = tokenizer.eos_token
+    tokenizer.eos_token = None
+    try:
+        before = transfers.COUNTS.snapshot()
+        engine.run_grid(model, tokenizer, DONORS, RECIPIENTS, parse_cells("full", 4), "ffn", 8)
+        counts = transfers.COUNTS.since(before)
+    finally:
+        tokenizer.eos_token = tokenizer_eos
+    assert counts["to_host"] == 8  # steps: one each
+    assert counts["to_device"] <= 8  # the first plan + at most one per decode step (fewer when no group split)

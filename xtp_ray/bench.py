@@ -174,7 +174,7 @@ def run_bench(mode: str = "generate", architecture: str = "LlamaForCausalLM", nu
               threads: int | None = None, peer: bool = True, engine_name: str = "hf", share: bool = True,
               log=print, heads: int | None = None, kv_heads: int | None = None, intermediate: int | None = None,
               vocab: int | None = None, dtype: str = "float32", device: str = "cpu", reference_run: bool = True,
-              built=None) -> dict:
+              built=None, nnsight: bool = True) -> dict:
     if mode not in ("generate", "score"):
         raise ValueError("mode is generate or score")
     check_sizes(instances, prompt_tokens, max_new_tokens)
@@ -220,6 +220,18 @@ def run_bench(mode: str = "generate", architecture: str = "LlamaForCausalLM", nu
                  options[:1] if options else None)  # warm-up
         rivals.insert(0, ("peer", lambda: run_peer(model, tokenizer, donors, recipients, grid, module, new_tokens,
                                                    options)))
+    if nnsight and engine_name == "hf":
+        from . import nnsight_peer
+
+        if nnsight_peer.available():
+            wrapped = nnsight_peer.wrap(model, tokenizer)
+            for label, reuse in (("nnsight", False), ("nnsight-prefix", True)):
+                nnsight_peer.run_nnsight(wrapped, model, tokenizer, donors[:1], recipients[:1], grid[:1], module,
+                                         min(new_tokens, 2), options[:1] if options else None, reuse)  # warm-up
+                rivals.insert(len(rivals) - reference_run, (label, lambda reuse=reuse: nnsight_peer.run_nnsight(
+                    wrapped, model, tokenizer, donors, recipients, grid, module, new_tokens, options, reuse)))
+        else:
+            log("nnsight: not installed, skipped (pip install 'xtp-ray[nnsight]')")
     lines = []
     tested_name = name
     for name, fn in rivals:
@@ -279,3 +291,59 @@ def run_sweep(chunks: list[int], num_layers: int = 32, hidden: int = 256, prompt
         out[chunk] = 1000 * seconds / (len(grid) + 1)
         log(f"{chunk} cells per forward: {out[chunk]:.2f} ms per cell ({seconds:.2f} s)")
     return out
+
+
+def run_overhead(num_layers: int = 32, rows: int = 1024, max_new_tokens: int = 20, share: bool = True,
+                 repeats: int = 3, threads: int | None = 1, log=print) -> dict:
+    """Host time per decode step where the arithmetic is negligible (hidden 8, one head, 1 instance x
+    `rows` cells): (time of a grid with `max_new_tokens` - time with 1) / the extra decode steps, median of
+    `repeats`, with the device<->host transfers per step that the engine made (`transfers.COUNTS`)."""
+    from . import transfers
+
+    if threads:
+        torch.set_num_threads(threads)
+    model, tokenizer = build_bench_model("LlamaForCausalLM", num_layers, 8, heads=1, kv_heads=1, intermediate=8)
+    model.generation_config.eos_token_id = None  # no row stops early: every step runs every row
+    tokenizer.eos_token = None
+    donors, recipients = _bench_prompts(tokenizer, 1, 32)
+    grid = (parse_cells("full", num_layers) * (1 + rows // num_layers ** 2))[:rows - 1]
+    hf = engine.HFEngine(model, tokenizer, share=share)
+    hf.run_grid(donors, recipients, grid, "ffn", 2)  # warm-up
+    per_step, counts = [], None
+    for _ in range(repeats):
+        _, short = _timed(lambda: hf.run_grid(donors, recipients, grid, "ffn", 1))
+        before = transfers.COUNTS.snapshot()
+        _, long = _timed(lambda: hf.run_grid(donors, recipients, grid, "ffn", max_new_tokens))
+        counts = transfers.COUNTS.since(before)
+        per_step.append((long - short) / (max_new_tokens - 1))
+    steps = max_new_tokens - 1  # decode forwards after the first (patched) one
+    ms = 1000 * statistics.median(per_step)
+    floor = {n: plain_decode_ms(model, n) for n in (2, rows)}
+    result = {"ms_per_step": ms, "range_ms": [1000 * min(per_step), 1000 * max(per_step)],
+              "to_host_per_step": counts["to_host"] / max_new_tokens,
+              "to_device_per_step": counts["to_device"] / steps, "layers": num_layers, "rows": rows,
+              "share": share, "threads": torch.get_num_threads(), "plain_hf_ms": floor}
+    log(f"host overhead: {ms:.2f} ms per decode step (median of {repeats}; range "
+        f"{result['range_ms'][0]:.2f}-{result['range_ms'][1]:.2f}), {result['to_host_per_step']:.2f} device->host "
+        f"syncs, {result['to_device_per_step']:.2f} host->device copies per step ({num_layers} layers, {rows} rows, "
+        f"{'row sharing' if share else 'no row sharing'}, {result['threads']} thread(s))")
+    log(f"plain HF decode step, same model (DynamicCache, no transplant): {floor[2]:.2f} ms at 2 rows, "
+        f"{floor[rows]:.2f} ms at {rows} rows")
+    return result
+
+
+@torch.inference_mode()
+def plain_decode_ms(model, rows: int, prompt: int = 32, steps: int = 20) -> float:
+    """Median ms of one plain HF decode step (`DynamicCache`, greedy) at `rows` rows: the floor that
+    transformers' own modules set for any engine that drives them."""
+    from transformers import DynamicCache
+
+    ids = torch.randint(3, model.config.vocab_size, (rows, prompt), device=model.device)
+    cache = DynamicCache(config=model.config)
+    token = model(input_ids=ids, past_key_values=cache, use_cache=True).logits[:, -1].argmax(-1)
+    times = []
+    for _ in range(steps):
+        token, seconds = _timed(lambda: model(input_ids=token[:, None], past_key_values=cache,
+                                              use_cache=True).logits[:, -1].argmax(-1))
+        times.append(seconds)
+    return 1000 * statistics.median(times)

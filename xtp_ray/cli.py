@@ -58,6 +58,10 @@ def _add_bench(sub):
                    help="float32 (default: exactness is checked to 1e-4), bfloat16 or float16")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]; the model is built there")
     p.add_argument("--no-reference", action="store_true", help="skip the serial reference (big shapes)")
+    p.add_argument("--no-nnsight", action="store_true", help="skip the nnsight peers (idiomatic and prefix-reusing)")
+    p.add_argument("--overhead", action="store_true",
+                   help="instead: host time per decode step and transfers per step (32 layers of negligible "
+                        "width, 1024 rows, one thread)")
     p.add_argument("--suite", choices=["gpu"],
                    help="gpu: the one-shot GPU check (kernels, parity, 7B-shape grid, scoring, peer), one JSON file")
     p.add_argument("--small", action="store_true", help="with --suite: tiny shapes on the CPU (CI)")
@@ -144,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
                 args.architecture, args.layers, args.hidden = shape["architecture"], shape["layers"], shape["hidden"]
                 args.heads, args.kv_heads = shape["heads"], shape["kv_heads"]
                 args.intermediate, args.vocab = shape["intermediate"], shape["vocab"]
+            if args.overhead:
+                from .bench import run_overhead
+
+                run_overhead(args.layers if args.layers != 16 else 32, share=not args.no_share,
+                             threads=args.threads or 1)
+                return 0
             if args.sweep:
                 chunks = [int(c) for c in args.sweep.split(",")]
                 run_sweep(chunks, args.layers if args.layers != 16 else 32, args.hidden, args.prompt_tokens,
@@ -157,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                           peer=not args.no_peer and args.engine == "hf", engine_name=args.engine,
                           share=not args.no_share, heads=args.heads, kv_heads=args.kv_heads,
                           intermediate=args.intermediate, vocab=args.vocab, dtype=args.dtype, device=args.device,
-                          reference_run=not args.no_reference)
+                          reference_run=not args.no_reference, nnsight=not args.no_nnsight)
     except (ValueError, FileNotFoundError) as exc:
         print(f"xtp {args.command}: error: {exc}", file=sys.stderr)
         return 2

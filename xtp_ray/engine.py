@@ -31,6 +31,7 @@ from .capture import capture_last_token, replace_rows
 from .cascade import OwnTokenStore, SharedPrefix, cascade_attention, own_tokens_cache
 from .cells import VANILLA, Cell
 from .sharing import RowSharing, share_rows
+from .transfers import to_host
 
 # Rows (instances x cells) per forward when decoding. The cost per row no longer grows
 # with the rows, so this only bounds memory; chosen on the bench model (see README).
@@ -179,11 +180,17 @@ def free_accelerator_bytes(device, reusable: int = 0) -> int | None:
 
 
 def balanced_chunks(total: int, most: int) -> list[tuple[int, int]]:
-    """[start, end) spans covering `total` cells in the fewest chunks of at most `most`,
-    sized alike (ceil(total / ceil(total / most))): never a small tail chunk."""
+    """[start, end) spans covering `total` cells in the fewest chunks of at most `most`, their sizes
+    differing by one at most (1,025 cells at 1,024: 513 + 512, not 1,024 + a 1-cell tail that
+    pays every decode step's fixed cost for one row)."""
     count = -(-total // most)
-    size = -(-total // count)
-    return [(start, min(start + size, total)) for start in range(0, total, size)]
+    base, extra = divmod(total, count)
+    spans, start = [], 0
+    for k in range(count):
+        end = start + base + (k < extra)
+        spans.append((start, end))
+        start = end
+    return spans
 
 
 @torch.inference_mode()
@@ -320,23 +327,25 @@ def _run_chunk(model, module, chunk, donor_values, last_token, last_pos, shared,
         if max_new_tokens == 0:
             return logits, None
 
-        generated = [[[] for _ in range(n)] for _ in range(batch)]
-        finished = torch.zeros(rows, dtype=torch.bool, device=logits.device)
-        stop_ids = torch.tensor(sorted(stop), dtype=torch.long, device=logits.device)
-        next_token = out.logits[:, -1].argmax(-1)  # [R]
+        # One device->host transfer per step (the chosen tokens); finished flags live on the host.
+        chosen = np.zeros((max_new_tokens, rows), dtype=np.int64)  # [steps, R]
+        length = np.zeros(rows, dtype=np.int64)  # [R] tokens each row generated, its stop token included
+        finished = np.zeros(rows, dtype=bool)  # [R]
+        stop_ids = np.array(sorted(stop), dtype=np.int64)
+        next_token = out.logits[:, -1].argmax(-1)  # [R] on the device
         for step in range(max_new_tokens):
-            chosen = next_token.tolist()
-            for r in (~finished).nonzero()[:, 0].tolist():
-                generated[r % batch][r // batch].append(chosen[r])
-            finished |= torch.isin(next_token, stop_ids)
-            if step == max_new_tokens - 1 or bool(finished.all()):
+            chosen[step] = to_host(next_token)
+            length += ~finished
+            finished |= np.isin(chosen[step], stop_ids)
+            if step == max_new_tokens - 1 or finished.all():
                 break
             if share:
-                sharing.advance(np.asarray(chosen), finished.cpu().numpy())
+                sharing.advance(chosen[step], finished)
                 sharing.plan(first_step=False)
             out = model(input_ids=next_token[:, None], position_ids=row_pos + step + 1, past_key_values=own,
                         use_cache=True, xtp_prefix=replace(shared, query_positions=last_pos + step + 1))
             next_token = out.logits[:, -1].argmax(-1)
+    generated = [[chosen[:length[c * batch + b], c * batch + b].tolist() for c in range(n)] for b in range(batch)]
     return logits, generated
 
 

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from .architectures import decoder_layers
+from .transfers import to_device
 
 # Re-pack a layer's slots when more than this share of its width is free slots that
 # packing would remove (groups merged at step 1, finished rows): each moved group's
@@ -78,19 +79,50 @@ class RowSharing:
         self.plans: list[RowPlan | None] = [None] * num_layers
         self.slots: list[_Slots] = []
         self.computed = 0  # slots computed, summed over layers and forwards
+        self._unchanged = False  # no group split and no row finished at the last `advance`
+        self._planned_decode = False  # the current plans are for a generated token (not step 0)
+        self._computed_per_forward = 0
 
     def plan(self, first_step: bool) -> None:
-        """Plans for the next forward: step 0 (the patched token) or a generated token."""
+        """Plans for the next forward: step 0 (the patched token) or a generated token.
+
+        Every layer's index arrays reach the device in one transfer. When no group split
+        and no row finished since the last generated-token plan, each layer's plan is that
+        one again, without copies, and nothing is planned or transferred.
+        """
         if first_step:
             self.slots = [_Slots(np.full(self.rows, -1), np.zeros(self.rows, dtype=np.int64))
                           for _ in range(self.num_layers)]
-        self.plans = [self._plan_layer(layer, first_step) for layer in range(self.num_layers)]
+        elif self._unchanged and self._planned_decode:
+            self.plans = [plan if plan.copies is None else RowPlan(plan.active, plan.spread) for plan in self.plans]
+            self.computed += self._computed_per_forward
+            return
+        before = self.computed
+        host = [self._plan_layer(layer, first_step) for layer in range(self.num_layers)]
+        self._computed_per_forward = self.computed - before
+        self._planned_decode = not first_step
+        arrays = [array for plan in host for array in plan if array is not None]
+        flat = to_device(np.concatenate(arrays), self.device)  # one host->device copy for all layers
+        views, start = [], 0
+        for array in arrays:
+            views.append(flat[start:start + len(array)])
+            start += len(array)
+        views = iter(views)
+        self.plans = []
+        for active, spread, copy_to, copy_from in host:
+            active, spread = next(views), next(views)
+            copies = (next(views), next(views)) if copy_to is not None else None
+            self.plans.append(RowPlan(active, spread, copies))
 
     def advance(self, tokens: np.ndarray, finished: np.ndarray) -> None:
         """Record the tokens [R] the rows just chose and which rows are done."""
         pair = self.history * (int(tokens.max()) + 1) + tokens
+        groups_before = int(self.history.max())
         self.history = np.unique(pair, return_inverse=True)[1].reshape(-1)
-        self.finished = np.asarray(finished, dtype=bool)
+        finished = np.asarray(finished, dtype=bool)
+        # groups only ever split: as many as before means the same groups
+        self._unchanged = int(self.history.max()) == groups_before and bool((finished == self.finished).all())
+        self.finished = finished.copy()
 
     def _groups(self, layer: int, first_step: bool) -> tuple[np.ndarray, np.ndarray]:
         """(first row of each group [G], group of each live row [R] (-1: finished))."""
@@ -118,7 +150,8 @@ class RowSharing:
             slot[mine] = np.concatenate([free, (width + np.arange(extra)) * batch + b])[:len(mine)]
         return int(slot.max()) // batch + 1 if len(slot) else 1  # up to the highest slot in use
 
-    def _plan_layer(self, layer: int, first_step: bool) -> RowPlan:
+    def _plan_layer(self, layer: int, first_step: bool) -> tuple[np.ndarray, ...]:
+        """(active [m * B], spread [R], copy-to slots or None, copy-from slots or None), on the host."""
         batch, table = self.batch, self.slots[layer]
         first, group_of = self._groups(layer, first_step)  # [G], [R]
         slot = np.full(len(first), -1)  # [G]
@@ -135,12 +168,11 @@ class RowSharing:
             width = self._fill(first, slot, 0)
         leader = np.full(len(table.leader), -1)
         leader[slot] = first
-        copies = None
+        copy_to = copy_from = None
         if not first_step:  # a group in a new slot (split off, or packed) starts with its old slot's past
             moved = slot != past
             if moved.any():
-                copies = (torch.from_numpy(slot[moved]).to(self.device),
-                          torch.from_numpy(past[moved]).to(self.device))
+                copy_to, copy_from = slot[moved], past[moved]
         slot_of = self.instance.copy()  # finished rows: slot b (never read)
         live = group_of >= 0
         slot_of[live] = slot[group_of[live]]
@@ -149,7 +181,7 @@ class RowSharing:
         padding = active < 0
         active[padding] = np.arange(width * batch)[padding] % batch  # any row of that instance: row b
         self.computed += width * batch
-        return RowPlan(torch.from_numpy(active).to(self.device), torch.from_numpy(slot_of).to(self.device), copies)
+        return active, slot_of, copy_to, copy_from
 
 
 # Decoder-layer kwargs that depend only on a row's position. All rows of an instance sit

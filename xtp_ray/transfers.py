@@ -1,0 +1,42 @@
+"""Every transfer between host and device in the engine's decode loop goes through here, counted.
+
+A step of decoding should make at most one device->host transfer (the chosen tokens, which
+the host needs to plan the next step) and at most one host->device transfer (every layer's
+row plan in one buffer). `xtp bench --overhead` and the tests read the counts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class TransferCounts:
+    to_host: int = 0  # device->host (each one waits for the device)
+    to_device: int = 0  # host->device
+
+    def snapshot(self) -> dict:
+        return {"to_host": self.to_host, "to_device": self.to_device}
+
+    def since(self, snapshot: dict) -> dict:
+        return {name: getattr(self, name) - count for name, count in snapshot.items()}
+
+
+COUNTS = TransferCounts()
+
+
+def to_host(tensor: torch.Tensor) -> np.ndarray:
+    """A device tensor as a host array (one blocking transfer)."""
+    COUNTS.to_host += 1
+    return tensor.cpu().numpy()
+
+
+def to_device(array: np.ndarray, device) -> torch.Tensor:
+    """A host array on `device`: from pinned memory without blocking the host on a GPU, as it is on a CPU."""
+    COUNTS.to_device += 1
+    tensor = torch.from_numpy(array)
+    if torch.device(device).type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor
