@@ -115,3 +115,39 @@ def test_heatmap_shows_accuracy_minus_vanilla_centred_at_zero(monkeypatch):
     assert shown["grid"][0][1] == pytest.approx(-100 / 3)  # (0, 1): 0 correct, vanilla 1/3
     assert shown["grid"][1][1] == pytest.approx(0.0)
     assert shown["vmin"] == -shown["vmax"] and shown["cmap"] == "RdBu"
+
+
+def test_reports_keep_the_per_instance_outcomes_their_accuracies_are_made_of():
+    from xtp_ray.paired import decode
+
+    report = aggregate_frame(_frame())
+    sw = report["tables"]["xnli/sample/ffn"]["by_lang"]["sw"]
+    assert decode(sw["outcomes"]["vanilla"]) == {f"xnli/sample/sw/{k}": k == 1 for k in range(3)}
+    assert decode(sw["outcomes"]["upper_bound"]) == {f"xnli/sample/sw/{k}": k in (0, 1) for k in range(3)}
+    [entry] = [e for e in report["target_first"] if e["lang"] == "sw"]
+    applied = decode(entry["outcomes"])
+    assert sum(applied.values()) / len(applied) == entry["unseen_applied"]
+
+
+def test_aggregate_history_and_tasks_import_neither_torch_nor_transformers(tmp_path):
+    """The results floor and `xtp tasks` must start without the engine's heavy imports (~6 s, 0.4 GiB)."""
+    import subprocess
+    import sys
+
+    frame = _frame()
+    run = tmp_path / "out" / "night1" / "candidates"
+    run.mkdir(parents=True)
+    frame.to_parquet(run / "part-0.parquet")
+    code = """
+import sys
+from xtp_ray.cli import main
+code = main(sys.argv[1:])
+heavy = [name for name in ("torch", "transformers", "vllm", "ray") if name in sys.modules]
+print("HEAVY", heavy)
+sys.exit(code)
+"""
+    for argv in (["aggregate", "--output", str(tmp_path / "out"), "--run-id", "night1"],
+                 ["history", "--output", str(tmp_path / "out")], ["tasks"]):
+        done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "HEAVY []" in done.stdout, (argv, done.stdout[-500:])

@@ -15,6 +15,7 @@ import math
 import pyarrow.dataset as pads
 
 from . import storage
+from .paired import encode
 
 log = logging.getLogger("xtp_ray")
 COLUMNS = ["task", "split", "lang", "instance_id", "module", "source_layer", "target_layer", "correct",
@@ -64,9 +65,12 @@ def summarise_group(frame) -> dict:
         if any(v is not None for v in values):
             metric_means[name] = _mean(v for v in values if v is not None)
     out["vanilla_metrics"] = metric_means
+    # per-instance outcomes the accuracies are made of, for paired tests across runs (`xtp history`)
+    out["outcomes"] = {"vanilla": encode({str(i): bool(c) for i, c in zip(vanilla["instance_id"], vanilla["correct"])})}
     if cells.empty:
         return out
     solved = cells.groupby("instance_id")["correct"].any()
+    out["outcomes"]["upper_bound"] = encode({str(i): bool(c) for i, c in solved.items()})
     out["upper_bound_correct"] = int(solved.sum())
     out["upper_bound"] = out["upper_bound_correct"] / n
     per_cell = cells.groupby(["source_layer", "target_layer"])["correct"].mean()
@@ -134,7 +138,9 @@ def target_first_selection(frame, groups) -> list[dict]:
                 if not applied.empty:
                     entry.update({"unseen_instances": int(vanilla["instance_id"].nunique()),
                                   "unseen_vanilla": float(vanilla["correct"].mean()),
-                                  "unseen_applied": float(applied["correct"].mean())})
+                                  "unseen_applied": float(applied["correct"].mean()),
+                                  "outcomes": encode({str(i): bool(c) for i, c in
+                                                      zip(applied["instance_id"], applied["correct"])})})
             out.append(entry)
     return out
 

@@ -81,17 +81,24 @@ def _add_history(sub):
     p.add_argument("--run-ids", help="comma-separated, oldest first (default: every run, by start time)")
     p.add_argument("--threshold", type=float, default=2.0,
                    help="points the newest run may fall below the previous one before it counts (default 2)")
+    p.add_argument("--alpha", type=float, default=0.05,
+                   help="a drop must also be significant at this level (McNemar exact, Holm; default 0.05)")
 
 
 def _print_history(args) -> int:
     from .history import REGRESSION_EXIT, write_history
 
     run_ids = [r.strip() for r in args.run_ids.split(",") if r.strip()] if args.run_ids else None
-    history = write_history(args.output, run_ids, args.threshold)
+    history = write_history(args.output, run_ids, args.threshold, args.alpha)
     print(f"history of {len(history['runs'])} runs: {history['uri']}")
     for r in history["regressions"]:
+        test = (f", {r['lost']} lost / {r['gained']} gained of {r['instances']}, p = {r['p_holm']:.3g} (Holm)"
+                if r["p_value"] is not None else ", not tested: no per-instance outcomes")
         print(f"regression: {r['table']} {r['lang']} {r['metric']}: {100 * r['previous']:.1f} -> "
-              f"{100 * r['newest']:.1f} (-{r['drop_points']:.1f} points)")
+              f"{100 * r['newest']:.1f} (-{r['drop_points']:.1f} points{test})")
+    for c in history.get("comparisons", []):
+        if c.get("note"):
+            print(f"note: {c['table']} {c['lang']} {c['metric']}: {c['note']}")
     return REGRESSION_EXIT if history["regressions"] else 0
 
 
