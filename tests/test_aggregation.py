@@ -151,3 +151,42 @@ sys.exit(code)
         done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
         assert "HEAVY []" in done.stdout, (argv, done.stdout[-500:])
+
+
+# The documented shape of report/results.json (README, "Results files"): lm-evaluation-harness's.
+RESULTS_SCHEMA = {
+    "type": "object",
+    "required": ["results", "configs", "versions", "n-samples", "config", "git_hash", "date"],
+    "properties": {
+        "results": {"type": "object", "additionalProperties": {
+            "type": "object", "required": ["alias", "acc,none", "acc_stderr,none"],
+            "properties": {"acc,none": {"type": "number", "minimum": 0, "maximum": 1},
+                           "acc_stderr,none": {"type": ["number", "null"], "minimum": 0},
+                           "acc_best_cell,none": {"type": "number"}, "upper_bound,none": {"type": "number"}}}},
+        "configs": {"type": "object"}, "versions": {"type": "object"},
+        "n-samples": {"type": "object", "additionalProperties": {
+            "type": "object", "required": ["original", "effective"]}},
+        "git_hash": {"type": ["string", "null"]}, "date": {"type": "number"},
+    },
+}
+
+
+def test_results_json_has_lm_eval_harness_shape(tmp_path):
+    import json
+
+    import jsonschema
+
+    from xtp_ray.aggregation import aggregate_run
+
+    run = tmp_path / "out" / "night1" / "candidates"
+    run.mkdir(parents=True)
+    _frame().to_parquet(run / "part-0.parquet")
+    aggregate_run(str(tmp_path / "out"), "night1")
+    results = json.loads((tmp_path / "out" / "night1" / "report" / "results.json").read_text())
+    jsonschema.validate(results, RESULTS_SCHEMA)
+    sw = results["results"]["xtp_xnli_sample_ffn_sw"]
+    assert sw["acc,none"] == pytest.approx(1 / 3) and sw["upper_bound,none"] == pytest.approx(2 / 3)
+    # outcomes 0, 1, 0: sample variance (ddof 1) = 1/3, stderr = sqrt(1/3) / sqrt(3) = 1/3
+    assert sw["acc_stderr,none"] == pytest.approx(1 / 3)
+    assert results["n-samples"]["xtp_xnli_sample_ffn_sw"] == {"original": 3, "effective": 3}
+    assert results["results"]["xtp_xnli_sample_ffn_de"]["acc_stderr,none"] is None  # one instance: no stderr
