@@ -220,7 +220,7 @@ def run_bench(mode: str = "generate", architecture: str = "LlamaForCausalLM", nu
                  options[:1] if options else None)  # warm-up
         rivals.insert(0, ("peer", lambda: run_peer(model, tokenizer, donors, recipients, grid, module, new_tokens,
                                                    options)))
-    if nnsight and engine_name == "hf":
+    if peer and nnsight and engine_name == "hf":
         from . import nnsight_peer
 
         if nnsight_peer.available():
