@@ -192,8 +192,6 @@ def aggregate_run(output: str, run_id: str, compare_with: str | None = None) -> 
     storage.write_text(storage.join(report_uri, "report.json"), json.dumps(report, indent=1))
     manifest_uri = storage.join(run_uri, "manifest.json")
     run_config = json.loads(storage.read_text(manifest_uri)).get("config") if storage.exists(manifest_uri) else None
-    if isinstance(run_config, str):
-        run_config = json.loads(run_config)
     storage.write_text(storage.join(report_uri, "results.json"), json.dumps(results_json(report, run_config), indent=1))
     storage.write_text(storage.join(report_uri, "report.md"), render_markdown(report))
     storage.write_text(storage.join(report_uri, "report.html"), render_html(report, figures))

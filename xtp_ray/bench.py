@@ -22,7 +22,7 @@ import torch
 from . import engine, reference
 from .capture import replace_rows
 from .cells import VANILLA, parse_cells
-from .engine import CellResult, capture_donors, cell_patches, eos_ids, option_logprobs_all, trim_at_stop
+from .engine import CellResult, capture_donors, cell_patches, eos_ids, record_next_token, trim_at_stop
 from .scoring import option_token_ids
 from .tiny import build_tiny_model, tokenizer_corpus, train_tokenizer
 
@@ -112,11 +112,7 @@ def run_peer(model, tokenizer, donors, recipients, cells, module, max_new_tokens
                     result.token_ids = trim_at_stop(gen.sequences[r, ids.shape[1]:].tolist(), stop)
             else:
                 logits = model(input_ids=rows, use_cache=False).logits[:, -1]  # [R, V]
-        table = option_logprobs_all(logits[None], [option_token_ids[b]]) if option_token_ids else None
-        for r, result in enumerate(results):
-            result.logits = logits[r].float().cpu()
-            if table is not None:
-                result.option_logprobs = table[0][r]
+        record_next_token(results, logits, option_token_ids[b] if option_token_ids else None)
         out.append(results)
     return out
 
@@ -174,14 +170,14 @@ def run_bench(mode: str = "generate", architecture: str = "LlamaForCausalLM", nu
               threads: int | None = None, peer: bool = True, engine_name: str = "hf", share: bool = True,
               log=print, heads: int | None = None, kv_heads: int | None = None, intermediate: int | None = None,
               vocab: int | None = None, dtype: str = "float32", device: str = "cpu", reference_run: bool = True,
-              built=None, nnsight: bool = True) -> dict:
+              nnsight: bool = True) -> dict:
     if mode not in ("generate", "score"):
         raise ValueError("mode is generate or score")
     check_sizes(instances, prompt_tokens, max_new_tokens)
     if threads:
         torch.set_num_threads(threads)
-    model, tokenizer = built or build_bench_model(architecture, num_layers, hidden, heads, kv_heads, intermediate,
-                                                  vocab, dtype, device)
+    model, tokenizer = build_bench_model(architecture, num_layers, hidden, heads, kv_heads, intermediate, vocab,
+                                         dtype, device)
     donors, recipients = _bench_prompts(tokenizer, instances, prompt_tokens)
     grid = parse_cells(cells, num_layers)
     new_tokens = max_new_tokens if mode == "generate" else 0
@@ -276,9 +272,7 @@ def run_sweep(chunks: list[int], num_layers: int = 32, hidden: int = 256, prompt
     """Generation time per cell against cells per forward (one instance, `cells` cells)."""
     if threads:
         torch.set_num_threads(threads)
-    tokenizer = train_tokenizer(tokenizer_corpus(), 512)
-    model = build_tiny_model("LlamaForCausalLM", len(tokenizer), num_layers=num_layers, hidden=hidden,
-                             heads=max(1, hidden // 64), kv_heads=max(1, hidden // 128), initializer_range=0.1)
+    model, tokenizer = build_bench_model("LlamaForCausalLM", num_layers, hidden)
     donors, recipients = _bench_prompts(tokenizer, 1, prompt_tokens)
     grid = parse_cells("full", num_layers)[:cells - 1]  # + vanilla = `cells` rows
     log(f"sweep: LlamaForCausalLM, {num_layers} layers, hidden {hidden}, ~{prompt_tokens}-token prompt, "

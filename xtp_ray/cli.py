@@ -54,8 +54,9 @@ def _add_bench(sub):
     p.add_argument("--kv-heads", type=int, help="KV heads (default hidden/128)")
     p.add_argument("--intermediate", type=int, help="MLP width (default 2 x hidden)")
     p.add_argument("--vocab", type=int, help="vocabulary size (default the local 512-token tokenizer's)")
-    p.add_argument("--dtype", default="float32", choices=DTYPE_NAMES,
-                   help="float32 (default: exactness is checked to 1e-4), bfloat16 or float16")
+    p.add_argument("--dtype", choices=DTYPE_NAMES,
+                   help="float32 (default: exactness is checked to 1e-4), bfloat16 or float16 "
+                        "(--suite gpu: default bfloat16)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]; the model is built there")
     p.add_argument("--no-reference", action="store_true", help="skip the serial reference (big shapes)")
     p.add_argument("--no-nnsight", action="store_true", help="skip the nnsight peers (idiomatic and prefix-reusing)")
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                 from .gpu_check import run_suite, summary
 
                 result = run_suite(args.small, args.json, args.deadline_s, args.shape or "llama2-7b",
-                                   args.dtype if args.dtype != "float32" else "bfloat16", args.instances)
+                                   args.dtype or "bfloat16", args.instances)
                 print(json.dumps(summary(result)))
                 return 1 if result["errors"] else 0
             from .bench import SHAPES, run_bench, run_sweep
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                           cells_per_chunk=args.cells_per_chunk, threads=args.threads,
                           peer=not args.no_peer and args.engine == "hf", engine_name=args.engine,
                           share=not args.no_share, heads=args.heads, kv_heads=args.kv_heads,
-                          intermediate=args.intermediate, vocab=args.vocab, dtype=args.dtype, device=args.device,
+                          intermediate=args.intermediate, vocab=args.vocab, dtype=args.dtype or "float32", device=args.device,
                           reference_run=not args.no_reference, nnsight=not args.no_nnsight)
     except (ValueError, FileNotFoundError) as exc:
         print(f"xtp {args.command}: error: {exc}", file=sys.stderr)

@@ -107,6 +107,16 @@ def option_logprobs_all(logits: torch.Tensor, option_token_ids: list[list[list[i
     return [[row[:len(option_token_ids[b])] for row in table[b]] for b in range(batch)]
 
 
+def record_next_token(results: list[CellResult], logits: torch.Tensor, option_token_ids: list[list[int]] | None) -> None:
+    """One instance's rows (results[r] is row r) from their next-token logits [R, V]: the logits on the
+    host and, given the instance's options, each row's option log-probs."""
+    table = option_logprobs_all(logits[None], [option_token_ids]) if option_token_ids else None
+    for r, result in enumerate(results):
+        result.logits = logits[r].float().cpu()
+        if table is not None:
+            result.option_logprobs = table[0][r]
+
+
 def sliding_window(model) -> int | None:
     """The smallest sliding window among the model's attention layers (as its own cache sees them), if any."""
     windows = [layer.sliding_window for layer in DynamicCache(config=model.config).layers
@@ -217,7 +227,7 @@ def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: 
     instance b. cells_per_chunk: cells of each instance per forward (default:
     DEFAULT_ROWS_GENERATE / DEFAULT_ROWS_SCORE rows per forward, shared among the
     instances). memory_budget_mb: shrink chunks until `chunk_bytes` fits it; on a
-    GPU without a budget, chunks fit 80% of the free memory. share: layers compute
+    GPU without a budget, chunks fit 80% of the free memory (no cap on the cells). share: layers compute
     only the rows that differ there (`sharing.py`); False computes every row everywhere.
     store: memory the rows' own-token caches reuse across chunks and calls (the engine's).
     Chunks are balanced (no small tail). plan: a dict filled with the chunking chosen

@@ -39,11 +39,6 @@ def load_report(output: str, run_id: str) -> dict | None:
     return None
 
 
-def values_of(report: dict) -> dict[tuple[str, str, str], float]:
-    """(table, lang, metric) -> accuracy, for one run."""
-    return {key: value for key, (value, _n, _outcomes) in measures_of(report).items()}
-
-
 def measures_of(report: dict) -> dict[tuple[str, str, str], tuple[float, int | None, dict | None]]:
     """(table, lang, metric) -> (accuracy, instances, per-instance outcomes or None (older reports))."""
     out = {}

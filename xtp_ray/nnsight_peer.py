@@ -17,7 +17,7 @@ import torch
 
 from .architectures import lookup
 from .cells import VANILLA
-from .engine import CellResult, eos_ids, option_logprobs_all, trim_at_stop
+from .engine import CellResult, eos_ids, record_next_token, trim_at_stop
 
 
 def available() -> bool:
@@ -113,10 +113,6 @@ def run_nnsight(wrapped, model, tokenizer, donors, recipients, cells, module, ma
                 for j, (patch_rows, patch_values) in patches.items():
                     _module_output(_envoy_module(wrapped, model, module, j), module)[patch_rows, -1, :] = patch_values
                 logits = wrapped.lm_head.output[:, -1, :].save()
-        table = option_logprobs_all(logits[None], [option_token_ids[b]]) if option_token_ids else None
-        for r, result in enumerate(results):
-            result.logits = logits[r].float().cpu()
-            if table is not None:
-                result.option_logprobs = table[0][r]
+        record_next_token(results, logits, option_token_ids[b] if option_token_ids else None)
         out.append(results)
     return out

@@ -103,11 +103,7 @@ class RowSharing:
         self._planned_decode = not first_step
         arrays = [array for plan in host for array in plan if array is not None]
         flat = to_device(np.concatenate(arrays), self.device)  # one host->device copy for all layers
-        views, start = [], 0
-        for array in arrays:
-            views.append(flat[start:start + len(array)])
-            start += len(array)
-        views = iter(views)
+        views = iter(flat.split([len(array) for array in arrays]))  # views, in the order of `arrays`
         self.plans = []
         for active, spread, copy_to, copy_from in host:
             active, spread = next(views), next(views)
