@@ -1,4 +1,5 @@
 """Shared test support: servers and processes (127.0.0.1 only), runs and their candidates."""
+import contextlib
 import os
 import signal
 import socket
@@ -72,6 +73,39 @@ def s3_environment(secret: str, bucket: str):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def pids_with(text: str) -> list[int]:
+    """PIDs of processes whose command line holds `text` (never this process)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def stop_processes_with(text: str, grace_s: float = 10.0) -> None:
+    """End what a test started, by PID: SIGTERM every process whose command line holds `text` (a Ray
+    cluster's own temp dir, say), then SIGKILL what is left after `grace_s`. Unlike `ray stop`, which
+    ends Ray processes by name on the whole host, this touches nothing the test did not start."""
+    for pid in pids_with(text):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.time() + grace_s
+    while pids_with(text) and time.time() < deadline:
+        time.sleep(0.2)
+    for pid in pids_with(text):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.time() + 5
+    while pids_with(text) and time.time() < deadline:
+        time.sleep(0.1)
 
 
 def grid_search_actor_pids() -> list[int]:

@@ -1,4 +1,4 @@
-"""`ray start --head` on 127.0.0.1, `ray job submit` of jobs/grid_search.py, SUCCEEDED, `ray stop`."""
+"""`ray start --head` on 127.0.0.1, `ray job submit` of jobs/grid_search.py, SUCCEEDED; the cluster stopped by PID."""
 import json
 import os
 import secrets
@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import free_port
+from support import free_port, pids_with, stop_processes_with
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
@@ -55,5 +55,7 @@ def test_ray_job_submit_runs_the_grid_search(tmp_path):
         assert (output / "submitted" / "report" / "report.md").exists()
         assert (output / "submitted" / "report" / "report.html").exists()
     finally:
-        _ray("stop", "--force", timeout=120, env=env)
+        stop_processes_with(str(temp_dir))  # by PID: this cluster's processes only, never `ray stop`
+        left = pids_with(str(temp_dir))
         shutil.rmtree(temp_dir, ignore_errors=True)
+    assert not left, f"processes of the test's cluster outlived it: {left}"
