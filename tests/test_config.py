@@ -95,11 +95,19 @@ def test_output_that_is_not_writable(tmp_path):
 def test_paths_may_not_escape_the_allowed_roots(tmp_path):
     inside = tmp_path / "models"
     inside.mkdir()
-    validate(RunConfig(model=str(inside), allowed_roots=[str(tmp_path)]))
+    out = str(tmp_path / "out")
+    validate(RunConfig(model=str(inside), allowed_roots=[str(tmp_path)], output=out))
     with pytest.raises(ConfigError, match=r"escapes the allowed roots .* via '\.\.'"):
-        validate(RunConfig(model=f"{inside}/../../etc", allowed_roots=[str(tmp_path)]))
+        validate(RunConfig(model=f"{inside}/../../etc", allowed_roots=[str(tmp_path)], output=out))
     with pytest.raises(ConfigError, match="data_root '/etc' is outside the allowed roots"):
-        validate(RunConfig(data_root="/etc", allowed_roots=[str(tmp_path)]))
+        validate(RunConfig(data_root="/etc", allowed_roots=[str(tmp_path)], output=out))
+    # a local datasets directory behind hf: is checked like any other path; a hub name is not a path
+    with pytest.raises(ConfigError, match="data_root '/etc/ds' is outside the allowed roots"):
+        validate(RunConfig(data_root="hf:/etc/ds", allowed_roots=[str(tmp_path)], output=out))
+    validate(RunConfig(data_root="hf:org/name", allowed_roots=[str(tmp_path)], output=out))
+    # and so is the output
+    with pytest.raises(ConfigError, match="output '/tmp/elsewhere' is outside the allowed roots"):
+        validate(RunConfig(allowed_roots=[str(tmp_path)], output="/tmp/elsewhere"))
 
 
 def test_pickled_weights_are_never_loaded(tmp_path, tokenizer):

@@ -38,7 +38,6 @@ def load_for_run(config: RunConfig):
     32, as vLLM's CPU attention needs) and, for the vllm engine, saved to a temporary
     directory first.
     """
-    import hashlib
     import tempfile
 
     from .engines import load_engine
@@ -57,21 +56,31 @@ def load_for_run(config: RunConfig):
         import pyarrow.fs as pafs
 
         fs, remote = storage.resolve(path)
-        local = tempfile.mkdtemp(prefix="xtp-model-")
-        pafs.copy_files(remote, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-        path = local
+        # the copy goes once the engine holds the weights (both engines load them whole)
+        with tempfile.TemporaryDirectory(prefix="xtp-model-") as local:
+            pafs.copy_files(remote, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+            engine = load_engine(config.engine, local, config.dtype, config.attn_implementation,
+                                 config.num_gpus_per_actor, trust_remote_code=config.trust_remote_code,
+                                 revision=config.model_revision)
+            return engine, config.model_revision or _local_revision(local)
     engine = load_engine(config.engine, path, config.dtype, config.attn_implementation, config.num_gpus_per_actor,
                          trust_remote_code=config.trust_remote_code, revision=config.model_revision)
-    revision = config.model_revision
-    if not revision and os.path.isdir(path):
-        digest = hashlib.sha256()
-        for name in sorted(os.listdir(path)):
-            full = os.path.join(path, name)
-            digest.update(name.encode() + str(os.path.getsize(full)).encode())
-            if name == "config.json":
-                digest.update(open(full, "rb").read())
-        revision = "local-" + digest.hexdigest()[:12]
+    revision = config.model_revision or (_local_revision(path) if os.path.isdir(path) else None)
     return engine, revision or "unknown"
+
+
+def _local_revision(path: str) -> str:
+    """A local model directory's identity: its file names and sizes and its config.json."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(path)):
+        full = os.path.join(path, name)
+        digest.update(name.encode() + str(os.path.getsize(full)).encode())
+        if name == "config.json":
+            with open(full, "rb") as handle:
+                digest.update(handle.read())
+    return "local-" + digest.hexdigest()[:12]
 
 
 class GridSearch:
@@ -147,10 +156,11 @@ class GridSearch:
     def _too_long(self, inst: Instance) -> str | None:
         if not self.max_tokens:
             return None
+        new_tokens = self.config.max_new_tokens if self.config.scoring == "generate" else 0  # logprobs: none
         for name, prompt in (("donor", inst.donor), ("recipient", inst.recipient)):
             n = len(self.tokenizer(prompt).input_ids)
-            if n + self.config.max_new_tokens > self.max_tokens:
-                return (f"{name} prompt of {n} tokens + {self.config.max_new_tokens} new tokens exceeds the "
+            if n + new_tokens > self.max_tokens:
+                return (f"{name} prompt of {n} tokens + {new_tokens} new tokens exceeds the "
                         f"limit of {self.max_tokens} tokens")
         return None
 

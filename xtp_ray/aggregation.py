@@ -16,7 +16,9 @@ import pyarrow.dataset as pads
 
 from . import storage
 from .lmeval import results_json
+from .names import check_name
 from .paired import encode
+from .shards import inspect_committed
 
 log = logging.getLogger("xtp_ray")
 COLUMNS = ["task", "split", "lang", "instance_id", "module", "source_layer", "target_layer", "correct",
@@ -27,7 +29,12 @@ def read_candidates(run_uri: str):
     """Every candidate row of a run as a pandas DataFrame (committed shards only)."""
     directory = storage.join(run_uri, "candidates")
     fs, path = storage.resolve(directory)
-    names = [n for n in storage.list_names(directory) if n.endswith(".parquet")]
+    committed, damaged = inspect_committed(directory)
+    if damaged:
+        name = min(damaged)
+        raise ValueError(f"{len(damaged)} damaged candidate shard(s) under {directory} (e.g. {name}.parquet: "
+                         f"{damaged[name]}); rerun the job to write them again")
+    names = [f"{n}.parquet" for n in sorted(committed)]
     if not names:
         raise ValueError(f"no committed candidate shards under {directory}")
     dataset = pads.dataset([f"{path}/{n}" for n in names], filesystem=fs, format="parquet")
@@ -173,22 +180,36 @@ def run_started(run_uri: str) -> float | None:
     return min((a["started"] for a in attempts if "started" in a), default=None)
 
 
+def run_uri_of(output: str, run_id: str) -> str:
+    """<output>/<run_id>, the run id checked to be a name (it comes from a flag)."""
+    return storage.join_under(output, check_name("run id", run_id))
+
+
+def earlier_report_uri(output: str, compare_with: str) -> str:
+    """The report.json of the run to compare with; ValueError, before any work, if it has none."""
+    uri = storage.join(run_uri_of(output, compare_with), "report", "report.json")
+    if not storage.exists(uri):
+        raise ValueError(f"--compare-with {compare_with!r}: no report under {output} ({uri} not found)")
+    return uri
+
+
 def aggregate_run(output: str, run_id: str, compare_with: str | None = None) -> dict:
     """Write report.json, report.md, report.html and the figures under <output>/<run_id>/report/."""
     from .report import render_figures, render_html, render_markdown
 
-    run_uri = storage.join(output, run_id)
+    run_uri = run_uri_of(output, run_id)
+    earlier_uri = earlier_report_uri(output, compare_with) if compare_with else None
     frame = read_candidates(run_uri)
     report = {"run_id": run_id, "started": run_started(run_uri), **aggregate_frame(frame)}
     if compare_with:
-        earlier = json.loads(storage.read_text(storage.join(output, compare_with, "report", "report.json")))
+        earlier = json.loads(storage.read_text(earlier_uri))
         report["compared_with"] = compare_with
         report["deltas"] = compare(report, earlier)
     figures = render_figures(report)
     report["figures"] = sorted(figures)
     report_uri = storage.join(run_uri, "report")
     for name, data in figures.items():
-        storage.write_bytes(storage.join(report_uri, name), data)
+        storage.write_bytes(storage.join_under(report_uri, name), data)
     storage.write_text(storage.join(report_uri, "report.json"), json.dumps(report, indent=1))
     manifest_uri = storage.join(run_uri, "manifest.json")
     run_config = json.loads(storage.read_text(manifest_uri)).get("config") if storage.exists(manifest_uri) else None

@@ -89,7 +89,13 @@ def _add_history(sub):
 def _print_history(args) -> int:
     from .history import REGRESSION_EXIT, write_history
 
+    if not 0 < args.alpha < 1:
+        raise ValueError(f"--alpha must lie between 0 and 1, got {args.alpha}")
+    if not 0 <= args.threshold < 100:
+        raise ValueError(f"--threshold is in points, from 0 to 100; got {args.threshold}")
     run_ids = [r.strip() for r in args.run_ids.split(",") if r.strip()] if args.run_ids else None
+    if args.run_ids is not None and not run_ids:
+        raise ValueError("--run-ids is empty: name the runs, oldest first, or leave the flag out")
     history = write_history(args.output, run_ids, args.threshold, args.alpha)
     print(f"history of {len(history['runs'])} runs: {history['uri']}")
     for r in history["regressions"]:
@@ -103,17 +109,77 @@ def _print_history(args) -> int:
     return REGRESSION_EXIT if history["regressions"] else 0
 
 
-def _print_tasks(data_root):
+def _print_tasks(data_root) -> int:
     from .tasks import describe
 
-    rows = describe(data_root)
+    rows, errors = describe(data_root)
     print(f"{'task':<16} {'split':<7} {'lang':<6} {'instances':>9} {'left out':>8}")
     for row in rows:
         print(f"{row['task']:<16} {row['split']:<7} {row['lang']:<6} {row['instances']:>9} {row['errors']:>8}")
+    for error in errors:
+        print(f"left out: {error}", file=sys.stderr)
+    return 2 if errors else 0
+
+
+def _positive(**values) -> None:
+    for flag, value in values.items():
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+
+
+def _bench(args) -> int:
+    _positive(layers=args.layers, hidden=args.hidden, prompt_tokens=args.prompt_tokens, instances=args.instances,
+              cells_per_chunk=args.cells_per_chunk, threads=args.threads, heads=args.heads, kv_heads=args.kv_heads,
+              intermediate=args.intermediate, vocab=args.vocab)
+    if args.max_new_tokens < 0:
+        raise ValueError(f"--max-new-tokens must be at least 0, got {args.max_new_tokens}")
+    if args.suite:
+        import json
+
+        from .gpu_check import run_suite, summary
+
+        result = run_suite(args.small, args.json, args.deadline_s, args.shape or "llama2-7b",
+                           args.dtype or "bfloat16", args.instances)
+        print(json.dumps(summary(result)))
+        return 1 if result["errors"] else 0
+    from .bench import SHAPES, run_bench, run_sweep
+
+    if args.shape:
+        if args.shape not in SHAPES:
+            raise ValueError(f"--shape {args.shape!r} unknown; known: {', '.join(SHAPES)}")
+        shape = SHAPES[args.shape]
+        args.architecture, args.layers, args.hidden = shape["architecture"], shape["layers"], shape["hidden"]
+        args.heads, args.kv_heads = shape["heads"], shape["kv_heads"]
+        args.intermediate, args.vocab = shape["intermediate"], shape["vocab"]
+    if args.overhead:
+        from .bench import run_overhead
+
+        run_overhead(args.layers if args.layers != 16 else 32, share=not args.no_share, threads=args.threads or 1)
+        return 0
+    if args.sweep:
+        try:
+            chunks = [int(c) for c in args.sweep.split(",")]
+        except ValueError:
+            raise ValueError(f"--sweep {args.sweep!r}: expected comma-separated integers, e.g. 64,512") from None
+        _positive(sweep=min(chunks))
+        run_sweep(chunks, args.layers if args.layers != 16 else 32, args.hidden, args.prompt_tokens,
+                  max_new_tokens=args.max_new_tokens, threads=args.threads)
+        return 0
+    modes = ["score", "generate"] if args.mode == "both" else [args.mode]
+    for mode in modes:
+        run_bench(mode, args.architecture, args.layers, args.hidden, args.prompt_tokens,
+                  args.instances, args.cells, args.module, args.max_new_tokens,
+                  cells_per_chunk=args.cells_per_chunk, threads=args.threads,
+                  peer=not args.no_peer and args.engine == "hf", engine_name=args.engine,
+                  share=not args.no_share, heads=args.heads, kv_heads=args.kv_heads,
+                  intermediate=args.intermediate, vocab=args.vocab, dtype=args.dtype or "float32", device=args.device,
+                  reference_run=not args.no_reference, nnsight=not args.no_nnsight)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="xtp", description=__doc__)
+    parser = argparse.ArgumentParser(prog="xtp", description=__doc__,
+                                     epilog="--debug (anywhere): show tracebacks instead of one line per error")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_grid(sub)
     _add_bench(sub)
@@ -122,64 +188,27 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("run", help="the distributed job: grid search + aggregation (see `xtp run --help`)",
                    add_help=False)
     sub.add_parser("aggregate", help="tables, upper bound and heatmaps of a run", add_help=False)
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("run", "aggregate"):
         from .jobs import aggregate_main, grid_search_main
 
         return grid_search_main(argv[1:]) if argv[0] == "run" else aggregate_main(argv[1:])
-    args = parser.parse_args(argv)
+    debug = "--debug" in argv
+    args = parser.parse_args([a for a in argv if a != "--debug"])
     try:
         if args.command == "grid":
             from .probe import run_probe
 
-            run_probe(args)
-        elif args.command == "history":
+            return run_probe(args)
+        if args.command == "history":
             return _print_history(args)
-        elif args.command == "tasks":
-            _print_tasks(args.data_root)
-        elif args.command == "bench":
-            if args.suite:
-                import json
+        if args.command == "tasks":
+            return _print_tasks(args.data_root)
+        return _bench(args)
+    except Exception as exc:  # noqa: BLE001 - the one place errors become one line and an exit code
+        from .errors import report
 
-                from .gpu_check import run_suite, summary
-
-                result = run_suite(args.small, args.json, args.deadline_s, args.shape or "llama2-7b",
-                                   args.dtype or "bfloat16", args.instances)
-                print(json.dumps(summary(result)))
-                return 1 if result["errors"] else 0
-            from .bench import SHAPES, run_bench, run_sweep
-
-            if args.shape:
-                if args.shape not in SHAPES:
-                    raise ValueError(f"--shape {args.shape!r} unknown; known: {', '.join(SHAPES)}")
-                shape = SHAPES[args.shape]
-                args.architecture, args.layers, args.hidden = shape["architecture"], shape["layers"], shape["hidden"]
-                args.heads, args.kv_heads = shape["heads"], shape["kv_heads"]
-                args.intermediate, args.vocab = shape["intermediate"], shape["vocab"]
-            if args.overhead:
-                from .bench import run_overhead
-
-                run_overhead(args.layers if args.layers != 16 else 32, share=not args.no_share,
-                             threads=args.threads or 1)
-                return 0
-            if args.sweep:
-                chunks = [int(c) for c in args.sweep.split(",")]
-                run_sweep(chunks, args.layers if args.layers != 16 else 32, args.hidden, args.prompt_tokens,
-                          max_new_tokens=args.max_new_tokens, threads=args.threads)
-                return 0
-            modes = ["score", "generate"] if args.mode == "both" else [args.mode]
-            for mode in modes:
-                run_bench(mode, args.architecture, args.layers, args.hidden, args.prompt_tokens,
-                          args.instances, args.cells, args.module, args.max_new_tokens,
-                          cells_per_chunk=args.cells_per_chunk, threads=args.threads,
-                          peer=not args.no_peer and args.engine == "hf", engine_name=args.engine,
-                          share=not args.no_share, heads=args.heads, kv_heads=args.kv_heads,
-                          intermediate=args.intermediate, vocab=args.vocab, dtype=args.dtype or "float32", device=args.device,
-                          reference_run=not args.no_reference, nnsight=not args.no_nnsight)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"xtp {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return report(f"xtp {args.command}", exc, debug)
 
 
 if __name__ == "__main__":

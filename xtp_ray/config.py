@@ -9,13 +9,14 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from .names import DTYPE_NAMES, MODULES
+from .names import DTYPE_NAMES, MODULES, is_name
 from .tasks import FAMILY, TASKS
 
 SCORING = ("generate", "logprobs")
@@ -24,37 +25,50 @@ TINY_PREFIX = "tiny:"  # tiny:<Architecture>[:<layers>] builds a seeded tiny mod
 TINY_RUN_SHAPE = {"hidden": 128, "heads": 4, "kv_heads": 2}  # head size 32: what vLLM's CPU attention needs
 
 
+def _field(default, help: str, choices=None, **kw):
+    """A config field with its --help text (and allowed values), the one place both live."""
+    metadata = {"help": help, "choices": choices}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class RunConfig:
-    model: str = "tiny:LlamaForCausalLM:4"
-    engine: str = "hf"  # hf (transformers, exact against the reference) or vllm
-    model_revision: str | None = None
-    dtype: str = "float32"
-    attn_implementation: str | None = None  # default: eager for float32, sdpa otherwise
-    trust_remote_code: bool = False
-    tasks: list[str] = field(default_factory=lambda: ["xnli", "xcopa"])
-    langs: list[str] = field(default_factory=lambda: ["en", "sw", "zh"])  # or ["all"]
-    splits: list[str] = field(default_factory=lambda: ["sample"])
-    limit: int | None = 8  # instances per (task, lang, split); null for all
-    data_root: str | None = None  # default: the bundled release sample splits
-    modules: list[str] = field(default_factory=lambda: ["ffn"])
-    cells: str = "full"  # full, target-first, coarse (the paper's fixed settings) or I:J,I:J,...
-    scoring: str = "logprobs"  # generate (greedy, max_new_tokens) or logprobs (no decoding)
-    max_new_tokens: int = 20
-    output: str = "xtp-out"  # local directory or s3://bucket/prefix
-    run_id: str = "default"
-    min_actors: int = 1
-    max_actors: int = 1
-    num_gpus_per_actor: float = 0.0
-    num_cpus_per_actor: float = 1.0
-    batch_size: int = 4  # instances per engine call
-    shard_size: int = 64  # instances per candidates file (the unit of resume)
-    cells_per_chunk: int | None = None  # cells per forward; bounds peak memory
-    memory_budget_mb: float | None = None  # if set, chunks shrink until their estimated memory fits
-    max_prompt_tokens: int | None = None  # longer prompts are reported and skipped (default: the model's context)
-    allowed_roots: list[str] = field(default_factory=list)  # if set, model/data paths must lie inside these
-    write_retries: int = 5
-    lease_ttl_s: float = 120.0  # a driver's lease on the run lapses this long after its last refresh
+    model: str = _field("tiny:LlamaForCausalLM:4", "save_pretrained directory, s3:// directory, hub id, or "
+                        "tiny:<Architecture>[:<layers>] (a seeded tiny model built from a config)")
+    engine: str = _field("hf", "hf (transformers, exact against the reference) or vllm", ("hf", "vllm"))
+    model_revision: str | None = _field(None, "hub revision (commit) of the model")
+    dtype: str = _field("float32", "weights and activations", DTYPE_NAMES)
+    attn_implementation: str | None = _field(None, "transformers attention (default: eager for float32, sdpa "
+                                             "otherwise)")
+    trust_remote_code: bool = _field(False, "run the model repository's own Python code (logged as a warning)")
+    tasks: list[str] = _field(["xnli", "xcopa"], "comma-separated tasks", TASKS)
+    langs: list[str] = _field(["en", "sw", "zh"], "comma-separated languages, or all")
+    splits: list[str] = _field(["sample"], "comma-separated splits: sample, unseen (release files) or the "
+                               "original ones (dev, test, val, eval; see `xtp tasks`)")
+    limit: int | None = _field(8, "instances per (task, lang, split); null for all")
+    data_root: str | None = _field(None, "local dir, s3://..., or hf:PATH (default: the bundled sample splits)")
+    modules: list[str] = _field(["ffn"], "comma-separated: what a cell transplants", MODULES)
+    cells: str = _field("full", "full, target-first, coarse (the paper's fixed settings) or I:J,I:J,...")
+    scoring: str = _field("logprobs", "generate (greedy, max_new_tokens) or logprobs (option log-probs, no "
+                          "decoding)", SCORING)
+    max_new_tokens: int = _field(20, "tokens generated per cell (scoring generate only)")
+    output: str = _field("xtp-out", "local directory or s3://bucket/prefix")
+    run_id: str = _field("default", "the run's name under output (letters, digits, '.', '_', '-')")
+    min_actors: int = _field(1, "smallest actor pool")
+    max_actors: int = _field(1, "largest actor pool")
+    num_gpus_per_actor: float = _field(0.0, "GPUs each actor holds (vllm: tensor parallel over them)")
+    num_cpus_per_actor: float = _field(1.0, "CPUs each actor holds")
+    batch_size: int = _field(4, "instances per engine call")
+    shard_size: int = _field(64, "instances per candidates file (the unit of resume)")
+    cells_per_chunk: int | None = _field(None, "cells per forward; bounds peak memory")
+    memory_budget_mb: float | None = _field(None, "if set, chunks shrink until their estimated memory fits")
+    max_prompt_tokens: int | None = _field(None, "longer prompts are reported and skipped (default: the "
+                                           "model's context)")
+    allowed_roots: list[str] = _field([], "if set, local model, data and output paths must lie inside these")
+    write_retries: int = _field(5, "attempts to commit a shard before the shard fails")
+    lease_ttl_s: float = _field(120.0, "a driver's lease on the run lapses this long after its last refresh")
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -75,41 +89,67 @@ def _fields():
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
-    """--config FILE, plus one flag per field (lists comma-separated)."""
-    parser.add_argument("--config", help="YAML run configuration")
-    for name in _fields():
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None)
+    """--config FILE, plus one flag per field (lists comma-separated; booleans are switches), each with
+    its meaning, default and allowed values from the field's metadata."""
+    parser.add_argument("--config", help="YAML run configuration (flags override it)")
+    for f in dataclasses.fields(RunConfig):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        text = f.metadata.get("help", "")
+        choices = f.metadata.get("choices")
+        shown = ",".join(default) if isinstance(default, list) else default
+        text += f" (default: {'none' if shown in (None, '') else shown}"
+        text += f"; choices: {', '.join(choices)})" if choices else ")"
+        flag = f"--{f.name.replace('_', '-')}"
+        if str(f.type).startswith("bool"):
+            parser.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
+                                help=text)
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, help=text.replace("%", "%%"))
 
 
 def _coerce(name: str, value, default):
-    kind = type(default) if default is not None else None
     annotation = str(_fields()[name].type)
-    try:
-        if value is None or (isinstance(value, str) and value.lower() in ("null", "none") and "None" in annotation):
-            return None
-        if annotation.startswith("list"):
-            if isinstance(value, str):
-                value = [v.strip() for v in value.split(",") if v.strip()]
-            if not isinstance(value, list):
-                raise TypeError
-            return [str(v) for v in value]
-        if annotation.startswith("bool") or kind is bool:
-            if isinstance(value, bool):
-                return value
-            if str(value).lower() in ("true", "1", "yes"):
-                return True
-            if str(value).lower() in ("false", "0", "no"):
-                return False
-            raise TypeError
-        if annotation.startswith("int"):
-            if isinstance(value, bool):
-                raise TypeError
-            return int(value)
-        if annotation.startswith("float"):
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"field {name!r}: cannot read {value!r} as {annotation}") from None
+
+    def refuse(expected):
+        raise ConfigError(f"field {name!r}: cannot read {value!r} as {expected}")
+
+    if value is None or (isinstance(value, str) and value.lower() in ("null", "none") and "None" in annotation):
+        if "None" not in annotation:
+            refuse(annotation)
+        return None
+    if annotation.startswith("list"):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool)
+                                                  for v in value):
+            refuse("a list (comma-separated on the command line)")
+        return [str(v).strip() for v in value]
+    if annotation.startswith("bool"):
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "1", "yes"):
+            return True
+        if str(value).lower() in ("false", "0", "no"):
+            return False
+        refuse("true or false")
+    if annotation.startswith("int"):
+        if isinstance(value, bool) or isinstance(value, float):  # no silent truncation of 2.7 to 2
+            refuse("an integer")
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            refuse("an integer")
+    if annotation.startswith("float"):
+        try:
+            number = float(value) if not isinstance(value, bool) else math.nan
+        except (TypeError, ValueError):
+            number = math.nan
+        if not math.isfinite(number):  # NaN and inf pass every comparison the checks make
+            refuse("a finite number")
+        return number
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        refuse("a string")
+    return str(value)
 
 
 def load_config(args: argparse.Namespace | None = None, path: str | None = None) -> RunConfig:
@@ -161,11 +201,16 @@ def validate(config: RunConfig, source: str | None = None) -> None:
             fail(f"the vllm engine supports modules ffn and attn, not {', '.join(unsupported)}")
     if config.dtype not in DTYPE_NAMES:
         fail(f"dtype {config.dtype!r} unknown; choose one of {', '.join(DTYPE_NAMES)}")
+    for name in ("tasks", "langs", "splits", "modules"):
+        if not getattr(config, name):
+            fail(f"{name} is empty: name at least one")
     for task in config.tasks:
         if task not in TASKS:
             fail(f"task {task!r} unknown; tasks: {', '.join(TASKS)}")
-    if not config.tasks:
-        fail("no tasks")
+    for kind, values in (("language", config.langs), ("split", config.splits)):
+        for value in values:
+            if not is_name(value):
+                fail(f"{kind} {value!r}: only letters, digits, '.', '_' and '-' (it becomes part of a path)")
     for module in config.modules:
         if module not in MODULES:
             fail(f"module {module!r} unknown; modules: {', '.join(MODULES)}")
@@ -195,13 +240,18 @@ def validate(config: RunConfig, source: str | None = None) -> None:
         fail(f"lease_ttl_s must be at least 1 second, got {config.lease_ttl_s}")
     if config.num_gpus_per_actor < 0 or config.num_cpus_per_actor <= 0:
         fail("num_gpus_per_actor must be >= 0 and num_cpus_per_actor > 0")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", config.run_id):
+    if not is_name(config.run_id):
         fail(f"run_id {config.run_id!r}: letters, digits, '.', '_' and '-' only")
-    for name in ("model", "data_root"):
+    for name in ("model", "data_root", "output"):
         value = getattr(config, name)
-        if not value or value.startswith(TINY_PREFIX) or value.startswith("s3://") or value.startswith("hf:"):
+        if value and value.startswith("hf:"):
+            value = value[3:]  # hf:PATH is a local dataset directory where PATH is one
+            if not (Path(value).exists() or value.startswith((".", "/"))):
+                continue  # a hub name
+        if not value or value.startswith(TINY_PREFIX) or value.startswith("s3://"):
             continue
-        local = Path(value).exists() or value.startswith((".", "/")) or ".." in Path(value).parts
+        local = (name == "output" or Path(value).exists() or value.startswith((".", "/"))
+                 or ".." in Path(value).parts)
         if ".." in Path(value).parts and config.allowed_roots and not _inside(value, config.allowed_roots):
             fail(f"{name} {value!r} escapes the allowed roots {config.allowed_roots} via '..'")
         if local and config.allowed_roots and not _inside(value, config.allowed_roots):

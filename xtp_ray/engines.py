@@ -23,6 +23,11 @@ def load_engine(name: str, model_path: str, dtype: str = "float32", attn_impleme
     model over them with `device_map="auto"` (accelerate) when there are several.
     """
     check_engine(name)
+    if trust_remote_code:
+        import logging
+
+        logging.getLogger("xtp_ray").warning("trust_remote_code is on: running Python code that ships with the "
+                                             "model %s", model_path)
     if name == "vllm":
         from .vllm_engine import VllmEngine
 

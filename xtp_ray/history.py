@@ -16,7 +16,8 @@ import logging
 import math
 
 from . import storage
-from .aggregation import aggregate_frame, read_candidates, run_started
+from .aggregation import aggregate_frame, read_candidates, run_started, run_uri_of
+from .names import is_name
 from .paired import compare_paired, decode, holm, wilson
 from .report import data_uri, html_page, html_table, pct, signed_pct
 
@@ -27,7 +28,7 @@ REGRESSION_EXIT = 3
 
 
 def load_report(output: str, run_id: str) -> dict | None:
-    run_uri = storage.join(output, run_id)
+    run_uri = run_uri_of(output, run_id)
     report_uri = storage.join(run_uri, "report", "report.json")
     if storage.exists(report_uri):
         report = json.loads(storage.read_text(report_uri))
@@ -65,7 +66,7 @@ def collect(output: str, run_ids: list[str] | None = None) -> list[dict]:
                 raise ValueError(f"run {run_id!r} under {output} has neither a report nor candidates")
             reports.append(report)
         return reports
-    reports = [r for name in storage.list_names(output) if name != "history"
+    reports = [r for name in storage.list_names(output) if name != "history" and is_name(name)
                for r in [load_report(output, name)] if r is not None]
     if not reports:
         raise ValueError(f"no runs with candidates under {output}")

@@ -17,7 +17,8 @@ from . import __version__, storage
 from .actor import GridSearch
 from .config import RunConfig
 from .planning import digest_plan, plan, preflight
-from .shards import ShardWriteError, committed_shards, redact, run_dir
+from .quiet import without_noise
+from .shards import ShardWriteError, candidates_dir, committed_shards, inspect_committed, redact, run_dir
 
 log = logging.getLogger("xtp_ray")
 
@@ -39,6 +40,30 @@ def check_writable(config: RunConfig) -> None:
         fs.delete_file(path)
     except (OSError, ValueError) as exc:
         raise ValueError(f"output {config.output!r} is not writable: {redact(str(exc))}") from None
+
+
+def _resumable_shards(config: RunConfig) -> set[str]:
+    """Committed shards a resume may keep: all made with this run's config digest (checked whether or
+    not the manifest is there: its loss must not let a run mix configurations). Damaged shards are
+    reported and run again."""
+    committed, damaged = inspect_committed(candidates_dir(config))
+    foreign = sorted(name for name, digest in committed.items() if digest != config.digest())
+    if foreign:
+        raise ValueError(f"run {config.run_id!r} in {config.output} holds {len(foreign)} shard(s) made with another "
+                         f"model/cells/scoring configuration (e.g. {foreign[0]}: digest "
+                         f"{committed[foreign[0]]}, this run's is {config.digest()}); use a new run_id")
+    for name, reason in sorted(damaged.items()):
+        log.warning("shard %s is damaged (%s): it will be run again", name, reason)
+    return set(committed)
+
+
+def _remove_temporaries(config: RunConfig) -> None:
+    """Drop `<run>/_tmp` once every actor is done: what is left there is from attempts that died."""
+    fs, path = storage.resolve(storage.join(run_dir(config), "_tmp"))
+    try:
+        fs.delete_dir(path)
+    except (FileNotFoundError, OSError):
+        pass
 
 
 def run_job(config: RunConfig, ray_address: str | None = None, take_over: bool = False) -> dict:
@@ -74,7 +99,7 @@ def _run_planned(config: RunConfig, ray_address: str | None) -> dict:
     for earlier in manifest["attempts"]:
         if earlier.get("status") == "running":  # its driver died without a word (we hold the lease)
             earlier["status"] = "interrupted"
-    done = committed_shards(config)
+    done = _resumable_shards(config)
     todo = sorted(set(shards) - done)
     attempt = {"started": time.time(), "status": "running", "shards_total": len(shards),
                "shards_skipped_as_done": len(set(shards) & done), "shards_todo": len(todo)}
@@ -98,8 +123,10 @@ def _run_planned(config: RunConfig, ray_address: str | None) -> dict:
                 compute=ActorPoolStrategy(min_size=config.min_actors, max_size=config.max_actors),
                 # Ray Data's actor pools restart lost actors and retry their tasks by default.
                 num_gpus=config.num_gpus_per_actor, num_cpus=config.num_cpus_per_actor)
-            summaries = results.take_all()
+            with without_noise():
+                summaries = results.take_all()
         missing = sorted(set(shards) - committed_shards(config))
+        _remove_temporaries(config)
         if missing:
             raise ShardWriteError(f"{len(missing)} shard(s) not committed: {', '.join(missing[:10])}")
     except BaseException as exc:

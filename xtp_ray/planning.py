@@ -8,7 +8,7 @@ import os
 from . import storage
 from .cells import parse_cells
 from .config import TINY_PREFIX, RunConfig, tiny_spec
-from .tasks import Instance, InstanceError, list_languages, load_instances, task_splits
+from .tasks import RELEASE_SPLITS, Instance, InstanceError, check_root, list_languages, load_instances, task_splits
 
 
 def preflight(config: RunConfig) -> int | None:
@@ -22,10 +22,19 @@ def preflight(config: RunConfig) -> int | None:
         _, layers = tiny_spec(config.model)
     else:
         config_uri = storage.join(config.model, "config.json")
+        if not config.model.startswith("s3://") and not os.path.isdir(config.model) and (
+                os.path.exists(config.model) or config.model.startswith((".", "/", "~"))
+                or config.model.count("/") > 1):
+            what = "is a file, not a save_pretrained directory" if os.path.exists(config.model) else "does not exist"
+            raise ValueError(f"model {config.model}: {what}")
         if config.model.startswith("s3://") or os.path.isdir(config.model):
             if not storage.exists(config_uri):
                 raise ValueError(f"model {config.model!r} has no config.json (expected a save_pretrained directory)")
-            model_config = json.loads(storage.read_text(config_uri))
+            check_tokenizer_files(config.model)
+            try:
+                model_config = json.loads(storage.read_text(config_uri))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ValueError(f"{config_uri}: not a JSON model config ({exc})") from None
         else:
             import transformers
 
@@ -42,16 +51,35 @@ def preflight(config: RunConfig) -> int | None:
     return layers
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer_config.json")
+
+
+def check_tokenizer_files(model: str) -> None:
+    """A model directory must carry its tokenizer; without one, transformers fails deep inside the
+    actor (and suggests installing sentencepiece)."""
+    names = set(storage.list_names(model))
+    if not names & set(TOKENIZER_FILES):
+        raise ValueError(f"model {model} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}): save "
+                         "the tokenizer into the model directory (tokenizer.save_pretrained(directory))")
+
+
 def plan(config: RunConfig) -> tuple[dict[str, list[Instance]], list[InstanceError]]:
     """Shard name -> instances, and the rows left out, for every (task, split, lang)."""
     shards: dict[str, list[Instance]] = {}
     errors: list[InstanceError] = []
+    if config.data_root:
+        check_root(config.data_root)
     for task in config.tasks:
         for split in config.splits:
             known = task_splits(task)
             if split not in known:
                 raise ValueError(f"unknown split {split!r} for {task}; splits: {', '.join(known)}")
-            available = list_languages(task, split, config.data_root)
+            if not config.data_root and split not in RELEASE_SPLITS:
+                raise ValueError(f"the bundled samples have no {split} split (they hold the release's "
+                                 f"{' and '.join(RELEASE_SPLITS)} splits): point --data-root at the original "
+                                 f"{task} data for {split}")
+            available = list_languages(task, split, config.data_root, errors)
             unknown = [lang for lang in config.langs if lang != "all" and lang not in available]
             if unknown:
                 raise ValueError(f"unknown language(s) {', '.join(unknown)} for {task} {split} in "

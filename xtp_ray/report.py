@@ -12,6 +12,9 @@ import base64
 import html
 import io
 import math
+import re
+
+from .names import is_name
 
 PAGE_STYLE = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
@@ -36,8 +39,25 @@ def signed_pct(value) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:+.1f}"
 
 
+def file_part(text: str) -> str:
+    """`text` where it is a safe name; else a safe stand-in (unsafe characters to '_', plus a short hash
+    so that two names never share a file)."""
+    if is_name(text):
+        return text
+    import hashlib
+
+    plain = re.sub(r"[^A-Za-z0-9._-]", "_", text).strip("._-")[:64] or "x"
+    return f"{plain}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
 def figure_name(kind: str, key: str, lang: str) -> str:
-    return f"{kind}/{key.replace('/', '-')}-{lang}.png"
+    return f"{kind}/{file_part(key.replace('/', '-'))}-{file_part(lang)}.png"
+
+
+def md(text) -> str:
+    """Text from data, inert in Markdown: HTML escaped, and Markdown's own marks (table pipes, emphasis,
+    links, code) backslash-escaped."""
+    return re.sub(r"([\\`*_{}\[\]()#+!|$~])", r"\\\1", html.escape(str(text), quote=False))
 
 
 # ---------------------------------------------------------------- figures
@@ -52,6 +72,8 @@ def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False  # '$' in a language or task name is text, not mathtext
+    matplotlib.rcParams["text.usetex"] = False
     import matplotlib.pyplot as plt
 
     return plt
@@ -144,9 +166,9 @@ def render_figures(report: dict) -> dict[str, bytes]:
 # ---------------------------------------------------------------- Markdown
 
 def render_markdown(report: dict) -> str:
-    lines = [f"# xtp-ray report: run `{report['run_id']}`", ""]
+    lines = [f"# xtp-ray report: run {md(report['run_id'])}", ""]
     for key, table in report["tables"].items():
-        lines += [f"## {key}", "",
+        lines += [f"## {md(key)}", "",
                   f"{table['instances']} instances, {len(table['languages'])} languages. Accuracy in %; "
                   "upper bound = any searched cell correct.", "",
                   "| lang | n | vanilla | upper bound | best cell | best (i, j) | target-first i* |",
@@ -154,7 +176,7 @@ def render_markdown(report: dict) -> str:
         for lang in table["languages"]:
             g = table["by_lang"][lang]
             best = g.get("best_cell")
-            lines.append(f"| {lang} | {g['instances']} | {pct(g['vanilla_accuracy'])} | {pct(g.get('upper_bound'))} "
+            lines.append(f"| {md(lang)} | {g['instances']} | {pct(g['vanilla_accuracy'])} | {pct(g.get('upper_bound'))} "
                          f"| {pct(best['accuracy']) if best else '-'} | "
                          f"{(best['source_layer'], best['target_layer']) if best else '-'} | "
                          f"{g.get('target_first_choice', '-')} |")
@@ -169,17 +191,17 @@ def render_markdown(report: dict) -> str:
         lines += ["## Target-first selection (sample -> unseen)", "",
                   "| task | module | lang | (i*, 0) | unseen vanilla | unseen applied |", "|---|---|---|---|---|---|"]
         for e in report["target_first"]:
-            lines.append(f"| {e['task']} | {e['module']} | {e['lang']} | ({e['source_layer']}, 0) | "
+            lines.append(f"| {md(e['task'])} | {md(e['module'])} | {md(e['lang'])} | ({e['source_layer']}, 0) | "
                          f"{pct(e.get('unseen_vanilla'))} | {pct(e.get('unseen_applied'))} |")
         lines.append("")
     if report.get("compared_with"):
-        lines += [f"## Compared with run `{report['compared_with']}`", "",
+        lines += [f"## Compared with run {md(report['compared_with'])}", "",
                   "| table | lang | vanilla Δ | upper bound Δ |", "|---|---|---|---|"]
         for d in report["deltas"]:
-            lines.append(f"| {d['table']} | {d['lang']} | {pct(d['vanilla_delta'])} | {pct(d.get('upper_bound_delta'))} |")
+            lines.append(f"| {md(d['table'])} | {md(d['lang'])} | {pct(d['vanilla_delta'])} | {pct(d.get('upper_bound_delta'))} |")
         lines.append("")
     lines += ["## Figures", "", "Also as one page with every figure embedded: `report.html`.", ""]
-    lines += [f"- `{name}`" for name in report["figures"]]
+    lines += [f"- {md(name)}" for name in report["figures"]]
     return "\n".join(lines) + "\n"
 
 

@@ -18,12 +18,13 @@ import pyarrow.parquet as pq
 
 from . import storage
 from .config import RunConfig
+from .names import check_name
 
 log = logging.getLogger("xtp_ray")
 
 
 def run_dir(config: RunConfig) -> str:
-    return storage.join(config.output, config.run_id)
+    return storage.join_under(config.output, check_name("run id", config.run_id))
 
 
 def candidates_dir(config: RunConfig) -> str:
@@ -31,8 +32,51 @@ def candidates_dir(config: RunConfig) -> str:
 
 
 def committed_shards(config: RunConfig) -> set[str]:
-    names = storage.list_names(candidates_dir(config))
-    return {n[:-len(".parquet")] for n in names if n.endswith(".parquet")}
+    """Names of the shards committed whole (see `inspect_committed`); damaged ones are logged and left
+    out, so a rerun writes them again."""
+    committed, damaged = inspect_committed(candidates_dir(config))
+    for name, reason in sorted(damaged.items()):
+        log.warning("shard %s is damaged (%s): it will be run again", name, reason)
+    return set(committed)
+
+
+def inspect_committed(directory: str) -> tuple[dict[str, str | None], dict[str, str]]:
+    """(committed shard -> its config digest, damaged shard -> why) under a candidates directory.
+
+    A shard counts as committed only if its Parquet footer reads and holds the row count recorded at
+    commit (`xtp_rows`); a truncated or foreign file is damaged. The digest is the footer's
+    `xtp_config_digest`, or for shards of older versions the one in the first row's `config` column."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = [n[:-len(".parquet")] for n in storage.list_names(directory) if n.endswith(".parquet")]
+    fs, path = storage.resolve(directory)
+
+    def inspect(name: str) -> tuple[str, str | None, str | None]:
+        uri = f"{path}/{name}.parquet"
+        try:
+            metadata = pq.read_metadata(uri, filesystem=fs)
+        except (OSError, pa.ArrowInvalid) as exc:
+            return name, None, f"unreadable Parquet footer: {str(exc).splitlines()[0][:200]}"
+        meta = {k.decode(): v.decode() for k, v in (metadata.metadata or {}).items()}
+        if "xtp_rows" in meta and int(meta["xtp_rows"]) != metadata.num_rows:
+            return name, None, f"{metadata.num_rows} rows where {meta['xtp_rows']} were committed"
+        digest = meta.get("xtp_config_digest")
+        if digest is None and metadata.num_rows and "config" in metadata.schema.names:
+            try:
+                first = pq.ParquetFile(uri, filesystem=fs).read_row_group(0, columns=["config"]).column(0)[0]
+                digest = json.loads(first.as_py()).get("digest")
+            except (OSError, pa.ArrowInvalid, KeyError, ValueError) as exc:
+                return name, None, f"unreadable rows: {str(exc).splitlines()[0][:200]}"
+        return name, digest, None
+
+    committed, damaged = {}, {}
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        for name, digest, reason in pool.map(inspect, names):
+            if reason is None:
+                committed[name] = digest
+            else:
+                damaged[name] = reason
+    return committed, damaged
 
 
 class ShardWriteError(RuntimeError):
@@ -45,8 +89,9 @@ def write_shard(config: RunConfig, shard: str, table: pa.Table, skipped: list[di
     Retries with exponential backoff (object store briefly unavailable); after
     `write_retries` attempts, raises naming the shard that was not written.
     """
-    final = storage.join(candidates_dir(config), f"{shard}.parquet")
-    table = table.replace_schema_metadata({"xtp_skipped": json.dumps(skipped), "xtp_shard": shard})
+    final = storage.join_under(candidates_dir(config), f"{check_name('shard', shard)}.parquet")
+    table = table.replace_schema_metadata({"xtp_skipped": json.dumps(skipped), "xtp_shard": shard,
+                                           "xtp_rows": str(table.num_rows), "xtp_config_digest": config.digest()})
     delay = 0.5
     for attempt in range(1, config.write_retries + 1):
         tmp = storage.join(run_dir(config), "_tmp", f"{shard}.{uuid.uuid4().hex}.parquet")

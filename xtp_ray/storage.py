@@ -54,6 +54,21 @@ def join(uri: str, *parts: str) -> str:
     return "/".join([str(uri).rstrip("/"), *parts])
 
 
+def join_under(base: str, *parts: str) -> str:
+    """`join(base, *parts)`, checked to stay under `base`: no empty, '.' or '..' segment, and for a local
+    base the resolved path (links followed) lies inside the resolved base. Names from data and flags
+    reach paths only through here."""
+    segments = [seg for part in parts for seg in str(part).split("/")]
+    if any(seg in ("", ".", "..") or "\\" in seg for seg in segments):
+        raise ValueError(f"path {'/'.join(map(str, parts))!r} would leave {base}")
+    uri = join(base, *parts)
+    if "://" not in str(base):
+        root, resolved = Path(base).resolve(), Path(uri).resolve()
+        if resolved != root and root not in resolved.parents:
+            raise ValueError(f"path {'/'.join(map(str, parts))!r} would leave {base}")
+    return uri
+
+
 def exists(uri: str) -> bool:
     fs, path = resolve(uri)
     return fs.get_file_info(path).type != _pafs().FileType.NotFound

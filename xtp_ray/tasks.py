@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 
 from . import storage
+from .names import check_name, is_name
 
 RELEASE_SPLITS = ("sample", "unseen")
 ORIGINAL_SPLITS = {"xnli": ("dev",), "xcopa": ("test", "val"), "xquad": ("test",), "mgsm": ("test",),
@@ -109,17 +110,64 @@ def _release_root(root: str) -> str:
     return nested if storage.is_dir(nested) else root
 
 
-def _json_lines(uri: str, errors: list[InstanceError]) -> list[tuple[int, object]]:
-    """(line number, value) per non-empty line; bad JSON lines become errors."""
+def read_file_text(uri: str, errors: list[InstanceError]) -> str | None:
+    """A data file's text, or None with one error naming the file (missing, not UTF-8, empty)."""
+    try:
+        text = storage.read_text(uri)
+    except FileNotFoundError:
+        errors.append(InstanceError(uri, None, None, "missing file: its instances are left out"))
+        return None
+    except UnicodeDecodeError as exc:
+        errors.append(InstanceError(uri, None, None, f"not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset "
+                                                     f"{exc.start}): its instances are left out"))
+        return None
+    except OSError as exc:
+        errors.append(InstanceError(uri, None, None, f"unreadable ({exc}): its instances are left out"))
+        return None
+    if not text.strip():
+        errors.append(InstanceError(uri, None, None, "empty file: left out"))
+        return None
+    return text
+
+
+def _json_lines(uri: str, errors: list[InstanceError], lines: dict | None = None) -> list[tuple[int, object]] | None:
+    """(line number, value) per non-empty line; bad JSON lines become errors; None (reported) if the
+    file cannot be read at all. lines: gets the file's count of non-empty lines, under its uri."""
+    text = read_file_text(uri, errors)
+    if text is None:
+        return None
     out = []
-    for line_no, line in enumerate(storage.read_text(uri).splitlines(), 1):
+    for line_no, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
+        if lines is not None:
+            lines[uri] = lines.get(uri, 0) + 1
         try:
             out.append((line_no, json.loads(line)))
         except json.JSONDecodeError as exc:
             errors.append(InstanceError(uri, line_no, None, f"bad JSON ({exc.msg})"))
     return out
+
+
+def _parallel(files: dict[str, str], first: str, errors: list[InstanceError]) -> dict[str, dict] | None:
+    """Line -> value of each parallel file; None (one error, naming the file at fault) if one of them
+    cannot be read: without it no line of `first` can be paired. Files of different lengths are
+    reported; lines without a partner are left out line by line."""
+    by_line, counts, read = {}, {}, {}
+    for kind, uri in files.items():
+        if uri not in read:  # the donor file is the recipient file where the language is English
+            read[uri] = _json_lines(uri, errors, counts)
+        lines = read[uri]
+        if lines is None:
+            if kind != first:
+                errors.append(InstanceError(files[first], None, None,
+                                            f"left out whole: its parallel file {uri} cannot be read"))
+            return None
+        by_line[kind] = dict(lines)
+    if len(set(counts.values())) > 1:
+        errors.append(InstanceError(files[first], None, None, "parallel files differ in length: " + ", ".join(
+            f"{uri} has {n} lines" for uri, n in counts.items()) + "; lines without a partner are left out"))
+    return by_line
 
 
 def _need_str(value, name: str) -> str:
@@ -190,11 +238,13 @@ def _release_xnli_or_xcopa(task: str, root: str, split: str, lang: str, errors) 
     options = ["1", "2", "3"] if task == "xnli" else ["1", "2"]
     files = {"donor": storage.join(base, "split", "en.json"), "recipient": storage.join(base, "split", f"{lang}.json"),
              "donor_gold": storage.join(base, "ans", "en.json"), "gold": storage.join(base, "ans", f"{lang}.json")}
-    by_line = {kind: dict(_json_lines(uri, errors)) for kind, uri in files.items()}
+    by_line = _parallel(files, "recipient", errors)
+    if by_line is None:
+        return []
     label_words = {}
     if task == "xnli":
         words = _json_lines(storage.join(base, "ans_lang", f"{lang}.json"), errors)
-        label_words = words[0][1] if words else {}
+        label_words = words[0][1] if words and isinstance(words[0][1], dict) else {}
     rows = []
     for line in sorted(by_line["recipient"]):
         try:
@@ -223,11 +273,13 @@ def _release_xquad(root: str, split: str, lang: str, errors) -> list[Instance]:
     base = storage.join(_release_root(root), "XQuAD", f"XQuAD_{split}")
     donor_file = storage.join(base, "split", "xquad.en.json")
     recipient_file = storage.join(base, "split", f"xquad.{lang}.json")
-    donors = dict(_json_lines(donor_file, errors))
-    recipients = _json_lines(recipient_file, errors)
-    golds = dict(_json_lines(storage.join(base, "ans", f"xquad.{lang}.json"), errors))
+    files = {"recipient": recipient_file, "donor": donor_file, "gold": storage.join(base, "ans", f"xquad.{lang}.json")}
+    by_line = _parallel(files, "recipient", errors)
+    if by_line is None:
+        return []
+    donors, golds = by_line["donor"], by_line["gold"]
     out = []
-    for line, recipient in recipients:
+    for line, recipient in sorted(by_line["recipient"].items()):
         try:
             recipient = _need_str(recipient, "prompt")
             donor = _need_str(donors.get(line), "prompt (donor)")
@@ -244,15 +296,19 @@ def _release_globalopinionqa(root: str, split: str, lang: str, errors) -> list[I
     base = storage.join(_release_root(root), "GlobalOpinionQA", f"GlobalOpinionQA_{split}")
     record_file = storage.join(base, "split", f"{lang}.json")
     translated_file = storage.join(base, "translated", f"{lang}.json")
-    records = _json_lines(record_file, errors)
-    translated = dict(_json_lines(translated_file, errors))
+    by_line = _parallel({"records": record_file, "translated": translated_file}, "records", errors)
+    if by_line is None:
+        return []
+    records, translated = by_line["records"], by_line["translated"]
     if len(translated) != len(records):
         # Machine translation mangles option lists at times (e.g. "(سعيد"), so option
-        # counts are no evidence; the files' line counts are.
-        raise ValueError(f"{translated_file} has {len(translated)} prompts for the {len(records)} records of "
-                         f"{record_file}: they cannot be paired line by line")
+        # counts are no evidence; the files' line counts are: a shifted file pairs nothing.
+        errors.append(InstanceError(record_file, None, None, f"left out whole: {translated_file} has "
+                                    f"{len(translated)} prompts for its {len(records)} records, so they cannot be "
+                                    "paired line by line"))
+        return []
     out = []
-    for line, record in records:
+    for line, record in sorted(records.items()):
         try:
             if not isinstance(record, dict):
                 raise RowError(None, "expected a JSON object")
@@ -290,35 +346,51 @@ def _distribution(value, name: str) -> list[float]:
 
 # ---------------------------------------------------------------- original formats
 
-def _records(task: str, root: str, split: str, lang: str, errors) -> tuple[str, list[tuple[int, object]]]:
-    """(source name, [(line, record)]) of one language in the original format."""
+def _records(task: str, root: str, split: str, lang: str, errors) -> tuple[str, list[tuple[int, object]] | None]:
+    """(source name, [(line, record)]) of one language in the original format; records None (one error
+    naming the file) where the file cannot be read or parsed."""
     if root.startswith("hf:"):
         return _hf_records(root[3:], split, lang)
-    if task == "xnli":
-        uri = storage.join(root, "xnli", "dev", f"dev-{lang}.tsv")
-        rows = list(csv.reader(io.StringIO(storage.read_text(uri)), delimiter="\t", quoting=csv.QUOTE_NONE))
-        return uri, [(k, dict(zip(("premise", "hypothesis", "label"), r)) if len(r) == 3 else r)
-                     for k, r in enumerate(rows, 1) if r]
-    if task == "mgsm":
-        uri = storage.join(root, "mgsm", f"mgsm_{lang}.tsv")
-        rows = list(csv.reader(io.StringIO(storage.read_text(uri)), delimiter="\t", quoting=csv.QUOTE_NONE))
-        return uri, [(k, dict(zip(("question", "answer"), r)) if len(r) == 2 else r) for k, r in enumerate(rows, 1) if r]
+    if task in ("xnli", "mgsm"):
+        uri = (storage.join(root, "xnli", "dev", f"dev-{lang}.tsv") if task == "xnli"
+               else storage.join(root, "mgsm", f"mgsm_{lang}.tsv"))
+        fields = ("premise", "hypothesis", "label") if task == "xnli" else ("question", "answer")
+        text = read_file_text(uri, errors)
+        if text is None:
+            return uri, None
+        rows = list(csv.reader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE))
+        return uri, [(k, dict(zip(fields, r)) if len(r) == len(fields) else r) for k, r in enumerate(rows, 1) if r]
     if task == "xcopa":
         uri = (storage.join(root, "xcopa", "copa_en_from_COPA-SSE", f"{split}.en.jsonl") if lang == "en"
                else storage.join(root, "xcopa", "data", lang, f"{split}.{lang}.jsonl"))
         return uri, _json_lines(uri, errors)
-    if task == "xquad":
-        uri = storage.join(root, "xquad", f"xquad.{lang}.json")
+    uri = (storage.join(root, "xquad", f"xquad.{lang}.json") if task == "xquad"
+           else storage.join(root, "globalopinionqa", "eval.json"))
+    text = read_file_text(uri, errors)
+    if text is None:
+        return uri, None
+    try:
+        document = json.loads(text)
+        if task == "globalopinionqa":
+            if not isinstance(document, list):
+                raise TypeError("expected a JSON list of records")
+            return uri, list(enumerate(document, 1))
         records = []
-        for article in json.loads(storage.read_text(uri))["data"]:
+        for article in document["data"]:
             for paragraph in article["paragraphs"]:
                 for qa in paragraph["qas"]:
                     records.append((len(records) + 1, {"id": qa["id"], "context": paragraph["context"],
                                                        "question": qa["question"],
                                                        "answers": [a["text"] for a in qa["answers"]]}))
         return uri, records
-    uri = storage.join(root, "globalopinionqa", "eval.json")
-    return uri, list(enumerate(json.loads(storage.read_text(uri)), 1))
+    except json.JSONDecodeError as exc:
+        reason = f"bad JSON ({exc.msg}, line {exc.lineno})"
+    except KeyError as exc:
+        reason = f"no field {exc.args[0]!r} where the SQuAD layout (data/paragraphs/qas/answers) has one"
+    except TypeError as exc:
+        reason = str(exc) if task == "globalopinionqa" else "not in the SQuAD layout (data/paragraphs/qas/answers)"
+    errors.append(InstanceError(uri, None, None, f"malformed {task} file: {reason}; its instances are left out"))
+    return uri, None
 
 
 def _hf_split(name: str, split: str):
@@ -327,12 +399,14 @@ def _hf_split(name: str, split: str):
     data = datasets.load_from_disk(name) if storage.is_dir(name) else datasets.load_dataset(name)
     if split not in data:
         raise ValueError(f"hf:{name} has no split {split!r}; it has {', '.join(data)}")
+    if "lang" not in data[split].column_names:
+        raise ValueError(f"hf:{name}[{split}] has no 'lang' column (each row names its language)")
     return data[split]
 
 
 def _hf_records(name: str, split: str, lang: str) -> tuple[str, list[tuple[int, object]]]:
     rows = [r for r in _hf_split(name, split) if r.get("lang") == lang]
-    return f"hf:{name}[{split}]", list(enumerate(rows, 1))
+    return f"hf:{name}[{split}, lang {lang}]", list(enumerate(rows, 1))  # rows counted within the language
 
 
 def _build_original(task: str, record, lang: str) -> tuple[str, str, list[str], dict]:
@@ -389,14 +463,20 @@ def _build_original(task: str, record, lang: str) -> tuple[str, str, list[str], 
 
 
 def _original(task: str, root: str, split: str, lang: str, errors) -> list[Instance]:
-    source, recipient_records = _records(task, root, split, lang, errors)
     donor_lang = "en"
     if task == "globalopinionqa" and lang != "en":
         raise ValueError("GlobalOpinionQA's original records are English only (lang 'en'); the translated "
                          "donors of the non-En -> En direction come with the release splits (sample/unseen)")
+    source, recipient_records = _records(task, root, split, lang, errors)
+    if recipient_records is None:
+        return []
     donors = {}
     if lang != donor_lang:
         donor_source, donor_records = _records(task, root, split, donor_lang, errors)
+        if donor_records is None:
+            errors.append(InstanceError(source, None, None, f"left out whole: its parallel English file "
+                                                            f"{donor_source} cannot be read"))
+            return []
         donors = _parallel_donors(task, donor_records, donor_source, errors)
     out, built = [], []
     for line, record in recipient_records:
@@ -439,15 +519,37 @@ def _parallel_donors(task, donor_records, source, errors) -> dict:
 
 # ---------------------------------------------------------------- interface
 
-def list_languages(task: str, split: str, data_root: str | None = None) -> list[str]:
+def list_languages(task: str, split: str, data_root: str | None = None,
+                   errors: list[InstanceError] | None = None) -> list[str]:
+    """Languages of (task, split) found in a data location. A language that is not a safe name
+    (`names.NAME`: it becomes part of shard and figure paths) is left out, and reported into `errors`."""
     root = data_root or bundled_root()
+    found = _found_languages(task, split, root)
+    bad = [lang for lang in found if not is_name(lang)]
+    if bad and errors is not None:
+        if root.startswith("hf:"):
+            rows = _hf_split(root[3:], split)["lang"]
+            source = f"{root}[{split}]"
+            for lang in bad:
+                lines = [k for k, value in enumerate(rows, 1) if value == lang]
+                shown = ", ".join(map(str, lines[:5])) + (", ..." if len(lines) > 5 else "")
+                errors.append(InstanceError(source, lines[0], "lang", f"{lang!r} is not a safe name (letters, "
+                                            f"digits, '.', '_', '-'): {len(lines)} row(s) left out (rows {shown})"))
+        else:
+            for lang in bad:
+                errors.append(InstanceError(root, None, "lang", f"{task} {split}: language {lang!r} (from a file "
+                                            "name) is not a safe name (letters, digits, '.', '_', '-'): left out"))
+    return [lang for lang in found if is_name(lang)]
+
+
+def _found_languages(task: str, split: str, root: str) -> list[str]:
     if split in RELEASE_SPLITS:
         base = storage.join(_release_root(root), TASK_DIRS.get(task, "?"), f"{TASK_DIRS.get(task, '?')}_{split}")
         if task == "xquad":
             return _languages(storage.join(base, "split"), "xquad.")
         return [lang for lang in _languages(storage.join(base, "split")) if lang != "all"]
     if root.startswith("hf:"):
-        return sorted({row.get("lang") for row in _hf_split(root[3:], split)} - {None})
+        return sorted({str(lang) for lang in _hf_split(root[3:], split)["lang"]} - {"None"})
     layout = {"xnli": (("xnli", "dev"), "dev-", ".tsv"), "mgsm": (("mgsm",), "mgsm_", ".tsv"),
               "xquad": (("xquad",), "xquad.", ".json")}
     if task == "xcopa":
@@ -472,6 +574,7 @@ def load_instances(task: str, lang: str | None, split: str = "sample",
     if split not in splits:
         raise ValueError(f"unknown split {split!r} for {task}; splits: {', '.join(splits)}")
     root = data_root or bundled_root()
+    check_name("language", lang)
     languages = list_languages(task, split, root)
     if not lang or (languages and lang not in languages):
         raise ValueError(f"unknown language {lang!r} for {task} {split} in {root}; "
@@ -489,18 +592,38 @@ def load_instances(task: str, lang: str | None, split: str = "sample",
     return instances, errors
 
 
-def describe(data_root: str | None = None) -> list[dict]:
-    """Tasks, splits, languages and sizes found in a data location (for `xtp tasks`)."""
+def check_root(data_root: str | None) -> str:
+    """The data root, or ValueError if a local or s3:// one is not a directory (an hf: root is checked
+    when it is opened)."""
     root = data_root or bundled_root()
-    found = []
+    if not root.startswith("hf:") and not storage.is_dir(root):
+        what = "is a file, not a directory" if storage.exists(root) else "does not exist"
+        raise ValueError(f"data root {root} {what}")
+    return root
+
+
+def describe(data_root: str | None = None) -> tuple[list[dict], list[InstanceError]]:
+    """Tasks, splits, languages and sizes found in a data location (for `xtp tasks`), and what was left
+    out (bad files, rows and language names)."""
+    root = check_root(data_root)
+    found, errors = [], []
     for task in TASKS:
         for split in task_splits(task):
             try:
-                languages = list_languages(task, split, root)
+                languages = list_languages(task, split, root, errors)
             except (FileNotFoundError, OSError):
                 continue
+            except ValueError as exc:
+                if root.startswith("hf:") and "has no split" in str(exc):
+                    continue  # a datasets root holds the splits it holds
+                raise
             for lang in languages:
-                instances, errors = load_instances(task, lang, split, root)
+                try:
+                    instances, row_errors = load_instances(task, lang, split, root)
+                except ValueError as exc:
+                    errors.append(InstanceError(root, None, None, f"{task} {split} {lang}: {exc}"))
+                    continue
+                errors.extend(row_errors)
                 found.append({"task": task, "split": split, "lang": lang, "instances": len(instances),
-                              "errors": len(errors)})
-    return found
+                              "errors": len(row_errors)})
+    return found, errors

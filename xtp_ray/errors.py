@@ -1,0 +1,57 @@
+"""What a user sees when something goes wrong: one line, the root cause first.
+
+Ray wraps an exception raised in an actor (`RayTaskError`, whose `cause` is the
+original) and transformers chains its own; the line a user needs is the innermost
+message. `report` turns any exception into that line and an exit code: 2 for a
+user's mistake (bad flag, config, data, path, permissions, unreachable storage),
+1 for anything else, which is ours; `--debug` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import sys
+
+USER_ERROR_EXIT = 2
+
+
+def chain(exc: BaseException) -> list[BaseException]:
+    """The exception and its causes, outermost first (Ray's `cause`, then `__cause__`/`__context__`)."""
+    seen, out = set(), []
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        out.append(exc)
+        context = None if exc.__suppress_context__ else exc.__context__  # `raise ... from None` ends it
+        exc = getattr(exc, "cause", None) or exc.__cause__ or context
+    return out
+
+
+def root_cause(exc: BaseException) -> str:
+    """The innermost exception's message, on one line (its type named unless it is a plain ValueError)."""
+    last = chain(exc)[-1]
+    lines = [line.strip() for line in str(last).strip().splitlines() if line.strip()]
+    message = lines[-1] if lines and lines[0].startswith("Traceback") else " ".join(lines)
+    if type(last).__name__ in ("ValueError", "ConfigError") or not message:
+        return message or type(last).__name__
+    return f"{type(last).__name__}: {message}"
+
+
+USER_ERRORS = (ValueError, OSError, ImportError, KeyboardInterrupt)
+NAMED_USER_ERRORS = ("LeaseHeldError", "ShardWriteError")  # by name: importing them would pull in pyarrow
+
+
+def is_user_error(exc: BaseException) -> bool:
+    last = chain(exc)[-1]
+    return isinstance(last, USER_ERRORS) or type(last).__name__ in NAMED_USER_ERRORS
+
+
+def report(command: str, exc: BaseException, debug: bool = False) -> int:
+    """Print one line for `exc` (or the traceback under --debug); the exit code."""
+    if debug:
+        import traceback
+
+        traceback.print_exception(exc)
+    elif is_user_error(exc):
+        print(f"{command}: error: {root_cause(exc)}", file=sys.stderr)
+    else:
+        print(f"{command}: internal error: {root_cause(exc)} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+    return USER_ERROR_EXIT if is_user_error(exc) else 1
