@@ -190,3 +190,21 @@ def test_results_json_has_lm_eval_harness_shape(tmp_path):
     assert sw["acc_stderr,none"] == pytest.approx(1 / 3)
     assert results["n-samples"]["xtp_xnli_sample_ffn_sw"] == {"original": 3, "effective": 3}
     assert results["results"]["xtp_xnli_sample_ffn_de"]["acc_stderr,none"] is None  # one instance: no stderr
+
+
+def test_any_language_name_renders_in_figures_and_markdown():
+    """Names are checked before they reach a report, but a report renders whatever it holds: '$' is not
+    mathtext (matplotlib raises on an unknown command between two '$'), HTML and table pipes are escaped,
+    file names stay names."""
+    from xtp_ray.report import render_figures, render_html, render_markdown
+
+    frame = _frame()
+    odd = "$\\nosuchcommand$|<b>x</b>"
+    frame.loc[frame["lang"] == "de", "lang"] = odd
+    report = {"run_id": "r", **aggregate_frame(frame)}
+    figures = render_figures(report)
+    report["figures"] = sorted(figures)
+    assert all(name.count("/") <= 1 and "<" not in name and "$" not in name for name in figures)
+    markdown = render_markdown(report)
+    assert "| \\$\\\\nosuchcommand\\$\\|&lt;b&gt;x&lt;/b&gt; |" in markdown and "<b>" not in markdown
+    assert "<b>x</b>" not in render_html(report, figures)

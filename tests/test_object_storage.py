@@ -59,3 +59,17 @@ def test_candidates_and_report_on_s3(s3, capfd):
         assert FAKE_SECRET.encode() not in client.get_object(Bucket="xtp", Key=key)["Body"].read(), key
     captured = capfd.readouterr()
     assert FAKE_SECRET not in captured.out + captured.err
+
+
+def test_a_model_on_s3_is_copied_for_loading_and_the_copy_removed(s3, tiny_model_dir, monkeypatch, tmp_path):
+    import tempfile
+
+    from xtp_ray.actor import load_for_run
+
+    fs, _ = storage.resolve("s3://xtp/models")
+    pafs.copy_files(str(tiny_model_dir), "xtp/models/tiny", source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=fs)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the copy goes, watched here
+    engine, revision = load_for_run(RunConfig(model="s3://xtp/models/tiny"))
+    assert engine.num_layers == 4 and revision.startswith("local-")
+    assert list(tmp_path.iterdir()) == []  # the per-actor copy is gone once the weights are loaded

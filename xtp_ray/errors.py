@@ -4,10 +4,11 @@ Ray wraps an exception raised in an actor (`RayTaskError`, whose `cause` is the
 original) and transformers chains its own; the line a user needs is the innermost
 message. `report` turns any exception into that line and an exit code: 2 for a
 user's mistake (bad flag, config, data, path, permissions, unreachable storage),
-1 for anything else, which is ours; `--debug` shows the traceback instead.
+1 for anything else (a model that fails to load in an actor, a bug); `--debug` shows the traceback instead.
 """
 from __future__ import annotations
 
+import re
 import sys
 
 USER_ERROR_EXIT = 2
@@ -24,11 +25,21 @@ def chain(exc: BaseException) -> list[BaseException]:
     return out
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def root_cause(exc: BaseException) -> str:
-    """The innermost exception's message, on one line (its type named unless it is a plain ValueError)."""
-    last = chain(exc)[-1]
-    lines = [line.strip() for line in str(last).strip().splitlines() if line.strip()]
-    message = lines[-1] if lines and lines[0].startswith("Traceback") else " ".join(lines)
+    """The innermost informative message on one line. Marker exceptions without a message (Ray Data's
+    `SystemException`) are passed over; a message that embeds a formatted traceback (Ray's
+    `ActorDiedError` for a failed actor constructor) gives its last line, the original `Type: message`."""
+    links = chain(exc)
+    informative = [e for e in links if str(e).strip()]
+    last = informative[-1] if informative else links[-1]
+    text = ANSI.sub("", str(last)).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if "Traceback (most recent call last)" in text or re.search(r'^\s*File "', text, re.MULTILINE):
+        return lines[-1]
+    message = " ".join(lines)
     if type(last).__name__ in ("ValueError", "ConfigError") or not message:
         return message or type(last).__name__
     return f"{type(last).__name__}: {message}"
@@ -52,6 +63,5 @@ def report(command: str, exc: BaseException, debug: bool = False) -> int:
     elif is_user_error(exc):
         print(f"{command}: error: {root_cause(exc)}", file=sys.stderr)
     else:
-        print(f"{command}: internal error: {root_cause(exc)} (rerun with --debug for the traceback)",
-              file=sys.stderr)
+        print(f"{command}: error: {root_cause(exc)} (rerun with --debug for the traceback)", file=sys.stderr)
     return USER_ERROR_EXIT if is_user_error(exc) else 1

@@ -17,6 +17,7 @@ from . import __version__, storage
 from .actor import GridSearch
 from .config import RunConfig
 from .planning import digest_plan, plan, preflight
+from .errors import root_cause
 from .quiet import without_noise
 from .shards import ShardWriteError, candidates_dir, committed_shards, inspect_committed, redact, run_dir
 
@@ -130,7 +131,9 @@ def _run_planned(config: RunConfig, ray_address: str | None) -> dict:
         if missing:
             raise ShardWriteError(f"{len(missing)} shard(s) not committed: {', '.join(missing[:10])}")
     except BaseException as exc:
-        attempt.update({"status": "failed", "finished": time.time(), "error": redact(str(exc))[:2000]})
+        # the root cause first (an actor's exception arrives wrapped in Ray's), then the whole text
+        attempt.update({"status": "failed", "finished": time.time(), "error": redact(root_cause(exc))[:1000],
+                        "error_detail": redact(str(exc))[-4000:]})
         manifest["status"] = "failed"
         try:
             _write_manifest(config, manifest)

@@ -156,12 +156,14 @@ def _parallel(files: dict[str, str], first: str, errors: list[InstanceError]) ->
     by_line, counts, read = {}, {}, {}
     for kind, uri in files.items():
         if uri not in read:  # the donor file is the recipient file where the language is English
+            reported = len(errors)
             read[uri] = _json_lines(uri, errors, counts)
+            if read[uri] is None and kind != first:  # one line, naming the file read and the one at fault
+                reason = errors.pop(reported).message.split(":")[0]
+                errors.append(InstanceError(files[first], None, None,
+                                            f"left out whole: its parallel file {uri} is unusable ({reason})"))
         lines = read[uri]
         if lines is None:
-            if kind != first:
-                errors.append(InstanceError(files[first], None, None,
-                                            f"left out whole: its parallel file {uri} cannot be read"))
             return None
         by_line[kind] = dict(lines)
     if len(set(counts.values())) > 1:
