@@ -28,18 +28,29 @@ def chain(exc: BaseException) -> list[BaseException]:
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+FRAME = re.compile(r'^\s*File "', re.MULTILINE)
+CHAINED = re.compile(r"\n\s*(The above exception was the direct cause of the following exception:|"
+                     r"During handling of the above exception, another exception occurred:)\s*\n")
+
+
 def root_cause(exc: BaseException) -> str:
-    """The innermost informative message on one line. Marker exceptions without a message (Ray Data's
-    `SystemException`) are passed over; a message that embeds a formatted traceback (Ray's
-    `ActorDiedError` for a failed actor constructor) gives its last line, the original `Type: message`."""
+    """The innermost informative message on one line.
+
+    Ray hands an actor's exception to the driver with the whole chain formatted into its message (Python
+    prints the innermost cause first, then "The above exception was the direct cause ..."): the root
+    cause is the last line before the first such marker. Otherwise it is the innermost exception with a
+    message (marker exceptions without one, like Ray Data's `SystemException`, are passed over)."""
     links = chain(exc)
+    for link in links:
+        text = ANSI.sub("", str(link))
+        if FRAME.search(text):
+            first = CHAINED.split(text)[0]
+            lines = [line.strip() for line in first.splitlines() if line.strip()]
+            if lines:
+                return lines[-1]
     informative = [e for e in links if str(e).strip()]
     last = informative[-1] if informative else links[-1]
-    text = ANSI.sub("", str(last)).strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if "Traceback (most recent call last)" in text or re.search(r'^\s*File "', text, re.MULTILINE):
-        return lines[-1]
-    message = " ".join(lines)
+    message = " ".join(line.strip() for line in ANSI.sub("", str(last)).splitlines() if line.strip())
     if type(last).__name__ in ("ValueError", "ConfigError") or not message:
         return message or type(last).__name__
     return f"{type(last).__name__}: {message}"

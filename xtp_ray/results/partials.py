@@ -1,0 +1,199 @@
+"""Per-shard partial aggregates: what a report is made of, with memory independent of rows.
+
+A shard's partials are computed from its candidate rows with numpy (no row loop) and
+committed in the shard's own Parquet footer (key `xtp_partials`), so they are written
+whole with the shard or not at all. Per (task, split, module, lang) group:
+
+- per searched cell (source layer i, target layer j): correct and row counts;
+- per instance: vanilla correct, its vanilla metrics (EM, F1, JS similarity), whether any
+  searched cell is correct, and three bitsets over layers (Python ints as hex, any
+  width): source layers i with a correct cell (i, *), target layers j with a correct
+  cell (*, j), and source layers i with (i, 0) correct (the target-first column).
+
+`merge` adds shards' partials (refusing an instance seen in two shards); `summarise`
+turns a merged group into exactly the numbers `summarise_rows` (the plain pandas
+definition, kept for tests) gives on the same rows.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+KEY = "xtp_partials"
+VERSION = 1
+METRICS = ("em", "f1", "js_similarity")
+COLUMNS = ["task", "split", "lang", "instance_id", "module", "source_layer", "target_layer", "correct", "metrics",
+           "num_layers"]
+
+
+class DuplicateError(ValueError):
+    pass
+
+
+def _bits(rows: np.ndarray) -> list[str]:
+    """Each row of a bool matrix [instances, layers] as a hex int (bit k = layer k)."""
+    packed = np.packbits(rows, axis=1, bitorder="little")
+    return [format(int.from_bytes(row.tobytes(), "little"), "x") for row in packed]
+
+
+def shard_partials(table, source: str = "shard") -> dict:
+    """Partials of one shard's candidate rows (a pyarrow Table with `COLUMNS`).
+
+    Raises DuplicateError when a (instance, module, cell) appears twice in the shard."""
+    import pyarrow.compute as pc
+
+    groups = {}
+    keys = [table.column(c).to_numpy(zero_copy_only=False) for c in ("task", "split", "module", "lang")]
+    group_ids = np.array(["/".join(parts) for parts in zip(*keys)], dtype=object) if table.num_rows else np.array([])
+    for key in sorted(set(group_ids.tolist())):
+        rows = table.filter(pc.equal(np.asarray(group_ids == key), True)) if len(set(group_ids)) > 1 else table
+        groups[key] = _group_partials(rows, f"{source} {key}")
+    return {"version": VERSION, "groups": groups}
+
+
+def _group_partials(rows, where: str) -> dict:
+    layers = int(rows.column("num_layers").to_numpy().max())
+    ids = rows.column("instance_id").dictionary_encode().combine_chunks()
+    instance_ids = ids.dictionary.to_pylist()
+    code = ids.indices.to_numpy()
+    n = len(instance_ids)
+    source = rows.column("source_layer")
+    vanilla = source.is_null().to_numpy(zero_copy_only=False)
+    i = source.fill_null(0).to_numpy().astype(np.int64)
+    j = rows.column("target_layer").fill_null(0).to_numpy().astype(np.int64)
+    correct = rows.column("correct").to_numpy(zero_copy_only=False).astype(bool)
+    cell = np.where(vanilla, layers * layers, i * layers + j)  # vanilla: one past the last cell
+    flat = code.astype(np.int64) * (layers * layers + 1) + cell
+    if len(np.unique(flat)) != len(flat):
+        raise DuplicateError(f"{where}: duplicate candidate rows (an instance, module and cell written twice)")
+    searched = ~vanilla
+    cell_rows = np.bincount(cell[searched], minlength=layers * layers)
+    cell_correct = np.bincount(cell[searched], weights=correct[searched], minlength=layers * layers).astype(np.int64)
+    hit = searched & correct
+    any_cell = np.bincount(code[hit], minlength=n) > 0
+    has_cell = np.bincount(code[searched], minlength=n) > 0
+
+    def layer_bits(layer_of: np.ndarray, mask: np.ndarray) -> list[str]:
+        matrix = np.zeros((n, layers), dtype=bool)
+        matrix[code[mask], layer_of[mask]] = True
+        return _bits(matrix)
+
+    by_source, by_target = layer_bits(i, hit), layer_bits(j, hit)
+    first_column = layer_bits(i, hit & (j == 0))
+    vanilla_correct = {}
+    metrics_of = {}
+    metric_column = rows.column("metrics").to_numpy(zero_copy_only=False)
+    for k in np.flatnonzero(vanilla):
+        vanilla_correct[int(code[k])] = bool(correct[k])
+        values = json.loads(metric_column[k]) if metric_column[k] else {}
+        metrics_of[int(code[k])] = [values.get(name) for name in METRICS]
+    instances = {}
+    for k, instance in enumerate(instance_ids):
+        instances[instance] = [vanilla_correct.get(k), bool(any_cell[k]) if has_cell[k] else None,
+                               by_source[k], by_target[k], first_column[k], metrics_of.get(k, [None] * 3)]
+    nonzero = np.flatnonzero(cell_rows)
+    return {"num_layers": layers, "cells": [[int(c // layers), int(c % layers), int(cell_correct[c]), int(cell_rows[c])]
+                                            for c in nonzero],
+            "instances": instances}
+
+
+def to_footer(partials: dict) -> str:
+    return json.dumps(partials, separators=(",", ":"))
+
+
+def from_footer(text: str | None) -> dict | None:
+    if not text:
+        return None
+    partials = json.loads(text)
+    return partials if partials.get("version") == VERSION else None
+
+
+class Merged:
+    """Partials of many shards added up, group by group; memory ~ groups x (layers^2 + instances)."""
+
+    def __init__(self):
+        self.groups: dict[str, dict] = {}
+        self.owner: dict[tuple[str, str], str] = {}
+
+    def add(self, partials: dict, shard: str) -> None:
+        for key, part in partials["groups"].items():
+            layers = part["num_layers"]
+            group = self.groups.setdefault(key, {"num_layers": layers, "correct": np.zeros((layers, layers), np.int64),
+                                                 "rows": np.zeros((layers, layers), np.int64), "instances": {}})
+            if layers != group["num_layers"]:
+                grown = max(layers, group["num_layers"])
+                for name in ("correct", "rows"):
+                    padded = np.zeros((grown, grown), np.int64)
+                    old = group[name]
+                    padded[:old.shape[0], :old.shape[1]] = old
+                    group[name] = padded
+                group["num_layers"] = grown
+            for i, j, correct, rows in part["cells"]:
+                group["correct"][i, j] += correct
+                group["rows"][i, j] += rows
+            for instance, outcome in part["instances"].items():
+                earlier = self.owner.setdefault((key, instance), shard)
+                if earlier != shard:
+                    raise DuplicateError(f"instance {instance} ({key}) is in two shards: {earlier} and {shard}")
+                group["instances"][instance] = outcome
+
+
+def summarise(group: dict) -> dict:
+    """One merged (task, split, module, lang) group: the numbers of `aggregation.summarise_rows`."""
+    from .paired import encode
+    from .stats import mean
+
+    layers = group["num_layers"]
+    instances = group["instances"]
+    n = len(instances)
+    vanilla = {i: o[0] for i, o in instances.items() if o[0] is not None}
+    out = {"instances": n, "num_layers": layers, "vanilla_correct": sum(vanilla.values()),
+           "vanilla_accuracy": sum(vanilla.values()) / len(vanilla) if vanilla else float("nan")}
+    metric_means = {}
+    for k, name in enumerate(METRICS):
+        values = [o[5][k] for i, o in sorted(instances.items()) if o[0] is not None and o[5][k] is not None]
+        if values:
+            metric_means[name] = mean(values)
+    out["vanilla_metrics"] = metric_means
+    out["outcomes"] = {"vanilla": encode(vanilla)}
+    searched = group["rows"] > 0
+    if not searched.any():
+        return out
+    solved = {i: o[1] for i, o in instances.items() if o[1] is not None}
+    out["outcomes"]["upper_bound"] = encode(solved)
+    out["upper_bound_correct"] = sum(solved.values())
+    out["upper_bound"] = out["upper_bound_correct"] / n
+    accuracy = np.full((layers, layers), np.nan)
+    accuracy[searched] = group["correct"][searched] / group["rows"][searched]
+    best_value = accuracy[searched].max()
+    best = min((int(i), int(j)) for i, j in zip(*np.nonzero(searched)) if accuracy[i, j] == best_value)
+    out["best_cell"] = {"source_layer": best[0], "target_layer": best[1], "accuracy": float(best_value)}
+    sources = sorted({int(i) for i in np.nonzero(searched)[0]})
+    targets = sorted({int(j) for j in np.nonzero(searched)[1]})
+    src = [int(o[2], 16) for o in instances.values()]
+    tgt = [int(o[3], 16) for o in instances.values()]
+    out["per_source_layer"] = {i: sum(b >> i & 1 for b in src) / n for i in sources}
+    out["per_target_layer"] = {j: sum(b >> j & 1 for b in tgt) / n for j in targets}
+    out["heatmap"] = [[float(accuracy[i, j]) if searched[i, j] else None for j in range(layers)] for i in range(layers)]
+    column = {i: int(group["correct"][i, 0]) for i in range(layers) if searched[i, 0]}
+    if column:
+        top = max(column.values())
+        out["target_first_counts"] = column
+        out["target_first_choice"] = max(i for i, c in column.items() if c == top)  # ties: larger i
+    return out
+
+
+def applied_first_column(group: dict, choice: int) -> dict | None:
+    """The target-first cell (choice, 0) applied to an (unseen) group: n, vanilla, applied, outcomes."""
+    from .paired import encode
+
+    layers = group["num_layers"]
+    if choice >= layers or group["rows"][choice, 0] == 0:
+        return None
+    instances = group["instances"]
+    vanilla = [o[0] for o in instances.values() if o[0] is not None]
+    applied = {i: bool(int(o[4], 16) >> choice & 1) for i, o in instances.items()}
+    return {"unseen_instances": len(instances), "unseen_vanilla": sum(vanilla) / len(vanilla),
+            "unseen_applied": int(group["correct"][choice, 0]) / int(group["rows"][choice, 0]),
+            "outcomes": encode(applied)}
