@@ -2,8 +2,9 @@
 import pandas as pd
 import pytest
 
-from xtp_ray.aggregation import aggregate_frame, compare
-from xtp_ray.report import render_figures, render_html, render_markdown
+from xtp_ray.results.aggregation import compare
+from xtp_ray.results.rows import aggregate_frame
+from xtp_ray.results.report import render_figures, render_html, render_markdown
 
 
 def _rows(task, split, lang, instance, vanilla, grid):
@@ -108,7 +109,7 @@ def test_heatmap_shows_accuracy_minus_vanilla_centred_at_zero(monkeypatch):
         return real_imshow(self, grid, **kwargs)
 
     monkeypatch.setattr(matplotlib.axes.Axes, "imshow", spy)
-    from xtp_ray.report import heatmap_delta
+    from xtp_ray.results.report import heatmap_delta
 
     sw = aggregate_frame(_frame())["tables"]["xnli/sample/ffn"]["by_lang"]["sw"]  # vanilla 1/3
     heatmap_delta("xnli/sample/ffn", "sw", sw)
@@ -118,7 +119,7 @@ def test_heatmap_shows_accuracy_minus_vanilla_centred_at_zero(monkeypatch):
 
 
 def test_reports_keep_the_per_instance_outcomes_their_accuracies_are_made_of():
-    from xtp_ray.paired import decode
+    from xtp_ray.results.paired import decode
 
     report = aggregate_frame(_frame())
     sw = report["tables"]["xnli/sample/ffn"]["by_lang"]["sw"]
@@ -176,7 +177,7 @@ def test_results_json_has_lm_eval_harness_shape(tmp_path):
 
     import jsonschema
 
-    from xtp_ray.aggregation import aggregate_run
+    from xtp_ray.results.aggregation import aggregate_run
 
     run = tmp_path / "out" / "night1" / "candidates"
     run.mkdir(parents=True)
@@ -196,7 +197,7 @@ def test_any_language_name_renders_in_figures_and_markdown():
     """Names are checked before they reach a report, but a report renders whatever it holds: '$' is not
     mathtext (matplotlib raises on an unknown command between two '$'), HTML and table pipes are escaped,
     file names stay names."""
-    from xtp_ray.report import render_figures, render_html, render_markdown
+    from xtp_ray.results.report import render_figures, render_html, render_markdown
 
     frame = _frame()
     odd = "$\\nosuchcommand$|<b>x</b>"

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from test_aggregation import _frame
-from xtp_ray.aggregation import aggregate_frame
-from xtp_ray.history import write_history
-from xtp_ray.report import render_figures, render_html
+from xtp_ray.results.rows import aggregate_frame
+from xtp_ray.results.history import write_history
+from xtp_ray.results.report import render_figures, render_html
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if not CHROMIUM:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from xtp_ray.cli import main
-from xtp_ray.paired import encode, holm, mcnemar_exact, wilson
+from xtp_ray.results.paired import encode, holm, mcnemar_exact, wilson
 
 
 def _report(run_id, vanilla, upper, applied=None):

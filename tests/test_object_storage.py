@@ -7,7 +7,7 @@ ray = pytest.importorskip("ray")
 boto3 = pytest.importorskip("boto3")
 
 from xtp_ray import storage  # noqa: E402
-from xtp_ray.aggregation import aggregate_run  # noqa: E402
+from xtp_ray.results.aggregation import aggregate_run  # noqa: E402
 from xtp_ray.config import RunConfig, validate  # noqa: E402
 from xtp_ray.pipeline import run_job  # noqa: E402
 from xtp_ray.tasks import bundled_root  # noqa: E402

@@ -17,7 +17,7 @@ boto3 = pytest.importorskip("boto3")
 
 from support import S3Server, aws_env, candidate_rows, grid_search_actor_pids, make_config  # noqa: E402
 from xtp_ray import storage  # noqa: E402
-from xtp_ray.aggregation import aggregate_run  # noqa: E402
+from xtp_ray.results.aggregation import aggregate_run  # noqa: E402
 from xtp_ray.config import RunConfig  # noqa: E402
 from xtp_ray.lease import LeaseHeldError  # noqa: E402
 from xtp_ray.actor import CANDIDATE_SCHEMA  # noqa: E402

@@ -87,7 +87,7 @@ def _add_history(sub):
 
 
 def _print_history(args) -> int:
-    from .history import REGRESSION_EXIT, write_history
+    from .results.history import REGRESSION_EXIT, write_history
 
     if not 0 < args.alpha < 1:
         raise ValueError(f"--alpha must lie between 0 and 1, got {args.alpha}")

@@ -42,7 +42,7 @@ def grid_search_main(argv: list[str] | None = None, aggregate: bool = True) -> i
 def _grid_search(args, aggregate: bool) -> int:
     config = load_config(args)
     if args.compare_with:
-        from .aggregation import earlier_report_uri
+        from .results.aggregation import earlier_report_uri
 
         earlier_report_uri(config.output, args.compare_with)  # before any work, not after it
     from .pipeline import run_job
@@ -56,7 +56,7 @@ def _grid_search(args, aggregate: bool) -> int:
         print(f"throughput: {summary['instances'] / summary['seconds']:.2f} instances/s, "
               f"{summary['cells'] / summary['seconds']:.1f} cells/s")
     if aggregate and not args.no_aggregate:
-        from .aggregation import aggregate_run
+        from .results.aggregation import aggregate_run
 
         result = aggregate_run(config.output, config.run_id, args.compare_with)
         _print_overview(result)
@@ -81,15 +81,22 @@ def aggregate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="xtp-out", help="the run's output location (local or s3://)")
     parser.add_argument("--run-id", default="default")
     parser.add_argument("--compare-with", help="an earlier run id to report deltas against")
+    parser.add_argument("--from-candidates", action="store_true",
+                        help="recompute every shard's partial aggregates from its rows (streamed shard by shard) "
+                             "instead of reading them from the shard footers")
     _debug(parser)
     args = parser.parse_args(argv)
     _setup_logging()
     try:
-        from .aggregation import aggregate_run
+        from .results.aggregation import aggregate_run
 
-        result = aggregate_run(args.output, args.run_id, args.compare_with)
+        result = aggregate_run(args.output, args.run_id, args.compare_with, args.from_candidates)
     except Exception as exc:  # noqa: BLE001
         return report("xtp aggregate", exc, args.debug)
     _print_overview(result)
+    shards = result["shards"]
+    if shards["missing"]:
+        print(f"partial: {shards['committed']} of {shards['planned']} planned shards committed, {shards['missing']} "
+              "missing (the job may still be running)")
     print(f"report: {args.output.rstrip('/')}/{args.run_id}/report/report.html")
     return 0

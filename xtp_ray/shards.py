@@ -41,42 +41,49 @@ def committed_shards(config: RunConfig) -> set[str]:
 
 
 def inspect_committed(directory: str) -> tuple[dict[str, str | None], dict[str, str]]:
-    """(committed shard -> its config digest, damaged shard -> why) under a candidates directory.
+    """(committed shard -> its config digest, damaged shard -> why) under a candidates directory."""
+    footers, damaged = committed_footers(directory)
+    return {name: meta.get("xtp_config_digest") for name, meta in footers.items()}, damaged
+
+
+def committed_footers(directory: str) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    """(committed shard -> its footer's key-value metadata, damaged shard -> why) under a candidates
+    directory, the footers read in parallel (one ranged read each on object storage).
 
     A shard counts as committed only if its Parquet footer reads and holds the row count recorded at
-    commit (`xtp_rows`); a truncated or foreign file is damaged. The digest is the footer's
-    `xtp_config_digest`, or for shards of older versions the one in the first row's `config` column."""
+    commit (`xtp_rows`); a truncated or foreign file is damaged. For shards of older versions, without
+    `xtp_config_digest`, the digest is read from the first row's `config` column."""
     from concurrent.futures import ThreadPoolExecutor
 
     names = [n[:-len(".parquet")] for n in storage.list_names(directory) if n.endswith(".parquet")]
     fs, path = storage.resolve(directory)
 
-    def inspect(name: str) -> tuple[str, str | None, str | None]:
+    def inspect(name: str) -> tuple[str, dict | None, str | None]:
         uri = f"{path}/{name}.parquet"
         try:
             metadata = pq.read_metadata(uri, filesystem=fs)
         except (OSError, pa.ArrowInvalid) as exc:
             return name, None, f"unreadable Parquet footer: {str(exc).splitlines()[0][:200]}"
-        meta = {k.decode(): v.decode() for k, v in (metadata.metadata or {}).items()}
+        meta = {k.decode(): v.decode() for k, v in (metadata.metadata or {}).items() if k != b"ARROW:schema"}
+        meta["num_rows"] = str(metadata.num_rows)
         if "xtp_rows" in meta and int(meta["xtp_rows"]) != metadata.num_rows:
             return name, None, f"{metadata.num_rows} rows where {meta['xtp_rows']} were committed"
-        digest = meta.get("xtp_config_digest")
-        if digest is None and metadata.num_rows and "config" in metadata.schema.names:
+        if "xtp_config_digest" not in meta and metadata.num_rows and "config" in metadata.schema.names:
             try:
                 first = pq.ParquetFile(uri, filesystem=fs).read_row_group(0, columns=["config"]).column(0)[0]
-                digest = json.loads(first.as_py()).get("digest")
+                meta["xtp_config_digest"] = json.loads(first.as_py()).get("digest")
             except (OSError, pa.ArrowInvalid, KeyError, ValueError) as exc:
                 return name, None, f"unreadable rows: {str(exc).splitlines()[0][:200]}"
-        return name, digest, None
+        return name, meta, None
 
-    committed, damaged = {}, {}
+    footers, damaged = {}, {}
     with ThreadPoolExecutor(max_workers=16) as pool:
-        for name, digest, reason in pool.map(inspect, names):
+        for name, meta, reason in pool.map(inspect, names):
             if reason is None:
-                committed[name] = digest
+                footers[name] = meta
             else:
                 damaged[name] = reason
-    return committed, damaged
+    return footers, damaged
 
 
 class ShardWriteError(RuntimeError):
@@ -90,8 +97,13 @@ def write_shard(config: RunConfig, shard: str, table: pa.Table, skipped: list[di
     `write_retries` attempts, raises naming the shard that was not written.
     """
     final = storage.join_under(candidates_dir(config), f"{check_name('shard', shard)}.parquet")
+    from .results.partials import KEY, shard_partials, to_footer
+
+    # the shard's partial aggregates ride in its own footer: committed whole with it, or not at all
+    partials = to_footer(shard_partials(table, shard)) if table.num_rows else None
     table = table.replace_schema_metadata({"xtp_skipped": json.dumps(skipped), "xtp_shard": shard,
-                                           "xtp_rows": str(table.num_rows), "xtp_config_digest": config.digest()})
+                                           "xtp_rows": str(table.num_rows), "xtp_config_digest": config.digest(),
+                                           **({KEY: partials} if partials else {})})
     delay = 0.5
     for attempt in range(1, config.write_retries + 1):
         tmp = storage.join(run_dir(config), "_tmp", f"{shard}.{uuid.uuid4().hex}.parquet")

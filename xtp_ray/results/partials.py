@@ -44,10 +44,13 @@ def shard_partials(table, source: str = "shard") -> dict:
     import pyarrow.compute as pc
 
     groups = {}
-    keys = [table.column(c).to_numpy(zero_copy_only=False) for c in ("task", "split", "module", "lang")]
-    group_ids = np.array(["/".join(parts) for parts in zip(*keys)], dtype=object) if table.num_rows else np.array([])
-    for key in sorted(set(group_ids.tolist())):
-        rows = table.filter(pc.equal(np.asarray(group_ids == key), True)) if len(set(group_ids)) > 1 else table
+    import pyarrow as pa
+
+    parts = [table.column(c).cast(pa.string()) for c in ("task", "split", "module", "lang")]
+    key_column = pc.binary_join_element_wise(*parts, "/")
+    keys = sorted(pc.unique(key_column).to_pylist())
+    for key in keys:
+        rows = table.filter(pc.equal(key_column, key)) if len(keys) > 1 else table
         groups[key] = _group_partials(rows, f"{source} {key}")
     return {"version": VERSION, "groups": groups}
 
@@ -83,10 +86,10 @@ def _group_partials(rows, where: str) -> dict:
     first_column = layer_bits(i, hit & (j == 0))
     vanilla_correct = {}
     metrics_of = {}
-    metric_column = rows.column("metrics").to_numpy(zero_copy_only=False)
-    for k in np.flatnonzero(vanilla):
+    at = np.flatnonzero(vanilla)
+    for k, text in zip(at, rows.column("metrics").take(at).to_pylist()):
         vanilla_correct[int(code[k])] = bool(correct[k])
-        values = json.loads(metric_column[k]) if metric_column[k] else {}
+        values = json.loads(text) if text else {}
         metrics_of[int(code[k])] = [values.get(name) for name in METRICS]
     instances = {}
     for k, instance in enumerate(instance_ids):
@@ -193,7 +196,7 @@ def applied_first_column(group: dict, choice: int) -> dict | None:
         return None
     instances = group["instances"]
     vanilla = [o[0] for o in instances.values() if o[0] is not None]
-    applied = {i: bool(int(o[4], 16) >> choice & 1) for i, o in instances.items()}
-    return {"unseen_instances": len(instances), "unseen_vanilla": sum(vanilla) / len(vanilla),
+    applied = {i: bool(int(o[4], 16) >> choice & 1) for i, o in instances.items() if o[1] is not None}
+    return {"unseen_instances": len(vanilla), "unseen_vanilla": sum(vanilla) / len(vanilla),
             "unseen_applied": int(group["correct"][choice, 0]) / int(group["rows"][choice, 0]),
             "outcomes": encode(applied)}

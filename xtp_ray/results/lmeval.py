@@ -16,7 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from . import __version__
+from .. import __version__
 
 
 def stderr_of_mean(p: float, n: int) -> float | None:

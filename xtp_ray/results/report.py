@@ -14,7 +14,7 @@ import io
 import math
 import re
 
-from .names import is_name
+from ..names import is_name
 
 PAGE_STYLE = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}

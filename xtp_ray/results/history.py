@@ -15,9 +15,9 @@ import json
 import logging
 import math
 
-from . import storage
-from .aggregation import aggregate_frame, read_candidates, run_started, run_uri_of
-from .names import is_name
+from .. import storage
+from .aggregation import aggregate_merged, collect_partials, run_started, run_uri_of
+from ..names import is_name
 from .paired import compare_paired, decode, holm, wilson
 from .report import data_uri, html_page, html_table, pct, signed_pct
 
@@ -36,7 +36,7 @@ def load_report(output: str, run_id: str) -> dict | None:
         return report
     if storage.is_dir(storage.join(run_uri, "candidates")):
         log.info("run %s has no report: aggregating it in memory", run_id)
-        return {"run_id": run_id, "started": run_started(run_uri), **aggregate_frame(read_candidates(run_uri))}
+        return {"run_id": run_id, "started": run_started(run_uri), **aggregate_merged(collect_partials(run_uri)[0])}
     return None
 
 

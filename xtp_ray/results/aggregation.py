@@ -1,0 +1,150 @@
+"""A run's report from its committed shards: partial aggregates merged, never every row in memory.
+
+Each committed shard carries its partials in its Parquet footer (`partials.py`); aggregation
+reads the footers only (one ranged read each), merges them and summarises: memory grows
+with shards and layers, not rows. A shard without partials (written by an older version)
+is summarised from its own rows; `--from-candidates` does that for every shard, streaming
+shard by shard, so the rows stay the source of truth. An instance seen in two shards is
+refused. While the job still runs, the shards committed so far are aggregated and the
+report says how many of the planned ones are missing.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+import pyarrow.parquet as pq
+
+from .. import storage
+from ..names import check_name
+from ..shards import committed_footers
+from .lmeval import results_json
+from .partials import COLUMNS, KEY, Merged, applied_first_column, from_footer, shard_partials, summarise
+from .tables import build_tables
+
+log = logging.getLogger("xtp_ray")
+
+
+def collect_partials(run_uri: str, from_candidates: bool = False) -> tuple[Merged, dict]:
+    """Merged partials of a run's committed shards, and what was read: shards, from rows, planned, missing."""
+    directory = storage.join(run_uri, "candidates")
+    footers, damaged = committed_footers(directory)
+    if damaged:
+        name = min(damaged)
+        raise ValueError(f"{len(damaged)} damaged candidate shard(s) under {directory} (e.g. {name}.parquet: "
+                         f"{damaged[name]}); rerun the job to write them again")
+    if not footers:
+        raise ValueError(f"no committed candidate shards under {directory}")
+    fs, path = storage.resolve(directory)
+    merged, from_rows = Merged(), 0
+    for name in sorted(footers):
+        partials = None if from_candidates else from_footer(footers[name].get(KEY))
+        if partials is None and int(footers[name]["num_rows"]):
+            table = pq.read_table(f"{path}/{name}.parquet", columns=COLUMNS, filesystem=fs)
+            partials = shard_partials(table, name)
+            from_rows += 1
+        if partials is not None:
+            merged.add(partials, name)
+    planned = _planned_shards(run_uri)
+    missing = sorted(set(planned) - set(footers)) if planned is not None else []
+    info = {"committed": len(footers), "from_rows": from_rows,
+            "planned": len(planned) if planned is not None else None, "missing": len(missing)}
+    if missing:
+        log.warning("aggregating %d of %d planned shards: %d not committed yet (e.g. %s)", len(footers),
+                    len(planned), len(missing), missing[0])
+    return merged, info
+
+
+def _planned_shards(run_uri: str) -> list[str] | None:
+    uri = storage.join(run_uri, "manifest.json")
+    return json.loads(storage.read_text(uri)).get("shards") if storage.exists(uri) else None
+
+
+def aggregate_merged(merged: Merged) -> dict:
+    """Tables and the target-first selection from merged partials (the numbers `rows.aggregate_frame` gives)."""
+    groups = {}
+    for key in sorted(merged.groups, key=lambda k: tuple(k.split("/"))):
+        task, split, module, lang = key.split("/")
+        groups.setdefault(f"{task}/{split}/{module}", {})[lang] = summarise(merged.groups[key])
+    target_first = []
+    for table_key, by_lang in groups.items():
+        task, split, module = table_key.split("/")
+        if split != "sample":
+            continue
+        for lang, summary in by_lang.items():
+            if "target_first_choice" not in summary:
+                continue
+            choice = summary["target_first_choice"]
+            entry = {"task": task, "module": module, "lang": lang, "source_layer": choice, "target_layer": 0}
+            unseen = merged.groups.get(f"{task}/unseen/{module}/{lang}")
+            applied = applied_first_column(unseen, choice) if unseen else None
+            entry.update(applied or {})
+            target_first.append(entry)
+    return {"tables": build_tables(groups), "target_first": target_first}
+
+
+def compare(report: dict, earlier: dict) -> list[dict]:
+    """Per (table, language): vanilla and upper-bound deltas against an earlier report."""
+    deltas = []
+    for key, table in report["tables"].items():
+        before = earlier.get("tables", {}).get(key)
+        if not before:
+            continue
+        for lang, now in table["by_lang"].items():
+            old = before["by_lang"].get(lang)
+            if not old:
+                continue
+            entry = {"table": key, "lang": lang, "vanilla_delta": now["vanilla_accuracy"] - old["vanilla_accuracy"]}
+            if "upper_bound" in now and "upper_bound" in old:
+                entry["upper_bound_delta"] = now["upper_bound"] - old["upper_bound"]
+            deltas.append(entry)
+    return deltas
+
+
+def run_started(run_uri: str) -> float | None:
+    """When the run's first attempt started (from its manifest), or None."""
+    uri = storage.join(run_uri, "manifest.json")
+    if not storage.exists(uri):
+        return None
+    attempts = json.loads(storage.read_text(uri)).get("attempts") or []
+    return min((a["started"] for a in attempts if "started" in a), default=None)
+
+
+def run_uri_of(output: str, run_id: str) -> str:
+    """<output>/<run_id>, the run id checked to be a name (it comes from a flag)."""
+    return storage.join_under(output, check_name("run id", run_id))
+
+
+def earlier_report_uri(output: str, compare_with: str) -> str:
+    """The report.json of the run to compare with; ValueError, before any work, if it has none."""
+    uri = storage.join(run_uri_of(output, compare_with), "report", "report.json")
+    if not storage.exists(uri):
+        raise ValueError(f"--compare-with {compare_with!r}: no report under {output} ({uri} not found)")
+    return uri
+
+
+def aggregate_run(output: str, run_id: str, compare_with: str | None = None, from_candidates: bool = False) -> dict:
+    """Write report.json, report.md, report.html and the figures under <output>/<run_id>/report/."""
+    from .report import render_figures, render_html, render_markdown
+
+    run_uri = run_uri_of(output, run_id)
+    earlier_uri = earlier_report_uri(output, compare_with) if compare_with else None
+    merged, shards = collect_partials(run_uri, from_candidates)
+    report = {"run_id": run_id, "started": run_started(run_uri), "shards": shards, **aggregate_merged(merged)}
+    if compare_with:
+        earlier = json.loads(storage.read_text(earlier_uri))
+        report["compared_with"] = compare_with
+        report["deltas"] = compare(report, earlier)
+    figures = render_figures(report)
+    report["figures"] = sorted(figures)
+    report_uri = storage.join(run_uri, "report")
+    for name, data in figures.items():
+        storage.write_bytes(storage.join_under(report_uri, name), data)
+    storage.write_text(storage.join(report_uri, "report.json"), json.dumps(report, indent=1))
+    manifest_uri = storage.join(run_uri, "manifest.json")
+    run_config = json.loads(storage.read_text(manifest_uri)).get("config") if storage.exists(manifest_uri) else None
+    storage.write_text(storage.join(report_uri, "results.json"), json.dumps(results_json(report, run_config), indent=1))
+    storage.write_text(storage.join(report_uri, "report.md"), render_markdown(report))
+    storage.write_text(storage.join(report_uri, "report.html"), render_html(report, figures))
+    log.info("report: %s", storage.join(report_uri, "report.html"))
+    return report

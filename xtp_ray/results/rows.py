@@ -1,0 +1,119 @@
+"""The plain definition of a run's aggregates over its rows (pandas): the reference the per-shard
+partials (`partials.py`) are held equal to, number for number, in the tests. It holds every row in
+memory (~270 bytes a row), so the job aggregates from partials instead.
+
+Accuracies follow SPEC 2: the instance-aware upper bound counts an instance as correct if any
+searched cell answers it (vanilla excluded); overall figures are micro-averaged over instances; std
+across languages is the population std (as the published evaluation scripts compute it).
+"""
+from __future__ import annotations
+
+import json
+
+import pyarrow.dataset as pads
+
+from .. import storage
+from ..shards import inspect_committed
+from .partials import COLUMNS
+from .paired import encode
+from .stats import mean
+from .tables import build_tables
+
+
+def read_rows(run_uri: str):
+    """Every candidate row of a run as a pandas DataFrame (committed shards only)."""
+    directory = storage.join(run_uri, "candidates")
+    fs, path = storage.resolve(directory)
+    committed, damaged = inspect_committed(directory)
+    if damaged:
+        name = min(damaged)
+        raise ValueError(f"{len(damaged)} damaged candidate shard(s) under {directory} (e.g. {name}.parquet: "
+                         f"{damaged[name]}); rerun the job to write them again")
+    names = [f"{n}.parquet" for n in sorted(committed)]
+    if not names:
+        raise ValueError(f"no committed candidate shards under {directory}")
+    dataset = pads.dataset([f"{path}/{n}" for n in names], filesystem=fs, format="parquet")
+    frame = dataset.to_table(columns=COLUMNS).to_pandas()
+    duplicated = frame.duplicated(["task", "split", "lang", "instance_id", "module", "source_layer", "target_layer"])
+    if duplicated.any():
+        raise ValueError(f"{int(duplicated.sum())} duplicate candidate rows under {directory}")
+    return frame
+
+
+def summarise_group(frame) -> dict:
+    """One (task, split, module, lang): vanilla, upper bound, best cell, marginals, heatmap."""
+    vanilla = frame[frame["source_layer"].isna()]
+    cells = frame[frame["source_layer"].notna()].astype({"source_layer": int, "target_layer": int})
+    instances = sorted(frame["instance_id"].unique())
+    n = len(instances)
+    layers = int(frame["num_layers"].max())
+    out = {"instances": n, "num_layers": layers,
+           "vanilla_correct": int(vanilla["correct"].sum()), "vanilla_accuracy": float(vanilla["correct"].mean())}
+    metric_means = {}
+    for name in ("em", "f1", "js_similarity"):
+        values = [json.loads(m).get(name) for m in vanilla["metrics"]]
+        if any(v is not None for v in values):
+            metric_means[name] = mean(v for v in values if v is not None)
+    out["vanilla_metrics"] = metric_means
+    # per-instance outcomes the accuracies are made of, for paired tests across runs (`xtp history`)
+    out["outcomes"] = {"vanilla": encode({str(i): bool(c) for i, c in zip(vanilla["instance_id"], vanilla["correct"])})}
+    if cells.empty:
+        return out
+    solved = cells.groupby("instance_id")["correct"].any()
+    out["outcomes"]["upper_bound"] = encode({str(i): bool(c) for i, c in solved.items()})
+    out["upper_bound_correct"] = int(solved.sum())
+    out["upper_bound"] = out["upper_bound_correct"] / n
+    per_cell = cells.groupby(["source_layer", "target_layer"])["correct"].mean()
+    best_value = per_cell.max()
+    best = min(cell for cell, value in per_cell.items() if value == best_value)  # ties: smallest (i, j)
+    out["best_cell"] = {"source_layer": int(best[0]), "target_layer": int(best[1]), "accuracy": float(best_value)}
+    out["per_source_layer"] = {int(i): float(g.groupby("instance_id")["correct"].any().sum() / n)
+                               for i, g in cells.groupby("source_layer")}
+    out["per_target_layer"] = {int(j): float(g.groupby("instance_id")["correct"].any().sum() / n)
+                               for j, g in cells.groupby("target_layer")}
+    heatmap = [[None] * layers for _ in range(layers)]
+    for (i, j), value in per_cell.items():
+        heatmap[i][j] = float(value)
+    out["heatmap"] = heatmap  # [source_layer][target_layer] accuracy; None where not searched
+    column = cells[cells["target_layer"] == 0].groupby("source_layer")["correct"].sum()
+    if not column.empty:
+        top = column.max()
+        out["target_first_counts"] = {int(i): int(c) for i, c in column.items()}
+        out["target_first_choice"] = int(max(i for i, c in column.items() if c == top))  # ties: larger i
+    return out
+
+
+def aggregate_frame(frame) -> dict:
+    groups = {}
+    for (task, split, module, lang), group in frame.groupby(["task", "split", "module", "lang"], sort=True):
+        groups.setdefault(f"{task}/{split}/{module}", {})[lang] = summarise_group(group)
+    return {"tables": build_tables(groups), "target_first": target_first_selection(frame, groups)}
+
+
+def target_first_selection(frame, groups) -> list[dict]:
+    """Pick i* at j = 0 on the sample split, apply (i*, 0) to the unseen split (SPEC 2)."""
+    out = []
+    for key, by_lang in groups.items():
+        task, split, module = key.split("/")
+        if split != "sample":
+            continue
+        for lang, summary in by_lang.items():
+            if "target_first_choice" not in summary:
+                continue
+            choice = summary["target_first_choice"]
+            unseen = frame[(frame["task"] == task) & (frame["split"] == "unseen") & (frame["module"] == module)
+                           & (frame["lang"] == lang)]
+            entry = {"task": task, "module": module, "lang": lang, "source_layer": choice, "target_layer": 0}
+            if not unseen.empty:
+                applied = unseen[(unseen["source_layer"] == choice) & (unseen["target_layer"] == 0)]
+                vanilla = unseen[unseen["source_layer"].isna()]
+                if not applied.empty:
+                    entry.update({"unseen_instances": int(vanilla["instance_id"].nunique()),
+                                  "unseen_vanilla": float(vanilla["correct"].mean()),
+                                  "unseen_applied": float(applied["correct"].mean()),
+                                  "outcomes": encode({str(i): bool(c) for i, c in
+                                                      zip(applied["instance_id"], applied["correct"])})})
+            out.append(entry)
+    return out
+
+
