@@ -63,8 +63,13 @@ def _add_bench(sub):
     p.add_argument("--overhead", action="store_true",
                    help="instead: host time per decode step and transfers per step (32 layers of negligible "
                         "width, 1024 rows, one thread)")
-    p.add_argument("--suite", choices=["gpu"],
-                   help="gpu: the one-shot GPU check (kernels, parity, 7B-shape grid, scoring, peer), one JSON file")
+    p.add_argument("--suite", choices=["gpu", "results"],
+                   help="gpu: the one-shot GPU check (kernels, parity, 7B-shape grid, scoring, peer), one JSON file; "
+                        "results: aggregation of a synthetic nightly run (--rows, --dir) from partials, from "
+                        "candidates and the pandas definition, side by side")
+    p.add_argument("--rows", type=int, default=20_000_000, help="with --suite results: candidate rows")
+    p.add_argument("--dir", default="bench-results-run", help="with --suite results: where its shards go (reused)")
+    p.add_argument("--no-before", action="store_true", help="with --suite results: skip the pandas definition")
     p.add_argument("--small", action="store_true", help="with --suite: tiny shapes on the CPU (CI)")
     p.add_argument("--json", default="bench-gpu.json", help="with --suite: where its JSON goes")
     p.add_argument("--deadline-s", type=float, default=450.0,
@@ -133,6 +138,12 @@ def _bench(args) -> int:
               intermediate=args.intermediate, vocab=args.vocab)
     if args.max_new_tokens < 0:
         raise ValueError(f"--max-new-tokens must be at least 0, got {args.max_new_tokens}")
+    if args.suite == "results":
+        from .results.scale_bench import run_scale_bench
+
+        _positive(rows=args.rows)
+        run_scale_bench(args.dir, args.rows, before=not args.no_before)
+        return 0
     if args.suite:
         import json
 
