@@ -41,6 +41,9 @@ def load_for_run(config: RunConfig):
     import tempfile
 
     from .engines import load_engine
+    from .placement import device_for_actor
+
+    device = device_for_actor(config.num_gpus_per_actor)  # before anything touches CUDA
 
     if config.model.startswith(TINY_PREFIX):
         from .tiny import save_tiny_model
@@ -50,7 +53,7 @@ def load_for_run(config: RunConfig):
             save_tiny_model(path, architecture, num_layers=layers, **TINY_RUN_SHAPE)
             limit = config.max_prompt_tokens and config.max_prompt_tokens + config.max_new_tokens
             return load_engine(config.engine, path, config.dtype, config.attn_implementation,
-                               config.num_gpus_per_actor, max_model_len=limit), "tiny-seed0"
+                               config.num_gpus_per_actor, max_model_len=limit, device=device), "tiny-seed0"
     path = config.model
     if path.startswith("s3://"):
         import pyarrow.fs as pafs
@@ -61,10 +64,10 @@ def load_for_run(config: RunConfig):
             pafs.copy_files(remote, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
             engine = load_engine(config.engine, local, config.dtype, config.attn_implementation,
                                  config.num_gpus_per_actor, trust_remote_code=config.trust_remote_code,
-                                 revision=config.model_revision)
+                                 revision=config.model_revision, device=device)
             return engine, config.model_revision or _local_revision(local)
     engine = load_engine(config.engine, path, config.dtype, config.attn_implementation, config.num_gpus_per_actor,
-                         trust_remote_code=config.trust_remote_code, revision=config.model_revision)
+                         trust_remote_code=config.trust_remote_code, revision=config.model_revision, device=device)
     revision = config.model_revision or (_local_revision(path) if os.path.isdir(path) else None)
     return engine, revision or "unknown"
 

@@ -69,6 +69,9 @@ class RunConfig:
     allowed_roots: list[str] = _field([], "if set, local model, data and output paths must lie inside these")
     write_retries: int = _field(5, "attempts to commit a shard before the shard fails")
     lease_ttl_s: float = _field(120.0, "a driver's lease on the run lapses this long after its last refresh")
+    pool_start_timeout_s: float = _field(1800.0, "the actor pool may wait this long for its first actors to start "
+                                         "(an autoscaler adding nodes, model loading); then the run fails, naming "
+                                         "what is pending")
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -236,6 +239,8 @@ def validate(config: RunConfig, source: str | None = None) -> None:
         fail(f"max_actors ({config.max_actors}) is below min_actors ({config.min_actors})")
     if config.memory_budget_mb is not None and config.memory_budget_mb <= 0:
         fail(f"memory_budget_mb must be positive, got {config.memory_budget_mb}")
+    if config.pool_start_timeout_s < 1:
+        fail(f"pool_start_timeout_s must be at least 1 second, got {config.pool_start_timeout_s}")
     if config.lease_ttl_s < 1:
         fail(f"lease_ttl_s must be at least 1 second, got {config.lease_ttl_s}")
     if config.num_gpus_per_actor < 0 or config.num_cpus_per_actor <= 0:

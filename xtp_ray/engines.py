@@ -16,11 +16,12 @@ def check_engine(name: str) -> None:
 
 def load_engine(name: str, model_path: str, dtype: str = "float32", attn_implementation: str | None = None,
                 gpus: float = 0, trust_remote_code: bool = False, revision: str | None = None,
-                max_model_len: int | None = None):
+                max_model_len: int | None = None, device: str | None = None):
     """An engine over a `save_pretrained` directory (or a hub id where a hub is reachable).
 
     gpus: the GPUs this actor holds. vllm runs tensor parallel over them; hf spreads the
     model over them with `device_map="auto"` (accelerate) when there are several.
+    device: where hf puts the model (default: cuda where available); an actor passes what Ray gave it.
     """
     check_engine(name)
     if trust_remote_code:
@@ -36,6 +37,6 @@ def load_engine(name: str, model_path: str, dtype: str = "float32", attn_impleme
     from .engine import HFEngine
     from .models import load_model
 
-    model, tokenizer = load_model(model_path, dtype, attn_implementation, trust_remote_code=trust_remote_code,
-                                  revision=revision, spread=int(gpus) > 1)
+    model, tokenizer = load_model(model_path, dtype, attn_implementation, device=device,
+                                  trust_remote_code=trust_remote_code, revision=revision, spread=int(gpus) > 1)
     return HFEngine(model, tokenizer)

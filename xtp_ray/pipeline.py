@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import uuid
 
@@ -67,10 +68,40 @@ def _remove_temporaries(config: RunConfig) -> None:
         pass
 
 
+def _request_text(config: RunConfig) -> str:
+    return f"{config.num_cpus_per_actor:g} CPU, {config.num_gpus_per_actor:g} GPU"
+
+
+def _check_cluster(config: RunConfig) -> None:
+    """On the live cluster, before any actor: the request fits somewhere, and local paths the actors
+    write or read (the output, a model directory) are the same place on every node that may run one."""
+    from .config import TINY_PREFIX
+    from .placement import check_feasible, check_shared
+
+    how = check_feasible(config.num_cpus_per_actor, config.num_gpus_per_actor)
+    log.info("actor request %s: %s", _request_text(config), how)
+    local = {}
+    if "://" not in config.output:
+        local["output"] = run_dir(config)
+    if not config.model.startswith((TINY_PREFIX, "s3://")) and os.path.isdir(config.model):
+        local["model"] = os.path.abspath(config.model)
+    if local:
+        check_shared(local, config.num_cpus_per_actor, config.num_gpus_per_actor)
+
+
 def run_job(config: RunConfig, ray_address: str | None = None, take_over: bool = False) -> dict:
     """Grid search over every shard not yet committed, holding the run's lease; returns a summary."""
+    import dataclasses
+    import os
+
     from . import lease
 
+    if "://" not in config.output:  # every process must resolve it alike
+        if not os.path.isabs(config.output) and "runtime_resources" in os.getcwd():
+            raise ValueError(f"output {config.output!r} is relative, and under `ray job submit` the working directory "
+                             f"is Ray's temporary copy ({os.getcwd()}), removed with the job's runtime env: give "
+                             "--output s3://bucket/prefix or an absolute path on a filesystem every node shares")
+        config = dataclasses.replace(config, output=os.path.abspath(config.output))
     preflight(config)
     check_writable(config)
     with lease.held(run_dir(config), config.lease_ttl_s, take_over) as held:
@@ -117,15 +148,25 @@ def _run_planned(config: RunConfig, ray_address: str | None) -> dict:
         if todo:
             if not ray.is_initialized():
                 ray.init(address=ray_address, include_dashboard=False, log_to_driver=True)
+            _check_cluster(config)
             items = [{"shard": s, "instances": json.dumps([i.to_row() for i in shards[s]])} for s in todo]
             dataset = ray.data.from_items(items, override_num_blocks=len(items))
+            ray.data.DataContext.get_current().wait_for_min_actors_s = config.pool_start_timeout_s
             results = dataset.map_batches(
                 GridSearch, fn_constructor_kwargs={"config": config.to_json()}, batch_size=1,
-                compute=ActorPoolStrategy(min_size=config.min_actors, max_size=config.max_actors),
+                # one shard in flight per actor: a dead actor strands no queued shard
+                compute=ActorPoolStrategy(min_size=config.min_actors, max_size=config.max_actors,
+                                          max_tasks_in_flight_per_actor=1),
                 # Ray Data's actor pools restart lost actors and retry their tasks by default.
                 num_gpus=config.num_gpus_per_actor, num_cpus=config.num_cpus_per_actor)
             with without_noise():
-                summaries = results.take_all()
+                try:
+                    summaries = results.take_all()
+                except ray.exceptions.GetTimeoutError:
+                    raise ValueError(f"no actor of the pool started within pool_start_timeout_s = "
+                                     f"{config.pool_start_timeout_s:g} s: pending actors ask for "
+                                     f"{_request_text(config)}; `ray status` shows what the cluster offers and "
+                                     "what the autoscaler is doing") from None
         missing = sorted(set(shards) - committed_shards(config))
         _remove_temporaries(config)
         if missing:

@@ -1,0 +1,135 @@
+"""Where actors run, checked on the live cluster before any work, and the device an actor uses.
+
+- `check_feasible`: one actor's request (CPU, GPU) against the live nodes and, where Ray holds the
+  autoscaler's node types (`get_cluster_config`), against those too; what none can hold is refused
+  at once instead of pending forever.
+- `check_shared`: a local output or model directory must be the same place on every node that may
+  run an actor: the driver writes a probe file, one task pinned to each such node reads it back.
+  Nodes that do not see it are named, and `s3://` (or a shared filesystem) is suggested.
+- `device_for_actor`: an actor that holds GPUs must see CUDA (Ray sets CUDA_VISIBLE_DEVICES to
+  exactly its GPUs) or fail loudly; one that holds none runs on the CPU and is kept off every GPU.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+
+
+def actor_request(num_cpus: float, num_gpus: float) -> dict[str, float]:
+    return {k: v for k, v in (("CPU", num_cpus), ("GPU", num_gpus)) if v > 0}
+
+
+def _fits(resources: dict, request: dict) -> bool:
+    return all(resources.get(k, 0) >= v for k, v in request.items())
+
+
+def _show(resources: dict) -> str:
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(resources.items()) if k in ("CPU", "GPU", "memory")
+                           and not (k == "memory" and not v)) + "}"
+
+
+def autoscaler_node_types() -> dict[str, dict] | None:
+    """Node type -> resources of one node, where Ray holds the autoscaler's cluster config; else None."""
+    import ray._private.state
+
+    try:
+        config = ray._private.state.state.get_cluster_config()
+    except Exception:  # noqa: BLE001 - an older GCS without the key: no node types known
+        return None
+    if not config or not config.node_group_configs:
+        return None
+    return {group.name or f"type{k}": dict(group.resources) for k, group in enumerate(config.node_group_configs)
+            if group.max_count != 0}
+
+
+def autoscaler_present() -> bool:
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    try:
+        return _internal_kv_get("__autoscaling_status") is not None
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def check_feasible(num_cpus: float, num_gpus: float) -> str:
+    """Refuse (ValueError) an actor request no live node and no autoscaler node type can hold; returns
+    how it can be held, for the log."""
+    import ray
+
+    request = actor_request(num_cpus, num_gpus)
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    if any(_fits(n["Resources"], request) for n in alive):
+        return "a live node fits"
+    types = autoscaler_node_types()
+    if types is not None:
+        fitting = [name for name, resources in types.items() if _fits(resources, request)]
+        if fitting:
+            return f"the autoscaler can add {', '.join(fitting)}"
+        offered = "; ".join(f"{name} {_show(r)}" for name, r in types.items())
+        raise ValueError(f"no node can hold one actor {_show(request)}: live nodes offer "
+                         f"{', '.join(_show(n['Resources']) for n in alive)}, the autoscaler's node types {offered}; "
+                         "lower num_gpus_per_actor / num_cpus_per_actor or add a node type that fits")
+    if autoscaler_present():
+        return "no live node fits; an autoscaler may add one (bounded by pool_start_timeout_s)"
+    raise ValueError(f"no node can hold one actor {_show(request)}: the live nodes offer "
+                     f"{', '.join(_show(n['Resources']) for n in alive)} and no autoscaler is running; lower "
+                     "num_gpus_per_actor / num_cpus_per_actor or start a node that fits")
+
+
+def _read_probe(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
+def check_shared(paths: dict[str, str], num_cpus: float, num_gpus: float, timeout_s: float = 120.0) -> None:
+    """Each local path (name -> directory) must be the same directory on every live node that can hold
+    an actor: a probe file written here must be read back there. ValueError naming the nodes otherwise."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    request = actor_request(num_cpus, num_gpus)
+    nodes = [n for n in ray.nodes() if n.get("Alive") and _fits(n["Resources"], request)]
+    here = ray.get_runtime_context().get_node_id()
+    remote = [n for n in nodes if n["NodeID"] != here]
+    if not remote:
+        return
+    reader = ray.remote(num_cpus=0)(_read_probe)
+    for name, directory in paths.items():
+        token = uuid.uuid4().hex
+        probe = os.path.join(directory, f".xtp-probe-{token}")
+        try:
+            with open(probe, "w", encoding="utf-8") as handle:
+                handle.write(token)
+            refs = {n["NodeManagerAddress"] + " (" + n["NodeID"][:8] + ")": reader.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(probe)
+                for n in remote}
+            seen = dict(zip(refs, ray.get(list(refs.values()), timeout=timeout_s)))
+        finally:
+            try:
+                os.unlink(probe)
+            except OSError:
+                pass
+        blind = sorted(node for node, text in seen.items() if text != token)
+        if blind:
+            raise ValueError(f"{name} {directory} is local to this host: node(s) {', '.join(blind)} do not see it, "
+                             f"so their actors would write (or read) elsewhere; use s3://bucket/prefix or a "
+                             "filesystem shared by every node")
+
+
+def device_for_actor(num_gpus: float) -> str:
+    """'cuda' for an actor holding GPUs (CUDA must work there), 'cpu' otherwise (and no GPU is visible)."""
+    if num_gpus <= 0:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # Ray leaves it unset for a 0-GPU actor: it would see them all
+        return "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        import socket
+
+        raise RuntimeError(f"this actor holds {num_gpus:g} GPU(s) (CUDA_VISIBLE_DEVICES="
+                           f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')!r}) but CUDA is not usable on "
+                           f"{socket.gethostname()}: torch {torch.__version__} sees no GPU")
+    return "cuda"
