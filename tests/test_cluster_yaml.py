@@ -39,3 +39,18 @@ def test_the_70b_config_fits_the_70b_node_type_and_validates():
     # Llama-2-70B's published attention shape: tensor parallel 8 divides it
     check_model({"architectures": ["LlamaForCausalLM"], "num_attention_heads": 64, "num_key_value_heads": 8},
                 int(config.num_gpus_per_actor))
+
+
+def test_heavy_installs_only_where_gpus_are_and_the_dashboard_stays_private():
+    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    types = config["available_node_types"]
+    assert not config["setup_commands"]
+    assert not any("vllm" in c for c in config["head_setup_commands"])
+    for name, node in types.items():
+        installs = " ".join(node.get("worker_setup_commands", []))
+        assert ("vllm" in installs) == (node["resources"].get("GPU", 0) > 0), name
+    assert types["cpu_small"]["resources"] == {"CPU": 4}  # CPU-only runs hold no GPU node
+    head = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head
+    assert all("RAY_AUTH_MODE=token" in c for c in config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+               if c.startswith(("ray start", "RAY_AUTH_MODE")))

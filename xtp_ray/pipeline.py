@@ -149,9 +149,10 @@ def _run_planned(config: RunConfig, ray_address: str | None) -> dict:
             if not ray.is_initialized():
                 ray.init(address=ray_address, include_dashboard=False, log_to_driver=True)
             _check_cluster(config)
+            # a Dataset takes a copy of the current DataContext when it is made: set it first
+            ray.data.DataContext.get_current().wait_for_min_actors_s = config.pool_start_timeout_s
             items = [{"shard": s, "instances": json.dumps([i.to_row() for i in shards[s]])} for s in todo]
             dataset = ray.data.from_items(items, override_num_blocks=len(items))
-            ray.data.DataContext.get_current().wait_for_min_actors_s = config.pool_start_timeout_s
             results = dataset.map_batches(
                 GridSearch, fn_constructor_kwargs={"config": config.to_json()}, batch_size=1,
                 # one shard in flight per actor: a dead actor strands no queued shard

@@ -43,11 +43,16 @@ def autoscaler_node_types() -> dict[str, dict] | None:
 
 
 def autoscaler_present() -> bool:
+    """Whether an autoscaler with node types runs (its status carries an `autoscaler_report`; a plain
+    `ray start` or `ray.init` head reports load metrics only)."""
+    import json
+
     from ray.experimental.internal_kv import _internal_kv_get
 
     try:
-        return _internal_kv_get("__autoscaling_status") is not None
-    except Exception:  # noqa: BLE001
+        status = _internal_kv_get("__autoscaling_status")
+        return bool(status) and bool(json.loads(status).get("autoscaler_report"))
+    except Exception:  # noqa: BLE001 - no status readable: no autoscaler known
         return False
 
 
