@@ -1,6 +1,7 @@
 """Shared test support: servers and processes (127.0.0.1 only), runs and their candidates."""
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -75,37 +76,49 @@ def s3_environment(secret: str, bucket: str):
                 os.environ[k] = v
 
 
-def pids_with(text: str) -> list[int]:
-    """PIDs of processes whose command line holds `text` (never this process)."""
+def session_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[3])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def pids_in_session(sid: int) -> list[int]:
+    """Live processes of a session (a `ray start` run with start_new_session=True: every daemon it starts,
+    gcs, raylet, dashboard agents, client server, workers, stays in it)."""
     pids = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline:
-            pids.append(int(entry.name))
+        if entry.name.isdigit() and int(entry.name) != os.getpid() and session_of(int(entry.name)) == sid:
+            try:
+                if (entry / "cmdline").read_bytes():  # a zombie has none: it is gone, only unreaped
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
     return pids
 
 
-def stop_processes_with(text: str, grace_s: float = 10.0) -> None:
-    """End what a test started, by PID: SIGTERM every process whose command line holds `text` (a Ray
-    cluster's own temp dir, say), then SIGKILL what is left after `grace_s`. Unlike `ray stop`, which
-    ends Ray processes by name on the whole host, this touches nothing the test did not start."""
-    for pid in pids_with(text):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.time() + grace_s
-    while pids_with(text) and time.time() < deadline:
-        time.sleep(0.2)
-    for pid in pids_with(text):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    deadline = time.time() + 5
-    while pids_with(text) and time.time() < deadline:
-        time.sleep(0.1)
+def ray_start(args: list[str], env: dict, timeout: float = 180) -> tuple[subprocess.CompletedProcess, int]:
+    """`ray start ARGS` in a session of its own: (its result, the session id to stop it by)."""
+    ray = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
+    proc = subprocess.Popen([ray, "start", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), proc.pid
+
+
+def stop_session(sid: int, grace_s: float = 10.0) -> list[int]:
+    """End what a test started, by PID: SIGTERM every process of the session, SIGKILL what is left after
+    `grace_s`; the PIDs still alive after that (none, normally). Unlike `ray stop`, which ends Ray
+    processes by name on the whole host, this touches nothing the test did not start."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        for pid in pids_in_session(sid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.time() + wait
+        while pids_in_session(sid) and time.time() < deadline:
+            time.sleep(0.2)
+    return pids_in_session(sid)
 
 
 def grid_search_actor_pids() -> list[int]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import stop_processes_with
+from support import ray_start, stop_session
 
 RAY = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
 pytestmark = pytest.mark.skipif(RAY is None or os.geteuid() != 0,
@@ -35,16 +35,16 @@ def autoscaling(tmp_path_factory):
     env = {**os.environ, "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_FAKE_CLUSTER": "1", "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "HF_HUB_OFFLINE": "1",
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    started = subprocess.run([RAY, "start", "--head", f"--autoscaling-config={path}", "--node-ip-address=127.0.0.1",
-                              f"--port={port}", "--num-cpus=0", "--object-store-memory=150000000",
-                              "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"],
-                             capture_output=True, text=True, timeout=180, env=env)
+    started, session = ray_start(["--head", f"--autoscaling-config={path}", "--node-ip-address=127.0.0.1",
+                                  f"--port={port}", "--num-cpus=0", "--object-store-memory=150000000",
+                                  "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"], env)
     assert started.returncode == 0, started.stderr[-2000:]
     try:
         yield {**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}
     finally:
-        stop_processes_with(str(temp))
+        left = stop_session(session)  # the fake nodes are the monitor's children: in the same session
         shutil.rmtree(temp, ignore_errors=True)
+        assert not left, f"processes of the test's cluster outlived it: {left}"
 
 
 def _run(env, tmp_path, *flags):

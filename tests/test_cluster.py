@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import free_port, s3_environment, stop_processes_with
+from support import free_port, ray_start, s3_environment, stop_session
 
 RAY = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
 pytestmark = pytest.mark.skipif(RAY is None or os.geteuid() != 0 or shutil.which("unshare") is None,
@@ -33,9 +33,8 @@ class TwoNodes:
         self.port = free_port()
         self.temp = Path("/tmp") / f"xtp-c{os.getpid()}"
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
-        started = subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={self.port}",
-                                  "--include-dashboard=false", f"--temp-dir={self.temp}", *COMMON],
-                                 capture_output=True, text=True, timeout=180, env=env)
+        started, self.session = ray_start(["--head", "--node-ip-address=127.0.0.1", f"--port={self.port}",
+                                           "--include-dashboard=false", f"--temp-dir={self.temp}", *COMMON], env)
         assert started.returncode == 0, started.stderr[-2000:]
         PRIVATE.mkdir(exist_ok=True)
         script = (f"mount -t tmpfs tmpfs {PRIVATE} && exec {RAY} start --address=127.0.0.1:{self.port} "
@@ -70,8 +69,9 @@ class TwoNodes:
     def stop(self):
         self.kill_worker_node()
         self.worker.wait(timeout=30)
-        stop_processes_with(str(self.temp))
+        left = stop_session(self.session) + stop_session(self.worker.pid)  # both sessions, by PID
         shutil.rmtree(self.temp, ignore_errors=True)
+        assert not left, f"processes of the test's cluster outlived it: {left}"
 
 
 @pytest.fixture(scope="module")

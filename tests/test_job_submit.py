@@ -1,4 +1,4 @@
-"""`ray start --head` on 127.0.0.1, `ray job submit` of jobs/grid_search.py, SUCCEEDED; the cluster stopped by PID."""
+"""`ray start --head` on 127.0.0.1, `ray job submit` of jobs/grid_search.py, SUCCEEDED; the cluster stopped by PID (its session)."""
 import json
 import os
 import secrets
@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import free_port, pids_with, stop_processes_with
+from support import free_port, ray_start, stop_session
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
@@ -26,9 +26,10 @@ def test_ray_job_submit_runs_the_grid_search(tmp_path):
     # Ray's token authentication, with a token made for this cluster only
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
            "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    started = _ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-                   "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-                   f"--temp-dir={temp_dir}", "--disable-usage-stats", timeout=180, env=env)
+    started, session = ray_start(["--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+                                  "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                                  f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+                                 env)
     assert started.returncode == 0, started.stderr[-2000:]
     address = f"http://127.0.0.1:{dashboard}"
     output = tmp_path / "out"
@@ -55,7 +56,6 @@ def test_ray_job_submit_runs_the_grid_search(tmp_path):
         assert (output / "submitted" / "report" / "report.md").exists()
         assert (output / "submitted" / "report" / "report.html").exists()
     finally:
-        stop_processes_with(str(temp_dir))  # by PID: this cluster's processes only, never `ray stop`
-        left = pids_with(str(temp_dir))
+        left = stop_session(session)  # by PID: this cluster's processes only, never `ray stop`
         shutil.rmtree(temp_dir, ignore_errors=True)
     assert not left, f"processes of the test's cluster outlived it: {left}"
