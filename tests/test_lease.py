@@ -109,3 +109,33 @@ def test_two_concurrent_xtp_runs_one_refused(store, tmp_path, request):
     manifest = json.loads(storage.read_text(storage.join(output, "both", "manifest.json")))
     assert [a["status"] for a in manifest["attempts"]] == ["complete"]  # the refused driver touched nothing
     assert SECRET not in first_out + second.stdout + second.stderr
+
+
+def test_a_refresh_never_leaves_a_gap_a_competitor_can_take(tmp_path):
+    """The local store swapped the file by rename-aside then create: between the two, the lease file was
+    missing and a competitor's create won (a live holder then lost its lease). Hammered here."""
+    import threading
+
+    run_uri = str(tmp_path / "run")
+    held = lease.acquire(run_uri, ttl_s=30)
+    stop, stolen = threading.Event(), []
+
+    def compete():
+        store = lease._store(storage.join(run_uri, lease.LEASE_NAME))
+        while not stop.is_set():
+            if store.create({"expires": 0}) is not None:
+                stolen.append(1)
+                return
+
+    threads = [threading.Thread(target=compete) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(300):
+            assert lease.refresh(held), "a refresh lost the lease to a create"
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not stolen
+    lease.release(held)

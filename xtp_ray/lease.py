@@ -66,8 +66,24 @@ def describe(record: dict) -> str:
 # ---------------------------------------------------------------- the two stores
 
 class _LocalStore:
+    """The lease file on a local (or shared POSIX) filesystem. Every change holds an exclusive `flock` on
+    a sibling lock file and lands with one atomic `os.replace`, so the lease file never goes missing
+    while it is held: a competitor can never create it in the middle of a refresh."""
+
     def __init__(self, uri: str):
         self.path = Path(storage.resolve(uri)[1])
+
+    @contextmanager
+    def _locked(self):
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def read(self) -> tuple[dict, str] | None:
         try:
@@ -76,34 +92,30 @@ class _LocalStore:
             return None
         return json.loads(text), text
 
-    def create(self, record: dict) -> str | None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return None
+    def _write(self, record: dict) -> str:
         text = json.dumps(record)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        tmp = self.path.with_name(f"{self.path.name}.{uuid.uuid4().hex}")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, self.path)
         return text
+
+    def create(self, record: dict) -> str | None:
+        with self._locked():
+            return None if self.path.exists() else self._write(record)
 
     def replace(self, record: dict, expected: str) -> str | None:
         """Swap what we read (`expected`) for record; None if it changed meanwhile."""
-        aside = self.path.with_name(f"{self.path.name}.{uuid.uuid4().hex}")
-        try:
-            os.rename(self.path, aside)  # only one process can move a given file aside
-        except FileNotFoundError:
-            return None
-        if aside.read_text(encoding="utf-8") != expected:  # someone else's lease: put it back
-            os.rename(aside, self.path)
-            return None
-        aside.unlink()
-        return self.create(record)
+        with self._locked():
+            current = self.read()
+            if current is None or current[1] != expected:
+                return None
+            return self._write(record)
 
     def delete(self, expected: str) -> None:
-        current = self.read()
-        if current and current[1] == expected:
-            self.path.unlink(missing_ok=True)
+        with self._locked():
+            current = self.read()
+            if current and current[1] == expected:
+                self.path.unlink(missing_ok=True)
 
 
 class _S3Store:
