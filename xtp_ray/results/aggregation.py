@@ -20,7 +20,7 @@ from ..names import check_name
 from ..shards import committed_footers
 from .lmeval import results_json
 from .partials import COLUMNS, KEY, Merged, applied_first_column, from_footer, shard_partials, summarise
-from .tables import build_tables
+from .tables import build_tables, target_first
 
 log = logging.getLogger("xtp_ray")
 
@@ -66,21 +66,12 @@ def aggregate_merged(merged: Merged) -> dict:
     for key in sorted(merged.groups, key=lambda k: tuple(k.split("/"))):
         task, split, module, lang = key.split("/")
         groups.setdefault(f"{task}/{split}/{module}", {})[lang] = summarise(merged.groups[key])
-    target_first = []
-    for table_key, by_lang in groups.items():
-        task, split, module = table_key.split("/")
-        if split != "sample":
-            continue
-        for lang, summary in by_lang.items():
-            if "target_first_choice" not in summary:
-                continue
-            choice = summary["target_first_choice"]
-            entry = {"task": task, "module": module, "lang": lang, "source_layer": choice, "target_layer": 0}
-            unseen = merged.groups.get(f"{task}/unseen/{module}/{lang}")
-            applied = applied_first_column(unseen, choice) if unseen else None
-            entry.update(applied or {})
-            target_first.append(entry)
-    return {"tables": build_tables(groups), "target_first": target_first}
+
+    def applied_of(task, module, lang, choice):
+        unseen = merged.groups.get(f"{task}/unseen/{module}/{lang}")
+        return applied_first_column(unseen, choice) if unseen else None
+
+    return {"tables": build_tables(groups), "target_first": target_first(groups, applied_of)}
 
 
 def compare(report: dict, earlier: dict) -> list[dict]:

@@ -17,7 +17,7 @@ from ..shards import inspect_committed
 from .partials import COLUMNS
 from .paired import encode
 from .stats import mean
-from .tables import build_tables
+from .tables import build_tables, target_first
 
 
 def read_rows(run_uri: str):
@@ -91,29 +91,18 @@ def aggregate_frame(frame) -> dict:
 
 
 def target_first_selection(frame, groups) -> list[dict]:
-    """Pick i* at j = 0 on the sample split, apply (i*, 0) to the unseen split (SPEC 2)."""
-    out = []
-    for key, by_lang in groups.items():
-        task, split, module = key.split("/")
-        if split != "sample":
-            continue
-        for lang, summary in by_lang.items():
-            if "target_first_choice" not in summary:
-                continue
-            choice = summary["target_first_choice"]
-            unseen = frame[(frame["task"] == task) & (frame["split"] == "unseen") & (frame["module"] == module)
-                           & (frame["lang"] == lang)]
-            entry = {"task": task, "module": module, "lang": lang, "source_layer": choice, "target_layer": 0}
-            if not unseen.empty:
-                applied = unseen[(unseen["source_layer"] == choice) & (unseen["target_layer"] == 0)]
-                vanilla = unseen[unseen["source_layer"].isna()]
-                if not applied.empty:
-                    entry.update({"unseen_instances": int(vanilla["instance_id"].nunique()),
-                                  "unseen_vanilla": float(vanilla["correct"].mean()),
-                                  "unseen_applied": float(applied["correct"].mean()),
-                                  "outcomes": encode({str(i): bool(c) for i, c in
-                                                      zip(applied["instance_id"], applied["correct"])})})
-            out.append(entry)
-    return out
+    """Pick i* at j = 0 on the sample split, apply (i*, 0) to the unseen split (SPEC 2), over rows."""
 
+    def applied_of(task, module, lang, choice):
+        unseen = frame[(frame["task"] == task) & (frame["split"] == "unseen") & (frame["module"] == module)
+                       & (frame["lang"] == lang)]
+        applied = unseen[(unseen["source_layer"] == choice) & (unseen["target_layer"] == 0)]
+        if applied.empty:
+            return None
+        vanilla = unseen[unseen["source_layer"].isna()]
+        return {"unseen_instances": int(vanilla["instance_id"].nunique()),
+                "unseen_vanilla": float(vanilla["correct"].mean()),
+                "unseen_applied": float(applied["correct"].mean()),
+                "outcomes": encode({str(i): bool(c) for i, c in zip(applied["instance_id"], applied["correct"])})}
 
+    return target_first(groups, applied_of)

@@ -25,3 +25,22 @@ def build_tables(groups: dict[str, dict[str, dict]]) -> dict:
         table["by_lang"] = by_lang
         tables[key] = table
     return tables
+
+
+def target_first(groups: dict[str, dict[str, dict]], applied_of) -> list[dict]:
+    """Pick i* at j = 0 on the sample split, apply (i*, 0) to the unseen split (SPEC 2).
+
+    applied_of(task, module, lang, i*) -> the unseen split's numbers under (i*, 0), or None."""
+    out = []
+    for key, by_lang in groups.items():
+        task, split, module = key.split("/")
+        if split != "sample":
+            continue
+        for lang, summary in by_lang.items():
+            if "target_first_choice" not in summary:
+                continue
+            choice = summary["target_first_choice"]
+            entry = {"task": task, "module": module, "lang": lang, "source_layer": choice, "target_layer": 0}
+            entry.update(applied_of(task, module, lang, choice) or {})
+            out.append(entry)
+    return out
