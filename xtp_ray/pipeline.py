@@ -20,7 +20,8 @@ from .config import RunConfig
 from .planning import digest_plan, plan, preflight
 from .errors import root_cause
 from .quiet import without_noise
-from .shards import ShardWriteError, candidates_dir, committed_shards, inspect_committed, redact, run_dir
+from .shards import (ShardWriteError, candidates_dir, committed_shards, inspect_committed, redact,
+                     report_damaged, run_dir)
 
 log = logging.getLogger("xtp_ray")
 
@@ -54,8 +55,7 @@ def _resumable_shards(config: RunConfig) -> set[str]:
         raise ValueError(f"run {config.run_id!r} in {config.output} holds {len(foreign)} shard(s) made with another "
                          f"model/cells/scoring configuration (e.g. {foreign[0]}: digest "
                          f"{committed[foreign[0]]}, this run's is {config.digest()}); use a new run_id")
-    for name, reason in sorted(damaged.items()):
-        log.warning("shard %s is damaged (%s): it will be run again", name, reason)
+    report_damaged(damaged)
     return set(committed)
 
 
@@ -64,7 +64,7 @@ def _remove_temporaries(config: RunConfig) -> None:
     fs, path = storage.resolve(storage.join(run_dir(config), "_tmp"))
     try:
         fs.delete_dir(path)
-    except (FileNotFoundError, OSError):
+    except OSError:  # absent, or the store refused: nothing is lost either way
         pass
 
 
@@ -92,7 +92,6 @@ def _check_cluster(config: RunConfig) -> None:
 def run_job(config: RunConfig, ray_address: str | None = None, take_over: bool = False) -> dict:
     """Grid search over every shard not yet committed, holding the run's lease; returns a summary."""
     import dataclasses
-    import os
 
     from . import lease
 

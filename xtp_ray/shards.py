@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from . import storage
 from .config import RunConfig
 from .names import check_name
+from .results.partials import KEY, shard_partials, to_footer
 
 log = logging.getLogger("xtp_ray")
 
@@ -35,9 +36,27 @@ def committed_shards(config: RunConfig) -> set[str]:
     """Names of the shards committed whole (see `inspect_committed`); damaged ones are logged and left
     out, so a rerun writes them again."""
     committed, damaged = inspect_committed(candidates_dir(config))
+    report_damaged(damaged)
+    return set(committed)
+
+
+def report_damaged(damaged: dict[str, str]) -> None:
+    """Log each damaged shard: a run writes them again."""
     for name, reason in sorted(damaged.items()):
         log.warning("shard %s is damaged (%s): it will be run again", name, reason)
-    return set(committed)
+
+
+def intact_footers(directory: str) -> dict[str, dict[str, str]]:
+    """The footers of every committed shard under a candidates directory, for reading a run's results:
+    ValueError if one is damaged (a rerun of the job writes it again) or there is none."""
+    footers, damaged = committed_footers(directory)
+    if damaged:
+        name = min(damaged)
+        raise ValueError(f"{len(damaged)} damaged candidate shard(s) under {directory} (e.g. {name}.parquet: "
+                         f"{damaged[name]}); rerun the job to write them again")
+    if not footers:
+        raise ValueError(f"no committed candidate shards under {directory}")
+    return footers
 
 
 def inspect_committed(directory: str) -> tuple[dict[str, str | None], dict[str, str]]:
@@ -97,8 +116,6 @@ def write_shard(config: RunConfig, shard: str, table: pa.Table, skipped: list[di
     `write_retries` attempts, raises naming the shard that was not written.
     """
     final = storage.join_under(candidates_dir(config), f"{check_name('shard', shard)}.parquet")
-    from .results.partials import KEY, shard_partials, to_footer
-
     # the shard's partial aggregates ride in its own footer: committed whole with it, or not at all
     partials = to_footer(shard_partials(table, shard)) if table.num_rows else None
     table = table.replace_schema_metadata({"xtp_skipped": json.dumps(skipped), "xtp_shard": shard,

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from .. import storage
 from ..names import check_name
-from ..shards import committed_footers
+from ..shards import intact_footers
 from .lmeval import results_json
 from .partials import COLUMNS, KEY, Merged, applied_first_column, from_footer, shard_partials, summarise
 from .tables import build_tables, target_first
@@ -25,16 +25,11 @@ from .tables import build_tables, target_first
 log = logging.getLogger("xtp_ray")
 
 
-def collect_partials(run_uri: str, from_candidates: bool = False) -> tuple[Merged, dict]:
-    """Merged partials of a run's committed shards, and what was read: shards, from rows, planned, missing."""
+def collect_partials(run_uri: str, from_candidates: bool = False, manifest: dict | None = None) -> tuple[Merged, dict]:
+    """Merged partials of a run's committed shards, and what was read: shards, from rows, planned, missing.
+    manifest: the run's, where the caller has read it already."""
     directory = storage.join(run_uri, "candidates")
-    footers, damaged = committed_footers(directory)
-    if damaged:
-        name = min(damaged)
-        raise ValueError(f"{len(damaged)} damaged candidate shard(s) under {directory} (e.g. {name}.parquet: "
-                         f"{damaged[name]}); rerun the job to write them again")
-    if not footers:
-        raise ValueError(f"no committed candidate shards under {directory}")
+    footers = intact_footers(directory)
     fs, path = storage.resolve(directory)
     merged, from_rows = Merged(), 0
     for name in sorted(footers):
@@ -45,7 +40,7 @@ def collect_partials(run_uri: str, from_candidates: bool = False) -> tuple[Merge
             from_rows += 1
         if partials is not None:
             merged.add(partials, name)
-    planned = _planned_shards(run_uri)
+    planned = (read_manifest(run_uri) if manifest is None else manifest).get("shards")
     missing = sorted(set(planned) - set(footers)) if planned is not None else []
     info = {"committed": len(footers), "from_rows": from_rows,
             "planned": len(planned) if planned is not None else None, "missing": len(missing)}
@@ -55,9 +50,15 @@ def collect_partials(run_uri: str, from_candidates: bool = False) -> tuple[Merge
     return merged, info
 
 
-def _planned_shards(run_uri: str) -> list[str] | None:
+def read_manifest(run_uri: str) -> dict:
+    """The run's manifest.json, or {} where there is none (a run written elsewhere, by hand)."""
     uri = storage.join(run_uri, "manifest.json")
-    return json.loads(storage.read_text(uri)).get("shards") if storage.exists(uri) else None
+    return json.loads(storage.read_text(uri)) if storage.exists(uri) else {}
+
+
+def started_of(manifest: dict) -> float | None:
+    """When the run's first attempt started, or None."""
+    return min((a["started"] for a in manifest.get("attempts") or [] if "started" in a), default=None)
 
 
 def aggregate_merged(merged: Merged) -> dict:
@@ -94,11 +95,7 @@ def compare(report: dict, earlier: dict) -> list[dict]:
 
 def run_started(run_uri: str) -> float | None:
     """When the run's first attempt started (from its manifest), or None."""
-    uri = storage.join(run_uri, "manifest.json")
-    if not storage.exists(uri):
-        return None
-    attempts = json.loads(storage.read_text(uri)).get("attempts") or []
-    return min((a["started"] for a in attempts if "started" in a), default=None)
+    return started_of(read_manifest(run_uri))
 
 
 def run_uri_of(output: str, run_id: str) -> str:
@@ -120,8 +117,9 @@ def aggregate_run(output: str, run_id: str, compare_with: str | None = None, fro
 
     run_uri = run_uri_of(output, run_id)
     earlier_uri = earlier_report_uri(output, compare_with) if compare_with else None
-    merged, shards = collect_partials(run_uri, from_candidates)
-    report = {"run_id": run_id, "started": run_started(run_uri), "shards": shards, **aggregate_merged(merged)}
+    manifest = read_manifest(run_uri)  # read once: planned shards, start, config
+    merged, shards = collect_partials(run_uri, from_candidates, manifest)
+    report = {"run_id": run_id, "started": started_of(manifest), "shards": shards, **aggregate_merged(merged)}
     if compare_with:
         earlier = json.loads(storage.read_text(earlier_uri))
         report["compared_with"] = compare_with
@@ -132,9 +130,8 @@ def aggregate_run(output: str, run_id: str, compare_with: str | None = None, fro
     for name, data in figures.items():
         storage.write_bytes(storage.join_under(report_uri, name), data)
     storage.write_text(storage.join(report_uri, "report.json"), json.dumps(report, indent=1))
-    manifest_uri = storage.join(run_uri, "manifest.json")
-    run_config = json.loads(storage.read_text(manifest_uri)).get("config") if storage.exists(manifest_uri) else None
-    storage.write_text(storage.join(report_uri, "results.json"), json.dumps(results_json(report, run_config), indent=1))
+    storage.write_text(storage.join(report_uri, "results.json"),
+                       json.dumps(results_json(report, manifest.get("config")), indent=1))
     storage.write_text(storage.join(report_uri, "report.md"), render_markdown(report))
     storage.write_text(storage.join(report_uri, "report.html"), render_html(report, figures))
     log.info("report: %s", storage.join(report_uri, "report.html"))

@@ -13,7 +13,7 @@ import json
 import pyarrow.dataset as pads
 
 from .. import storage
-from ..shards import inspect_committed
+from ..shards import intact_footers
 from .partials import COLUMNS
 from .paired import encode
 from .stats import mean
@@ -24,14 +24,7 @@ def read_rows(run_uri: str):
     """Every candidate row of a run as a pandas DataFrame (committed shards only)."""
     directory = storage.join(run_uri, "candidates")
     fs, path = storage.resolve(directory)
-    committed, damaged = inspect_committed(directory)
-    if damaged:
-        name = min(damaged)
-        raise ValueError(f"{len(damaged)} damaged candidate shard(s) under {directory} (e.g. {name}.parquet: "
-                         f"{damaged[name]}); rerun the job to write them again")
-    names = [f"{n}.parquet" for n in sorted(committed)]
-    if not names:
-        raise ValueError(f"no committed candidate shards under {directory}")
+    names = [f"{n}.parquet" for n in sorted(intact_footers(directory))]
     dataset = pads.dataset([f"{path}/{n}" for n in names], filesystem=fs, format="parquet")
     frame = dataset.to_table(columns=COLUMNS).to_pandas()
     duplicated = frame.duplicated(["task", "split", "lang", "instance_id", "module", "source_layer", "target_layer"])
