@@ -95,6 +95,10 @@ class InstanceError:
         return f"{where}: {f'field {self.field!r}: ' if self.field else ''}{self.message}"
 
 
+class MissingSplit(ValueError):
+    """A datasets root without the split asked for."""
+
+
 class RowError(ValueError):
     def __init__(self, field_name: str | None, message: str):
         super().__init__(message)
@@ -110,38 +114,39 @@ def _release_root(root: str) -> str:
     return nested if storage.is_dir(nested) else root
 
 
-def read_file_text(uri: str, errors: list[InstanceError]) -> str | None:
-    """A data file's text, or None with one error naming the file (missing, not UTF-8, empty)."""
+def _file_text(uri: str) -> tuple[str | None, str | None]:
+    """(a data file's text, None), or (None, why it is unusable: missing, not UTF-8, unreadable, empty)."""
     try:
         text = storage.read_text(uri)
     except FileNotFoundError:
-        errors.append(InstanceError(uri, None, None, "missing file: its instances are left out"))
-        return None
+        return None, "missing file"
     except UnicodeDecodeError as exc:
-        errors.append(InstanceError(uri, None, None, f"not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset "
-                                                     f"{exc.start}): its instances are left out"))
-        return None
+        return None, f"not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
     except OSError as exc:
-        errors.append(InstanceError(uri, None, None, f"unreadable ({exc}): its instances are left out"))
-        return None
-    if not text.strip():
-        errors.append(InstanceError(uri, None, None, "empty file: left out"))
-        return None
+        return None, f"unreadable ({exc})"
+    return (text, None) if text.strip() else (None, "empty file")
+
+
+def read_file_text(uri: str, errors: list[InstanceError]) -> str | None:
+    """A data file's text, or None with one error naming the file and why it is unusable."""
+    text, why = _file_text(uri)
+    if why is not None:
+        errors.append(InstanceError(uri, None, None, f"{why}: its instances are left out"))
     return text
 
 
-def _json_lines(uri: str, errors: list[InstanceError], lines: dict | None = None) -> list[tuple[int, object]] | None:
+def _json_lines(uri: str, errors: list[InstanceError]) -> list[tuple[int, object]] | None:
     """(line number, value) per non-empty line; bad JSON lines become errors; None (reported) if the
-    file cannot be read at all. lines: gets the file's count of non-empty lines, under its uri."""
+    file cannot be read at all."""
     text = read_file_text(uri, errors)
-    if text is None:
-        return None
+    return None if text is None else _parse_json_lines(uri, text, errors)
+
+
+def _parse_json_lines(uri: str, text: str, errors: list[InstanceError]) -> list[tuple[int, object]]:
     out = []
     for line_no, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        if lines is not None:
-            lines[uri] = lines.get(uri, 0) + 1
         try:
             out.append((line_no, json.loads(line)))
         except json.JSONDecodeError as exc:
@@ -153,19 +158,19 @@ def _parallel(files: dict[str, str], first: str, errors: list[InstanceError]) ->
     """Line -> value of each parallel file; None (one error, naming the file at fault) if one of them
     cannot be read: without it no line of `first` can be paired. Files of different lengths are
     reported; lines without a partner are left out line by line."""
-    by_line, counts, read = {}, {}, {}
+    by_line, parsed, counts = {}, {}, {}
     for kind, uri in files.items():
-        if uri not in read:  # the donor file is the recipient file where the language is English
-            reported = len(errors)
-            read[uri] = _json_lines(uri, errors, counts)
-            if read[uri] is None and kind != first:  # one line, naming the file read and the one at fault
-                reason = errors.pop(reported).message.split(":")[0]
-                errors.append(InstanceError(files[first], None, None,
-                                            f"left out whole: its parallel file {uri} is unusable ({reason})"))
-        lines = read[uri]
-        if lines is None:
+        if uri in parsed:  # the donor file is the recipient file where the language is English
+            by_line[kind] = parsed[uri]
+            continue
+        text, why = _file_text(uri)
+        if why is not None:  # one line, naming the file read and the one at fault
+            message = (f"{why}: its instances are left out" if kind == first
+                       else f"left out whole: its parallel file {uri} is unusable ({why})")
+            errors.append(InstanceError(files[first], None, None, message))
             return None
-        by_line[kind] = dict(lines)
+        counts[uri] = sum(1 for line in text.splitlines() if line.strip())
+        by_line[kind] = parsed[uri] = dict(_parse_json_lines(uri, text, errors))
     if len(set(counts.values())) > 1:
         errors.append(InstanceError(files[first], None, None, "parallel files differ in length: " + ", ".join(
             f"{uri} has {n} lines" for uri, n in counts.items()) + "; lines without a partner are left out"))
@@ -400,7 +405,7 @@ def _hf_split(name: str, split: str):
 
     data = datasets.load_from_disk(name) if storage.is_dir(name) else datasets.load_dataset(name)
     if split not in data:
-        raise ValueError(f"hf:{name} has no split {split!r}; it has {', '.join(data)}")
+        raise MissingSplit(f"hf:{name} has no split {split!r}; it has {', '.join(data)}")
     if "lang" not in data[split].column_names:
         raise ValueError(f"hf:{name}[{split}] has no 'lang' column (each row names its language)")
     return data[split]
@@ -615,10 +620,8 @@ def describe(data_root: str | None = None) -> tuple[list[dict], list[InstanceErr
                 languages = list_languages(task, split, root, errors)
             except (FileNotFoundError, OSError):
                 continue
-            except ValueError as exc:
-                if root.startswith("hf:") and "has no split" in str(exc):
-                    continue  # a datasets root holds the splits it holds
-                raise
+            except MissingSplit:
+                continue  # a datasets root holds the splits it holds
             for lang in languages:
                 try:
                     instances, row_errors = load_instances(task, lang, split, root)
