@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .names import DTYPE_NAMES, MODULES
+from .names import DTYPE_NAMES, MODULES, check_positive
 
 
 def _add_grid(sub):
@@ -126,22 +126,16 @@ def _print_tasks(data_root) -> int:
     return 2 if errors else 0
 
 
-def _positive(**values) -> None:
-    for flag, value in values.items():
-        if value is not None and value < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
-
-
 def _bench(args) -> int:
-    _positive(layers=args.layers, hidden=args.hidden, prompt_tokens=args.prompt_tokens, instances=args.instances,
-              cells_per_chunk=args.cells_per_chunk, threads=args.threads, heads=args.heads, kv_heads=args.kv_heads,
-              intermediate=args.intermediate, vocab=args.vocab)
+    check_positive(layers=args.layers, hidden=args.hidden, prompt_tokens=args.prompt_tokens, instances=args.instances,
+                   cells_per_chunk=args.cells_per_chunk, threads=args.threads, heads=args.heads,
+                   kv_heads=args.kv_heads, intermediate=args.intermediate, vocab=args.vocab)
     if args.max_new_tokens < 0:
         raise ValueError(f"--max-new-tokens must be at least 0, got {args.max_new_tokens}")
     if args.suite == "results":
         from .results.scale_bench import run_scale_bench
 
-        _positive(rows=args.rows)
+        check_positive(rows=args.rows)
         run_scale_bench(args.dir, args.rows, before=not args.no_before)
         return 0
     if args.suite:
@@ -172,7 +166,7 @@ def _bench(args) -> int:
             chunks = [int(c) for c in args.sweep.split(",")]
         except ValueError:
             raise ValueError(f"--sweep {args.sweep!r}: expected comma-separated integers, e.g. 64,512") from None
-        _positive(sweep=min(chunks))
+        check_positive(sweep=min(chunks))
         run_sweep(chunks, args.layers if args.layers != 16 else 32, args.hidden, args.prompt_tokens,
                   max_new_tokens=args.max_new_tokens, threads=args.threads)
         return 0

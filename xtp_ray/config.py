@@ -25,7 +25,7 @@ TINY_PREFIX = "tiny:"  # tiny:<Architecture>[:<layers>] builds a seeded tiny mod
 TINY_RUN_SHAPE = {"hidden": 128, "heads": 4, "kv_heads": 2}  # head size 32: what vLLM's CPU attention needs
 
 
-def _field(default, help: str, choices=None, **kw):
+def _field(default, help: str, choices=None):
     """A config field with its --help text (and allowed values), the one place both live."""
     metadata = {"help": help, "choices": choices}
     if isinstance(default, list):
@@ -110,7 +110,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=f.name, default=None, help=text.replace("%", "%%"))
 
 
-def _coerce(name: str, value, default):
+def _coerce(name: str, value):
     annotation = str(_fields()[name].type)
 
     def refuse(expected):
@@ -176,8 +176,7 @@ def load_config(args: argparse.Namespace | None = None, path: str | None = None)
         values.update(loaded)
     if args is not None:
         values.update({k: v for k, v in vars(args).items() if k in _fields() and v is not None})
-    defaults = RunConfig()
-    config = RunConfig(**{k: _coerce(k, v, getattr(defaults, k)) for k, v in values.items()})
+    config = RunConfig(**{k: _coerce(k, v) for k, v in values.items()})
     validate(config, source=path)
     return config
 

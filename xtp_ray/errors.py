@@ -26,8 +26,6 @@ def chain(exc: BaseException) -> list[BaseException]:
 
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
 FRAME = re.compile(r'^\s*File "', re.MULTILINE)
 CHAINED = re.compile(r"\n\s*(The above exception was the direct cause of the following exception:|"
                      r"During handling of the above exception, another exception occurred:)\s*\n")
@@ -67,12 +65,12 @@ def is_user_error(exc: BaseException) -> bool:
 
 def report(command: str, exc: BaseException, debug: bool = False) -> int:
     """Print one line for `exc` (or the traceback under --debug); the exit code."""
+    user = is_user_error(exc)
     if debug:
         import traceback
 
         traceback.print_exception(exc)
-    elif is_user_error(exc):
-        print(f"{command}: error: {root_cause(exc)}", file=sys.stderr)
     else:
-        print(f"{command}: error: {root_cause(exc)} (rerun with --debug for the traceback)", file=sys.stderr)
-    return USER_ERROR_EXIT if is_user_error(exc) else 1
+        hint = "" if user else " (rerun with --debug for the traceback)"
+        print(f"{command}: error: {root_cause(exc)}{hint}", file=sys.stderr)
+    return USER_ERROR_EXIT if user else 1

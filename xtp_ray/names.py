@@ -23,3 +23,10 @@ def check_name(kind: str, value) -> str:
         raise ValueError(f"{kind} {value!r}: only letters, digits, '.', '_' and '-', starting with a letter or "
                          "digit (it becomes part of a path)")
     return value
+
+
+def check_positive(**flags) -> None:
+    """ValueError naming the first flag (`--a-flag`) given a value below 1; None means not given."""
+    for flag, value in flags.items():
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 from . import reference
 from .cells import parse_cells
 from .engines import load_engine
+from .names import check_positive
 
 GRID_SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -71,13 +72,6 @@ def grid_rows(pair_ids: list[str], results, module: str, tokenizer) -> list[dict
     ]
 
 
-def _check_flags(args) -> None:
-    for flag in ("limit", "batch_size", "cells_per_chunk", "max_new_tokens"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
-
-
 def _open_output(path: str) -> tuple[Path, pq.ParquetWriter]:
     """A writer on `<output>.partial`, opened before the model loads: an unwritable output fails first,
     and the rows done so far are on disk if the run stops."""
@@ -94,7 +88,8 @@ def _open_output(path: str) -> tuple[Path, pq.ParquetWriter]:
 
 def run_probe(args) -> int:
     """Exit code: 0, or 2 when rows of a --task were left out (the rest is written)."""
-    _check_flags(args)
+    check_positive(limit=args.limit, batch_size=args.batch_size, cells_per_chunk=args.cells_per_chunk,
+                   max_new_tokens=args.max_new_tokens)
     left_out = []
     if args.input:
         pairs, left_out = read_pairs(args.input)
