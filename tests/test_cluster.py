@@ -113,6 +113,18 @@ def test_a_local_output_another_node_cannot_see_is_refused_before_any_work(clust
     assert time.time() - start < 120
 
 
+def test_a_local_model_another_node_cannot_see_is_refused(cluster, tiny_model_dir):
+    model = PRIVATE / "model"  # on this host only: the worker node has its own empty tmpfs here
+    shutil.copytree(tiny_model_dir, model)
+    before = sorted(p.name for p in model.iterdir())
+    done = _run(cluster, "--model", str(model), "--langs", "sw", "--limit", "1", "--output", "s3://xtp/runs",
+                "--run-id", "local-model")
+    assert done.returncode == 2, done.stderr[-3000:]
+    [line] = [line for line in done.stderr.splitlines() if line.startswith("xtp run: error:")]
+    assert f"model {model} is local to this host: node(s) 127.0.0.1" in line, line
+    assert sorted(p.name for p in model.iterdir()) == before  # nothing left beside the weights
+
+
 def _rows(prefix: str) -> list[dict]:
     import pyarrow.parquet as pq
 

@@ -80,13 +80,12 @@ def _check_cluster(config: RunConfig) -> None:
 
     how = check_feasible(config.num_cpus_per_actor, config.num_gpus_per_actor)
     log.info("actor request %s: %s", _request_text(config), how)
-    local = {}
-    if "://" not in config.output:
-        local["output"] = run_dir(config)
+    outputs = {"output": run_dir(config)} if "://" not in config.output else {}
+    inputs = {}
     if not config.model.startswith((TINY_PREFIX, "s3://")) and os.path.isdir(config.model):
-        local["model"] = os.path.abspath(config.model)
-    if local:
-        check_shared(local, config.num_cpus_per_actor, config.num_gpus_per_actor)
+        inputs["model"] = os.path.join(os.path.abspath(config.model), "config.json")  # preflight: it is there
+    if outputs or inputs:
+        check_shared(outputs, inputs, config.num_cpus_per_actor, config.num_gpus_per_actor)
 
 
 def run_job(config: RunConfig, ray_address: str | None = None, take_over: bool = False) -> dict:

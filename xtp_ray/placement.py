@@ -4,7 +4,8 @@
   autoscaler's node types (`get_cluster_config`), against those too; what none can hold is refused
   at once instead of pending forever.
 - `check_shared`: a local output or model directory must be the same place on every node that may
-  run an actor: the driver writes a probe file, one task pinned to each such node reads it back.
+  run an actor: the driver writes a probe file into the output (and reads the model's config.json),
+  one task pinned to each such node reads the same back.
   Nodes that do not see it are named, and `s3://` (or a shared filesystem) is suggested.
 - `device_for_actor`: an actor that holds GPUs must see CUDA (Ray sets CUDA_VISIBLE_DEVICES to
   exactly its GPUs) or fail loudly; one that holds none runs on the CPU and is kept off every GPU.
@@ -85,15 +86,17 @@ def _read_probe(path: str) -> str | None:
     try:
         with open(path, encoding="utf-8") as handle:
             return handle.read()
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         return None
 
 
-def check_shared(paths: dict[str, str], num_cpus: float, num_gpus: float, timeout_s: float = 120.0) -> None:
-    """Each local path (name -> directory) must be the same directory on every live node that can hold
-    an actor: a probe file written here must be read back there. ValueError naming the nodes otherwise."""
+def check_shared(outputs: dict[str, str], inputs: dict[str, str], num_cpus: float, num_gpus: float,
+                 timeout_s: float = 120.0) -> None:
+    """Each local path must be the same place on every live node that can hold an actor, else ValueError
+    naming the nodes. outputs: name -> a directory actors write (a probe file is written there and read
+    back); inputs: name -> a file actors read (its text must read the same; nothing is written next to
+    it: a model directory may well be read-only)."""
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     request = actor_request(num_cpus, num_gpus)
     nodes = [n for n in ray.nodes() if n.get("Alive") and _fits(n["Resources"], request)]
@@ -101,27 +104,36 @@ def check_shared(paths: dict[str, str], num_cpus: float, num_gpus: float, timeou
     remote = [n for n in nodes if n["NodeID"] != here]
     if not remote:
         return
-    reader = ray.remote(num_cpus=0)(_read_probe)
-    for name, directory in paths.items():
+    for name, directory in outputs.items():
         token = uuid.uuid4().hex
         probe = os.path.join(directory, f".xtp-probe-{token}")
         try:
             with open(probe, "w", encoding="utf-8") as handle:
                 handle.write(token)
-            refs = {n["NodeManagerAddress"] + " (" + n["NodeID"][:8] + ")": reader.options(
-                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(probe)
-                for n in remote}
-            seen = dict(zip(refs, ray.get(list(refs.values()), timeout=timeout_s)))
+            _refuse_blind(name, directory, probe, token, remote, timeout_s)
         finally:
             try:
                 os.unlink(probe)
             except OSError:
                 pass
-        blind = sorted(node for node, text in seen.items() if text != token)
-        if blind:
-            raise ValueError(f"{name} {directory} is local to this host: node(s) {', '.join(blind)} do not see it, "
-                             f"so their actors would write (or read) elsewhere; use s3://bucket/prefix or a "
-                             "filesystem shared by every node")
+    for name, path in inputs.items():
+        _refuse_blind(name, os.path.dirname(path), path, _read_probe(path), remote, timeout_s)
+
+
+def _refuse_blind(name: str, where: str, path: str, expected: str | None, nodes: list[dict], timeout_s: float) -> None:
+    """ValueError naming the nodes where `path` does not read `expected` (one pinned task per node)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    reader = ray.remote(num_cpus=0)(_read_probe)
+    refs = {n["NodeManagerAddress"] + " (" + n["NodeID"][:8] + ")": reader.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(path) for n in nodes}
+    seen = dict(zip(refs, ray.get(list(refs.values()), timeout=timeout_s)))
+    blind = sorted(node for node, text in seen.items() if text != expected)
+    if blind:
+        raise ValueError(f"{name} {where} is local to this host: node(s) {', '.join(blind)} do not see it, "
+                         f"so their actors would write (or read) elsewhere; use s3://bucket/prefix or a "
+                         "filesystem shared by every node")
 
 
 def device_for_actor(num_gpus: float) -> str:
