@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,8 @@ from support import free_port, ray_start, s3_environment, stop_session
 RAY = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
 pytestmark = pytest.mark.skipif(RAY is None or os.geteuid() != 0 or shutil.which("unshare") is None,
                                 reason="needs the ray CLI, root and unshare")
-PRIVATE = Path("/tmp") / f"xtp-private-{os.getpid()}"  # a tmpfs of its own inside the worker's namespace
+# a tmpfs of its own inside the worker's namespace; unique per run (PIDs repeat across PID namespaces)
+PRIVATE = Path("/tmp") / f"xtp-private-{uuid.uuid4().hex[:12]}"
 COMMON = ["--num-cpus=1", "--object-store-memory=150000000", "--disable-usage-stats"]
 
 
@@ -71,6 +73,7 @@ class TwoNodes:
         self.worker.wait(timeout=30)
         left = stop_session(self.session) + stop_session(self.worker.pid)  # both sessions, by PID
         shutil.rmtree(self.temp, ignore_errors=True)
+        shutil.rmtree(PRIVATE, ignore_errors=True)
         assert not left, f"processes of the test's cluster outlived it: {left}"
 
 
