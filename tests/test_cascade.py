@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from xtp_ray.cascade import (BIAS_ALIGNMENT, SharedPrefix, attend_fused, attend_matmul, cascade_attention_forward,
+from xtp_ray.cascade import (BIAS_ALIGNMENT, SharedPrefix, attend_fused, attend_matmul, attend_own_matmul,
+                              cascade_attention_forward,
                               padding_bias)
 
 TOL = 1e-5
@@ -120,3 +121,17 @@ def test_fused_kernel_runs_here_and_equals_the_matmul_path():
     plain = attend_matmul(q, k, v, 0.25, mask)
     assert torch.allclose(fused[0], plain[0], atol=TOL, rtol=0)
     assert torch.allclose(fused[1], plain[1], atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("queries,softcap", [(1, None), (3, None), (3, 5.0)])
+def test_own_keys_log_softmax_path_equals_logsumexp(queries, softcap):
+    """The rows' own part takes lse as s_0 - log p_0 (key 0 is visible to every query): the same output
+    and log-sum-exp as the plain logsumexp path, causal masks (several queries) and softcap included."""
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(6, 2, queries, 16, generator=g) * 3
+    k, v = (torch.randn(6, 2, 5, 16, generator=g) * 3 for _ in range(2))
+    causal = torch.arange(5)[None, :] <= torch.arange(5 - queries, 5)[:, None] if queries > 1 else None
+    out, lse = attend_own_matmul(q, k, v, 0.25, causal, softcap)
+    want_out, want_lse = attend_matmul(q, k, v, 0.25, causal, softcap)
+    assert torch.allclose(out, want_out, atol=TOL, rtol=0)
+    assert torch.allclose(lse, want_lse, atol=TOL, rtol=0)

@@ -49,6 +49,8 @@ def test_every_row_reads_its_own_past(batch, seed, repack, monkeypatch):
         for layer, plan in enumerate(sharing.plans):
             active, spread = plan.active.numpy(), plan.spread.numpy()
             assert len(active) % batch == 0 and (active % batch == np.arange(len(active)) % batch).all()
+            every = np.arange(rows)  # a whole plan (the layer runs its rows as they are, no gather) is exactly that
+            assert plan.whole == (len(active) == rows and (active == every).all() and (spread == every).all())
             if plan.copies is not None:  # all read before any is written, as the cache's indexed copy does
                 to, source = (t.tolist() for t in plan.copies)
                 pasts = [list(store[layer][slot]) for slot in source]
@@ -70,6 +72,31 @@ def test_every_row_reads_its_own_past(batch, seed, repack, monkeypatch):
         finished = finished | (rng.random(rows) < 0.05)
         sharing.advance(tokens, finished)
     assert saved[-1] < 0.9  # the layers really ran fewer rows
+
+
+def test_a_layer_where_every_row_computes_itself_runs_without_gathers():
+    """Vanilla and a cell 0 -> 1: in step 0 layer 0 computes one row for both, layers 1 and 2 both rows,
+    each in its own slot (a whole plan); once they chose different tokens every layer is whole, and the
+    hooks hand the layers their rows as they are."""
+    model = build_tiny_model("LlamaForCausalLM", 64, num_layers=3)
+    sharing = RowSharing(np.array([3, 1]), 1, "cpu", 3)
+    sharing.plan(first_step=True)
+    assert [plan.whole for plan in sharing.plans] == [False, True, True]
+    sharing.advance(np.array([5, 7]), np.zeros(2, dtype=bool))
+    sharing.plan(first_step=False)
+    assert all(plan.whole for plan in sharing.plans)
+    assert sharing.plans[0].copies is not None  # layer 0's one slot split in two
+    seen = []
+    hooks = [layer.register_forward_pre_hook(lambda _m, args, kwargs: seen.append(args[0] if args else
+                                                                                     kwargs["hidden_states"]),
+                                             with_kwargs=True) for layer in decoder_layers(model)]
+    try:
+        with share_rows(model, sharing), torch.inference_mode():
+            model(input_ids=torch.tensor([[5], [7]]), use_cache=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert [hidden.shape[0] for hidden in seen] == [2, 2, 2]
 
 
 def test_sharing_equals_computing_every_row(tokenizer):

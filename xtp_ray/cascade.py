@@ -292,8 +292,20 @@ def own_part(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scalin
     if q_len > 1:  # query t sits at own position s - q + t and sees keys up to it
         at = torch.arange(own - q_len, own, device=query.device)
         causal = (torch.arange(own, device=query.device)[None, :] <= at[:, None]).repeat(group, 1)
-    out, lse = attend_matmul(grouped, key, value, scaling, causal, softcap)
+    out, lse = attend_own_matmul(grouped, key, value, scaling, causal, softcap)
     return out.view(rows, heads, q_len, dim), lse.view(rows, heads, q_len)
+
+
+def attend_own_matmul(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float,
+                      causal: torch.Tensor | None, softcap: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`attend_matmul` for the rows' own keys, where key 0 (the row's last prompt token) is visible to
+    every query: one `log_softmax` gives the weights (its exp) and the log-sum-exp (s_0 - log p_0), in
+    3 ops where logsumexp + exp(scores - lse) take ~12 and compute the exponentials twice.
+    query [..., m, D], key/value [..., s, D] -> (out [..., m, D], lse [..., m] fp32)."""
+    scores = _masked(torch.matmul(query, key.transpose(-1, -2)).float() * scaling, causal, softcap)  # [..., m, s]
+    logp = torch.log_softmax(scores, dim=-1)  # [..., m, s]
+    lse = scores[..., 0] - logp[..., 0]  # [..., m]: lse = s_k - log p_k for any visible k
+    return torch.matmul(logp.exp_().to(value.dtype), value), lse
 
 
 def cascade_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None,

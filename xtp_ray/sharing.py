@@ -51,6 +51,7 @@ class RowPlan:
     active: torch.Tensor  # [m * B] long: the row whose input each slot computes (padding: any row of b)
     spread: torch.Tensor  # [R] long: the slot whose result each row takes
     copies: tuple[torch.Tensor, torch.Tensor] | None = None  # (to slots, from slots): past keys/values to copy
+    whole: bool = False  # every row computes itself in its own slot: the layer runs all R rows as they are
 
 
 @dataclass
@@ -94,7 +95,8 @@ class RowSharing:
             self.slots = [_Slots(np.full(self.rows, -1), np.zeros(self.rows, dtype=np.int64))
                           for _ in range(self.num_layers)]
         elif self._unchanged and self._planned_decode:
-            self.plans = [plan if plan.copies is None else RowPlan(plan.active, plan.spread) for plan in self.plans]
+            self.plans = [plan if plan.copies is None else RowPlan(plan.active, plan.spread, whole=plan.whole)
+                          for plan in self.plans]
             self.computed += self._computed_per_forward
             return
         before = self.computed
@@ -105,10 +107,12 @@ class RowSharing:
         flat = to_device(np.concatenate(arrays), self.device)  # one host->device copy for all layers
         views = iter(flat.split([len(array) for array in arrays]))  # views, in the order of `arrays`
         self.plans = []
+        every = np.arange(self.rows)
         for active, spread, copy_to, copy_from in host:
+            whole = len(active) == self.rows and bool((active == every).all() and (spread == every).all())
             active, spread = next(views), next(views)
             copies = (next(views), next(views)) if copy_to is not None else None
-            self.plans.append(RowPlan(active, spread, copies))
+            self.plans.append(RowPlan(active, spread, copies, whole))
 
     def advance(self, tokens: np.ndarray, finished: np.ndarray) -> None:
         """Record the tokens [R] the rows just chose and which rows are done."""
@@ -126,9 +130,12 @@ class RowSharing:
         keys = np.where(own, np.arange(self.rows), self.rows + self.history)
         live = np.flatnonzero(~self.finished)
         _, first, group = np.unique(keys[live], return_index=True, return_inverse=True)
+        order = np.argsort(first)  # groups in the order of their first rows, so slots follow the rows
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
         of_row = np.full(self.rows, -1)
-        of_row[live] = group.reshape(-1)
-        return live[first], of_row
+        of_row[live] = rank[group.reshape(-1)]
+        return live[first[order]], of_row
 
     def _fill(self, first: np.ndarray, slot: np.ndarray, width: int) -> int:
         """Give each group without a slot (-1) its instance's lowest free slot; returns the width m."""
@@ -215,7 +222,7 @@ def share_rows(model, sharing: RowSharing) -> Iterator[None]:
         for layer, module in enumerate(decoder_layers(model)):
             def narrow(_mod, args, kwargs, layer=layer):
                 plan = sharing.plans[layer]
-                if plan is None:
+                if plan is None or plan.whole:
                     return None
                 front = slice(0, len(plan.active))
                 kwargs = {k: _pick(v, sharing.rows, front if k in POSITIONAL else plan.active)
@@ -224,7 +231,7 @@ def share_rows(model, sharing: RowSharing) -> Iterator[None]:
 
             def widen(_mod, _args, _kwargs, output, layer=layer):
                 plan = sharing.plans[layer]
-                if plan is None:
+                if plan is None or plan.whole:
                     return None
                 hidden = output[0] if isinstance(output, tuple) else output  # [m * B, q, d]
                 hidden = hidden.index_select(0, plan.spread.to(hidden.device))  # [R, q, d]
