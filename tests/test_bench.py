@@ -106,6 +106,7 @@ def test_overhead_reports_time_and_transfers_per_step(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     head = [line for line in lines if line.startswith("host overhead: ")]
     assert len(head) == 1 and "1.00 device->host syncs" in head[0], lines
+    assert sum(line.startswith("at 2 rows (dispatch alone): ") for line in lines) == 1, lines
     assert lines[-1].startswith("plain HF decode step, same model")
 
 

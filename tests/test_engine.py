@@ -233,3 +233,11 @@ def test_at_most_one_transfer_each_way_per_decode_step(tokenizer):
         tokenizer.eos_token = tokenizer_eos
     assert counts["to_host"] == 8  # steps: one each
     assert counts["to_device"] <= 8  # the first plan + at most one per decode step (fewer when no group split)
+
+
+def test_greedy_picks_the_first_highest_token_as_argmax_does():
+    """`engine.greedy` (max's indices, faster on a CPU) equals argmax, ties included (both take the first)."""
+    logits = torch.tensor([[0.0, 2.0, 2.0, 1.0], [5.0, 5.0, 5.0, 5.0], [-1.0, -3.0, -1.0, -2.0]])
+    logits = torch.cat([logits, torch.randn(61, 4).round()])  # many ties among small integers
+    assert engine.greedy(logits).tolist() == logits.argmax(-1).tolist()
+    assert engine.greedy(logits)[:3].tolist() == [1, 0, 0]

@@ -291,7 +291,8 @@ def run_overhead(num_layers: int = 32, rows: int = 1024, max_new_tokens: int = 2
                  repeats: int = 3, threads: int | None = 1, log=print) -> dict:
     """Host time per decode step where the arithmetic is negligible (hidden 8, one head, 1 instance x
     `rows` cells): (time of a grid with `max_new_tokens` - time with 1) / the extra decode steps, median of
-    `repeats`, with the device<->host transfers per step that the engine made (`transfers.COUNTS`)."""
+    `repeats`, with the device<->host transfers per step that the engine made (`transfers.COUNTS`). The
+    same at 2 rows, where only dispatch is left, beside a plain HF decode step at 2 and `rows` rows."""
     from . import transfers
 
     if threads:
@@ -300,20 +301,27 @@ def run_overhead(num_layers: int = 32, rows: int = 1024, max_new_tokens: int = 2
     model.generation_config.eos_token_id = None  # no row stops early: every step runs every row
     tokenizer.eos_token = None
     donors, recipients = _bench_prompts(tokenizer, 1, 32)
-    grid = (parse_cells("full", num_layers) * (1 + rows // num_layers ** 2))[:rows - 1]
     hf = engine.HFEngine(model, tokenizer, share=share)
-    hf.run_grid(donors, recipients, grid, "ffn", 2)  # warm-up
-    per_step, counts = [], None
-    for _ in range(repeats):
-        _, short = _timed(lambda: hf.run_grid(donors, recipients, grid, "ffn", 1))
-        before = transfers.COUNTS.snapshot()
-        _, long = _timed(lambda: hf.run_grid(donors, recipients, grid, "ffn", max_new_tokens))
-        counts = transfers.COUNTS.since(before)
-        per_step.append((long - short) / (max_new_tokens - 1))
     steps = max_new_tokens - 1  # decode forwards after the first (patched) one
-    ms = 1000 * statistics.median(per_step)
+
+    def per_step(width: int) -> tuple[list[float], dict]:
+        grid = (parse_cells("full", num_layers) * (1 + width // num_layers ** 2))[:width - 1]
+        hf.run_grid(donors, recipients, grid, "ffn", 2)  # warm-up
+        seconds, counts = [], None
+        for _ in range(repeats):
+            _, short = _timed(lambda: hf.run_grid(donors, recipients, grid, "ffn", 1))
+            before = transfers.COUNTS.snapshot()
+            _, long = _timed(lambda: hf.run_grid(donors, recipients, grid, "ffn", max_new_tokens))
+            counts = transfers.COUNTS.since(before)
+            seconds.append((long - short) / steps)
+        return seconds, counts
+
+    wide, counts = per_step(rows)
+    narrow, _ = per_step(2)
+    ms, dispatch_ms = 1000 * statistics.median(wide), 1000 * statistics.median(narrow)
     floor = {n: plain_decode_ms(model, n) for n in (2, rows)}
-    result = {"ms_per_step": ms, "range_ms": [1000 * min(per_step), 1000 * max(per_step)],
+    result = {"ms_per_step": ms, "range_ms": [1000 * min(wide), 1000 * max(wide)],
+              "ms_per_step_2_rows": dispatch_ms, "range_ms_2_rows": [1000 * min(narrow), 1000 * max(narrow)],
               "to_host_per_step": counts["to_host"] / max_new_tokens,
               "to_device_per_step": counts["to_device"] / steps, "layers": num_layers, "rows": rows,
               "share": share, "threads": torch.get_num_threads(), "plain_hf_ms": floor}
@@ -321,6 +329,8 @@ def run_overhead(num_layers: int = 32, rows: int = 1024, max_new_tokens: int = 2
         f"{result['range_ms'][0]:.2f}-{result['range_ms'][1]:.2f}), {result['to_host_per_step']:.2f} device->host "
         f"syncs, {result['to_device_per_step']:.2f} host->device copies per step ({num_layers} layers, {rows} rows, "
         f"{'row sharing' if share else 'no row sharing'}, {result['threads']} thread(s))")
+    log(f"at 2 rows (dispatch alone): {dispatch_ms:.2f} ms per decode step (range "
+        f"{result['range_ms_2_rows'][0]:.2f}-{result['range_ms_2_rows'][1]:.2f})")
     log(f"plain HF decode step, same model (DynamicCache, no transplant): {floor[2]:.2f} ms at 2 rows, "
         f"{floor[rows]:.2f} ms at {rows} rows")
     return result
