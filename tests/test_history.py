@@ -59,6 +59,16 @@ def test_history_of_chosen_runs_without_a_regression_exits_0(output, capsys):
     assert main(["history", "--output", str(output), "--threshold", "15.5"]) == 0
 
 
+def test_a_directory_that_is_no_run_id_is_skipped_with_a_warning(output, caplog):
+    """A folder beside the runs whose name is no run id (a space, a leading dot) is named in a warning and
+    left out; the runs are read as before."""
+    _write_run(output, "night 4", 4000.0, _report("night 4", 0.10, 0.10))
+    assert main(["history", "--output", str(output), "--threshold", "15.5"]) == 0
+    history = json.loads((output / "history" / "history.json").read_text())
+    assert [r["run_id"] for r in history["runs"]] == ["b-night1", "a-night2", "c-night3"]
+    assert [r.getMessage() for r in caplog.records if "skipped 'night 4'" in r.getMessage()], caplog.text
+
+
 def test_history_names_a_missing_run(output, capsys):
     assert main(["history", "--output", str(output), "--run-ids", "b-night1,nope"]) == 2
     assert "run 'nope'" in capsys.readouterr().err
