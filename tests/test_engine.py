@@ -99,13 +99,18 @@ def test_cell_lists_equal_their_cells_of_the_full_grid(tokenizer):
         assert_same(part, [[by_cell[b][r.cell] for r in row] for b, row in enumerate(part)])
 
 
-def test_gemma2_sliding_window_prompts_longer_than_the_window(tokenizer):
+@pytest.mark.parametrize("donors", [DONORS[:2], [DONORS[0] * 3, DONORS[2]]])  # shorter / longer than the recipients
+def test_gemma2_sliding_window_prompts_longer_than_the_window(tokenizer, donors):
     """Prefix keys that fell out of a sliding layer's window are masked by position (and the
-    prefill cache keeps only the window): prompts longer than the window equal the reference."""
+    prefill cache keeps only the window): prompts longer than the window equal the reference, also
+    when the donors, which share the prefill's forward, are the longer rows (the recipients' rows carry
+    extra left padding and the sliding layers keep the window of the donors' width)."""
     model = _model("Gemma2ForCausalLM", tokenizer, sliding_window=12)
     cells = parse_cells("full", 3)
-    donors, recipients = DONORS[:2], [RECIPIENTS[0] * 2, RECIPIENTS[2]]  # ~30 and ~6 tokens: one beyond 12
+    recipients = [RECIPIENTS[0] * 2, RECIPIENTS[2]]  # ~30 and ~6 tokens: one beyond 12
     assert len(tokenizer(recipients[0]).input_ids) > 2 * 12
+    if donors[0] != DONORS[0]:
+        assert len(tokenizer(donors[0]).input_ids) > len(tokenizer(recipients[0]).input_ids) + 12
     fast = engine.run_grid(model, tokenizer, donors, recipients, cells, "ffn", 5, cells_per_chunk=4,
                            keep_logits=True)
     slow = reference.run_grid(model, tokenizer, donors, recipients, cells, "ffn", 5)
@@ -189,7 +194,8 @@ def test_cells_per_chunk_bounds_every_forward(tokenizer):
         engine.run_grid(model, tokenizer, DONORS, RECIPIENTS, parse_cells("full", 4), "ffn", 3, cells_per_chunk=5)
     finally:
         handle.remove()
-    cell_forwards = [shape for shape in widths[2:]]  # after the donor forward and the recipient prefill
+    assert widths[0][0] == 2 * 3  # one forward for the 3 donors and the 3 recipient prefixes
+    cell_forwards = [shape for shape in widths[1:]]
     assert len(cell_forwards) == 4 * 3  # ceil(17 / 5) chunks x 3 steps
     assert max(shape[0] for shape in cell_forwards) == 3 * 5  # rows: 3 instances x 5 cells
     assert all(shape[1] == 1 for shape in cell_forwards)  # one token per row: the prefix is never re-fed

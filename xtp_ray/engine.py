@@ -213,6 +213,44 @@ def capture_donors(model, tokenizer, donors: list[str], module: str) -> torch.Te
     return torch.stack([store[layer].to(model.device) for layer in layers], dim=1)  # layers may sit on several GPUs
 
 
+def _left_pad(tensor: torch.Tensor, width: int, value: int) -> torch.Tensor:
+    """[B, t] -> [B, width], padded on the left with `value`."""
+    return torch.nn.functional.pad(tensor, (width - tensor.shape[1], 0), value=value)
+
+
+@torch.inference_mode()
+def donors_and_prefix(model, tokenizer, donors: list[str], ids: torch.Tensor, mask: torch.Tensor,
+                      module: str) -> tuple[torch.Tensor, SharedPrefix]:
+    """The donors and the recipients' prefixes in one forward: (donor values [B, L, d], shared prefix).
+
+    2B rows left padded to one width W: the B donors (whole; every layer's donor value is taken at
+    their last token) and the B recipient prefixes (ids [B, T] but the last token), whose K/V become each
+    instance's prefix: per layer the recipients' rows cut to their last P = T - 1 positions (copied out,
+    [B, K_h, P, D], so the donors' keys/values are freed; a sliding-window layer keeps fewer). One forward instead of two: one layer stack
+    of dispatch less, and products over 2B rows. Left padding leaves every row's values as alone
+    (position ids skip it, masked keys weigh 0), as the donor batch and the prefill always had it.
+    """
+    batch, prefix_len = ids.shape[0], ids.shape[1] - 1
+    donor_ids, donor_mask = encode_left_padded(tokenizer, donors, model.device)  # [B, Td]
+    width = max(donor_ids.shape[1], prefix_len)
+    pad = tokenizer.pad_token_id
+    both_ids = torch.cat([_left_pad(donor_ids, width, pad), _left_pad(ids[:, :-1], width, pad)])  # [2B, W]
+    both_mask = torch.cat([_left_pad(donor_mask, width, 0), _left_pad(mask[:, :-1], width, 0)])  # [2B, W]
+    cache = DynamicCache(config=model.config)
+    layers = list(range(num_layers(model)))
+    with capture_last_token(model, module, layers) as store:
+        model(input_ids=both_ids, attention_mask=both_mask, position_ids=positions(both_mask),
+              past_key_values=cache, use_cache=True, logits_to_keep=1)
+    donor_values = torch.stack([store[layer][:batch].to(model.device) for layer in layers], dim=1)  # [B, L, d]
+    keys, values = [], []
+    for layer in cache.layers:  # [2B, K_h, W_l, D] -> the recipients' last min(W_l, P) positions
+        kept = min(layer.keys.shape[2], prefix_len)
+        keys.append(layer.keys[batch:, :, -kept:].clone())  # copies: the donors' half is freed with the cache
+        values.append(layer.values[batch:, :, -kept:].clone())
+    pos = positions(mask)  # [B, T]
+    return donor_values, SharedPrefix(keys, values, mask[:, :-1].bool(), pos[:, :-1])  # masks [B, P]
+
+
 @torch.inference_mode()
 def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: list[Cell],
              module: str, max_new_tokens: int = 20, cells_per_chunk: int | None = None,
@@ -245,16 +283,12 @@ def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: 
         # a row's own tokens must all lie inside the window (prefix keys are masked by position)
         raise ValueError(f"{max_new_tokens} new tokens do not fit the model's sliding window of {window}; "
                          "use the reference engine")
-    donor_values = capture_donors(model, tokenizer, donors, module)  # [B, L, d]
     pos = positions(mask)  # [B, T]
     prefix_len = ids.shape[1] - 1
-    cache = DynamicCache(config=model.config)
     if prefix_len > 0:
-        model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1],
-              past_key_values=cache, use_cache=True)
-        shared = SharedPrefix([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers],
-                              mask[:, :-1].bool(), pos[:, :-1])  # [B, K_h, P, D] per layer, [B, P], [B, P]
-    else:  # a one-token prompt: an empty prefix
+        donor_values, shared = donors_and_prefix(model, tokenizer, donors, ids, mask, module)
+    else:  # one-token prompts: an empty prefix
+        donor_values = capture_donors(model, tokenizer, donors, module)  # [B, L, d]
         d = _dims(model)
         empty = torch.zeros(batch, d["kv_heads"], 0, d["head_dim"], dtype=model.dtype, device=device)
         nothing = torch.zeros(batch, 0, dtype=torch.long, device=device)
