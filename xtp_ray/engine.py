@@ -1,8 +1,9 @@
 """The fast grid engine (SPEC 6): no L^2 full passes, cost linear in the cells.
 
 Per batch of instances (B of them, left padded, recipient length T):
-1. one donor forward captures the donor value of every layer at the last token;
-2. one recipient prefill over the P = T - 1 prefix tokens builds the prefix KV,
+1.-2. one forward over the donors and the recipients' prefixes together (2B rows,
+   `donors_and_prefix`) captures the donor value of every layer at the donors' last
+   token and builds the recipients' prefix KV over their P = T - 1 prefix tokens,
    shared by every cell (patching the last position leaves every earlier position
    untouched under causal attention). It is stored once per instance and layer;
 3. the cells of a chunk are batch rows: n cells per instance, R = n * B rows (cell-major), each
