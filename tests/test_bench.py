@@ -57,6 +57,10 @@ def test_gpu_suite_small_writes_its_json(tmp_path, capsys):
         phase = result["phases"][mode]
         assert phase["plan"]["rows_per_forward"] == 2 * phase["cells_per_instance"]  # 2 instances, one chunk
         assert phase["fused_fallbacks_per_run"] == 0 and phase["median_s"] > 0
+        planning = phase["planning_per_run"]  # step 0 always planned; decode steps planned or reused
+        forwards = 1 + (phase["new_tokens"] - 1 if phase["new_tokens"] else 0)
+        assert planning["planned"] >= 1 and planning["planned"] + planning["reused"] <= forwards
+        assert planning["host_s"] > 0 and line[f"{mode}_planning_s"] == round(planning["host_s"], 4)
     assert result["phases"]["subset"]["reference"]["identical_decisions"] == result["phases"]["subset"]["reference"]["cells"]
 
 
@@ -107,6 +111,8 @@ def test_overhead_reports_time_and_transfers_per_step(capsys):
     head = [line for line in lines if line.startswith("host overhead: ")]
     assert len(head) == 1 and "1.00 device->host syncs" in head[0], lines
     assert sum(line.startswith("at 2 rows (dispatch alone): ") for line in lines) == 1, lines
+    planning = [line for line in lines if line.startswith("planning on the host: ")]
+    assert len(planning) == 1 and "of 20)" in planning[0], lines
     assert lines[-1].startswith("plain HF decode step, same model")
 
 

@@ -24,6 +24,7 @@ from .capture import replace_rows
 from .cells import VANILLA, parse_cells
 from .engine import CellResult, capture_donors, cell_patches, eos_ids, record_next_token, trim_at_stop
 from .scoring import option_token_ids
+from .sharing import PLANNING
 from .tiny import build_tiny_model, tokenizer_corpus, train_tokenizer
 
 LOGIT_TOLERANCE = 1e-4
@@ -310,9 +311,9 @@ def run_overhead(num_layers: int = 32, rows: int = 1024, max_new_tokens: int = 2
         seconds, counts = [], None
         for _ in range(repeats):
             _, short = _timed(lambda: hf.run_grid(donors, recipients, grid, "ffn", 1))
-            before = transfers.COUNTS.snapshot()
+            before, planning = transfers.COUNTS.snapshot(), PLANNING.snapshot()
             _, long = _timed(lambda: hf.run_grid(donors, recipients, grid, "ffn", max_new_tokens))
-            counts = transfers.COUNTS.since(before)
+            counts = {**transfers.COUNTS.since(before), **PLANNING.since(planning)}
             seconds.append((long - short) / steps)
         return seconds, counts
 
@@ -324,11 +325,15 @@ def run_overhead(num_layers: int = 32, rows: int = 1024, max_new_tokens: int = 2
               "ms_per_step_2_rows": dispatch_ms, "range_ms_2_rows": [1000 * min(narrow), 1000 * max(narrow)],
               "to_host_per_step": counts["to_host"] / max_new_tokens,
               "to_device_per_step": counts["to_device"] / steps, "layers": num_layers, "rows": rows,
-              "share": share, "threads": torch.get_num_threads(), "plain_hf_ms": floor}
+              "share": share, "threads": torch.get_num_threads(), "plain_hf_ms": floor,
+              "planning_ms_per_step": 1000 * counts["seconds"] / max_new_tokens,
+              "planned": counts["planned"], "reused": counts["reused"]}
     log(f"host overhead: {ms:.2f} ms per decode step (median of {repeats}; range "
         f"{result['range_ms'][0]:.2f}-{result['range_ms'][1]:.2f}), {result['to_host_per_step']:.2f} device->host "
         f"syncs, {result['to_device_per_step']:.2f} host->device copies per step ({num_layers} layers, {rows} rows, "
         f"{'row sharing' if share else 'no row sharing'}, {result['threads']} thread(s))")
+    log(f"planning on the host: {result['planning_ms_per_step']:.2f} ms per step ({counts['planned']} forwards "
+        f"planned, {counts['reused']} reusing the last plans, of {max_new_tokens})")
     log(f"at 2 rows (dispatch alone): {dispatch_ms:.2f} ms per decode step (range "
         f"{result['range_ms_2_rows'][0]:.2f}-{result['range_ms_2_rows'][1]:.2f})")
     log(f"plain HF decode step, same model (DynamicCache, no transplant): {floor[2]:.2f} ms at 2 rows, "

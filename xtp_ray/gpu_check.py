@@ -8,7 +8,8 @@ rewritten after every phase, so a run cut short keeps what it measured:
   generation and option scoring, every cell compared (tolerance 1e-4 on the logits);
 - generate / score: the full grid on the big shape (default Llama-2-7B, bf16): seconds per
   instance, cells/s, rows per forward, peak memory against `chunk_bytes`, host time against
-  GPU kernel time (torch profiler), fused-kernel fallbacks;
+  GPU kernel time (torch profiler), fused-kernel fallbacks, host planning between forwards
+  (forwards planned afresh or reusing the last plans, and the host seconds: the device waits for it);
 - subset: the batched peer and the reference on a few cells of one instance against the fast
   engine on the same cells (speed and decisions).
 
@@ -34,6 +35,7 @@ from .cascade import KERNELS, attend_fused, attend_matmul, padding_bias, prefix_
 from .cells import parse_cells
 from .engine import HFEngine
 from .scoring import option_token_ids
+from .sharing import PLANNING
 
 PROMPT_TOKENS = 130  # the paper's prompts are ~130 tokens on Llama-2's tokenizer
 NEW_TOKENS = 20
@@ -154,10 +156,12 @@ def measure_grid(model, tokenizer, mode: str, instances: int, device: str, repea
     engine.run_grid(donors, recipients, grid[:8], "ffn", min(new_tokens, 2), option_token_ids=options)  # warm-up
     times, peak = [], None
     KERNELS.reset()
+    planning = PLANNING.snapshot()
     for _ in range(repeats):
         _, seconds, used = _peak(run, device)
         times.append(seconds)
         peak = used if peak is None else max(peak, used or 0)
+    planning = {name: value / repeats for name, value in PLANNING.since(planning).items()}
     fused, fallbacks, error = KERNELS.fused, KERNELS.fallbacks, KERNELS.last_error
     median = statistics.median(times)
     cells = instances * (len(grid) + 1)
@@ -168,7 +172,10 @@ def measure_grid(model, tokenizer, mode: str, instances: int, device: str, repea
             "s_per_instance": median / instances, "cells_per_s": cells / median, "plan": plan,
             "peak_bytes_above_model": peak, "estimate_bytes": plan.get("estimate_bytes"),
             "fused_calls_per_run": fused // repeats, "fused_fallbacks_per_run": fallbacks // repeats,
-            "fallback_error": error, "profile": _profile(run, device)}
+            "fallback_error": error, "planning_per_run": {"planned": planning["planned"],
+                                                          "reused": planning["reused"],
+                                                          "host_s": planning["seconds"]},
+            "profile": _profile(run, device)}
 
 
 def measure_subset(model, tokenizer, device: str, cells: int, reference_cells: int) -> dict:
@@ -263,6 +270,7 @@ def summary(result: dict) -> dict:
             line[f"{mode}_s_per_instance"] = round(phases[mode]["s_per_instance"], 4)
             line[f"{mode}_rows_per_forward"] = phases[mode]["plan"].get("rows_per_forward")
             line[f"{mode}_gpu_busy"] = phases[mode]["profile"]["gpu_busy"]
+            line[f"{mode}_planning_s"] = round(phases[mode]["planning_per_run"]["host_s"], 4)
     for name in ("peer", "reference"):
         if name in phases.get("subset", {}):
             line[f"fast/{name}"] = round(phases["subset"][name]["speedup"], 1)

@@ -29,6 +29,7 @@ output back to all R rows (`share_rows`).
 """
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -43,6 +44,23 @@ from .transfers import to_device
 # packing would remove (groups merged at step 1, finished rows): each moved group's
 # past keys/values are copied once, instead of computing a padding slot every step.
 REPACK = 0.05
+
+
+@dataclass
+class PlanningCounts:
+    """Host planning between forwards, which the device waits for (the bench and the GPU check read it)."""
+    planned: int = 0  # forwards planned afresh
+    reused: int = 0  # forwards that reused the last plans (no group split, no row finished)
+    seconds: float = 0.0  # host time spent planning
+
+    def snapshot(self) -> dict:
+        return {"planned": self.planned, "reused": self.reused, "seconds": self.seconds}
+
+    def since(self, snapshot: dict) -> dict:
+        return {name: getattr(self, name) - value for name, value in snapshot.items()}
+
+
+PLANNING = PlanningCounts()
 
 
 @dataclass
@@ -91,6 +109,13 @@ class RowSharing:
         and no row finished since the last generated-token plan, each layer's plan is that
         one again, without copies, and nothing is planned or transferred.
         """
+        started = time.perf_counter()
+        try:
+            self._plan(first_step)
+        finally:
+            PLANNING.seconds += time.perf_counter() - started
+
+    def _plan(self, first_step: bool) -> None:
         if first_step:
             self.slots = [_Slots(np.full(self.rows, -1), np.zeros(self.rows, dtype=np.int64))
                           for _ in range(self.num_layers)]
@@ -98,7 +123,9 @@ class RowSharing:
             self.plans = [plan if plan.copies is None else RowPlan(plan.active, plan.spread, whole=plan.whole)
                           for plan in self.plans]
             self.computed += self._computed_per_forward
+            PLANNING.reused += 1
             return
+        PLANNING.planned += 1
         before = self.computed
         host = [self._plan_layer(layer, first_step) for layer in range(self.num_layers)]
         self._computed_per_forward = self.computed - before
