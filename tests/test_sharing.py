@@ -43,9 +43,10 @@ def test_every_row_reads_its_own_past(batch, seed, repack, monkeypatch):
     store = [[[] for _ in range(rows)] for _ in range(layers)]  # [layer][slot] -> keys written per step
     past = [[[] for _ in range(rows)] for _ in range(layers)]  # [layer][row] -> what the row must read
     finished = np.zeros(rows, dtype=bool)
-    saved = []
+    saved, replanned = [], []
     for step in range(8):
         sharing.plan(first_step=step == 0)
+        replanned.append(sharing.replanned)
         for layer, plan in enumerate(sharing.plans):
             active, spread = plan.active.numpy(), plan.spread.numpy()
             assert len(active) % batch == 0 and (active % batch == np.arange(len(active)) % batch).all()
@@ -72,6 +73,30 @@ def test_every_row_reads_its_own_past(batch, seed, repack, monkeypatch):
         finished = finished | (rng.random(rows) < 0.05)
         sharing.advance(tokens, finished)
     assert saved[-1] < 0.9  # the layers really ran fewer rows
+    assert replanned[0] == layers and replanned[1] == layers  # step 0, and the first generated token
+
+
+def test_a_split_replans_only_the_layers_where_the_rows_share():
+    """Vanilla, a cell 0 -> 0 and a cell 0 -> 2 decode the same token, then the 0 -> 0 row parts: it shares
+    only at layer 0 (at a generated token a row shares at layers <= its target), so layer 0 is planned
+    afresh and layers 1 and 2 keep their plans; then nothing changes and nothing is planned."""
+    sharing = RowSharing(np.array([3, 0, 2]), 1, "cpu", 3)
+    live = np.zeros(3, dtype=bool)
+    sharing.plan(first_step=True)
+    sharing.advance(np.array([5, 5, 5]), live)
+    sharing.plan(first_step=False)
+    assert sharing.replanned == 3
+    kept = [(plan.active, plan.spread) for plan in sharing.plans[1:]]
+    sharing.advance(np.array([7, 8, 7]), live)
+    sharing.plan(first_step=False)
+    assert sharing.replanned == 1
+    assert all(plan.active is active and plan.spread is spread and plan.copies is None  # the same plans
+               for plan, (active, spread) in zip(sharing.plans[1:], kept))
+    assert sharing.plans[0].copies is not None  # the parted row's new slot starts with the old slot's past
+    assert sorted(sharing.plans[0].active.tolist()) == [0, 1]  # layer 0: vanilla's group and the parted row
+    sharing.advance(np.array([9, 9, 9]), live)
+    sharing.plan(first_step=False)
+    assert sharing.replanned == 0 and sharing.plans[0].copies is None
 
 
 def test_a_layer_where_every_row_computes_itself_runs_without_gathers():

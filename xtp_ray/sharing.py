@@ -98,16 +98,20 @@ class RowSharing:
         self.plans: list[RowPlan | None] = [None] * num_layers
         self.slots: list[_Slots] = []
         self.computed = 0  # slots computed, summed over layers and forwards
-        self._unchanged = False  # no group split and no row finished at the last `advance`
+        self._finished_changed = True  # a row finished at the last `advance` (or nothing planned yet)
         self._planned_decode = False  # the current plans are for a generated token (not step 0)
-        self._computed_per_forward = 0
+        self._slots_per_layer = np.zeros(num_layers, dtype=np.int64)  # [L] slots each layer's plan computes
+        self._groups_per_layer = np.zeros(num_layers, dtype=np.int64)  # [L] groups of shared rows at the last plan
+        self.replanned = 0  # layers planned afresh for the current forward (the others kept their plans)
 
     def plan(self, first_step: bool) -> None:
         """Plans for the next forward: step 0 (the patched token) or a generated token.
 
-        Every layer's index arrays reach the device in one transfer. When no group split
-        and no row finished since the last generated-token plan, each layer's plan is that
-        one again, without copies, and nothing is planned or transferred.
+        Every planned layer's index arrays reach the device in one transfer. Between generated
+        tokens, a layer whose groups did not split and where no row finished keeps its plan (without
+        copies): groups only ever split, so a layer whose rows that share (target layer >= l) fall
+        into as many groups as at its last plan has the same groups, slots and leaders. When no layer
+        changed, nothing is planned or transferred.
         """
         started = time.perf_counter()
         try:
@@ -119,36 +123,54 @@ class RowSharing:
         if first_step:
             self.slots = [_Slots(np.full(self.rows, -1), np.zeros(self.rows, dtype=np.int64))
                           for _ in range(self.num_layers)]
-        elif self._unchanged and self._planned_decode:
-            self.plans = [plan if plan.copies is None else RowPlan(plan.active, plan.spread, whole=plan.whole)
-                          for plan in self.plans]
-            self.computed += self._computed_per_forward
+        groups = self._shared_groups() if not first_step else self._groups_per_layer
+        if first_step or not self._planned_decode or self._finished_changed:
+            stale = np.arange(self.num_layers)
+        else:
+            stale = np.flatnonzero(groups != self._groups_per_layer)
+        self._groups_per_layer = groups
+        self.replanned = len(stale)  # layers planned afresh for this forward
+        for layer in range(self.num_layers):  # kept plans copy nothing more
+            plan = self.plans[layer]
+            if plan is not None and plan.copies is not None:
+                self.plans[layer] = RowPlan(plan.active, plan.spread, whole=plan.whole)
+        if len(stale) == 0:
             PLANNING.reused += 1
-            return
-        PLANNING.planned += 1
-        before = self.computed
-        host = [self._plan_layer(layer, first_step) for layer in range(self.num_layers)]
-        self._computed_per_forward = self.computed - before
+        else:
+            PLANNING.planned += 1
+            self._plan_layers(stale, first_step)
         self._planned_decode = not first_step
+        self.computed += int(self._slots_per_layer.sum())
+
+    def _plan_layers(self, layers: np.ndarray, first_step: bool) -> None:
+        """New plans for `layers`, their index arrays in one host->device transfer."""
+        host = [self._plan_layer(int(layer), first_step) for layer in layers]
         arrays = [array for plan in host for array in plan if array is not None]
-        flat = to_device(np.concatenate(arrays), self.device)  # one host->device copy for all layers
+        flat = to_device(np.concatenate(arrays), self.device)  # one host->device copy for all of them
         views = iter(flat.split([len(array) for array in arrays]))  # views, in the order of `arrays`
-        self.plans = []
         every = np.arange(self.rows)
-        for active, spread, copy_to, copy_from in host:
+        for layer, (active, spread, copy_to, copy_from) in zip(layers, host):
             whole = len(active) == self.rows and bool((active == every).all() and (spread == every).all())
             active, spread = next(views), next(views)
             copies = (next(views), next(views)) if copy_to is not None else None
-            self.plans.append(RowPlan(active, spread, copies, whole))
+            self.plans[layer] = RowPlan(active, spread, copies, whole)
+
+    def _shared_groups(self) -> np.ndarray:
+        """[L] for each layer l, the groups among the live rows that share there (target layer >= l,
+        at a generated token): a group is present at l when its highest target layer is >= l."""
+        live = ~self.finished
+        top = np.full(int(self.history.max()) + 1, -1)  # [G] highest target layer in each group
+        np.maximum.at(top, self.history[live], self.targets[live])
+        present = top[top >= 0]
+        at_least = np.bincount(np.minimum(present, self.num_layers), minlength=self.num_layers + 1)
+        return np.cumsum(at_least[::-1])[::-1][:self.num_layers]  # [L]: groups with top >= l
 
     def advance(self, tokens: np.ndarray, finished: np.ndarray) -> None:
         """Record the tokens [R] the rows just chose and which rows are done."""
         pair = self.history * (int(tokens.max()) + 1) + tokens
-        groups_before = int(self.history.max())
         self.history = np.unique(pair, return_inverse=True)[1].reshape(-1)
         finished = np.asarray(finished, dtype=bool)
-        # groups only ever split: as many as before means the same groups
-        self._unchanged = int(self.history.max()) == groups_before and bool((finished == self.finished).all())
+        self._finished_changed = not bool((finished == self.finished).all())
         self.finished = finished.copy()
 
     def _groups(self, layer: int, first_step: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -210,7 +232,7 @@ class RowSharing:
         active = leader[:width * batch].copy()
         padding = active < 0
         active[padding] = np.arange(width * batch)[padding] % batch  # any row of that instance: row b
-        self.computed += width * batch
+        self._slots_per_layer[layer] = width * batch
         return active, slot_of, copy_to, copy_from
 
 
