@@ -1,6 +1,6 @@
 """Run one grid in this process and print how much its resident memory grew (MiB).
 
-    python tests/memory_probe.py BUDGET_MB|none CELLS_PER_CHUNK
+    python tests/memory_probe.py BUDGET_MB|none CELLS_PER_CHUNK [INSTANCES]
 Used by test_memory.py in fresh processes. Growth = the peak resident set (VmHWM) during
 the grid minus the resident set just before it; the peak is reset first (Linux clear_refs 5),
 so what tokenizer training or model building peaked at earlier does not count.
@@ -32,7 +32,8 @@ def status_kib(field):
 Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set to the current one
 before = status_kib("VmRSS")
 budget = None if sys.argv[1] == "none" else float(sys.argv[1])
-engine.run_grid(model, tokenizer, [prompt] * 2, [prompt] * 2, cells, "ffn", 20, cells_per_chunk=int(sys.argv[2]),
-                memory_budget_mb=budget)
+instances = int(sys.argv[3]) if len(sys.argv) > 3 else 2
+engine.run_grid(model, tokenizer, [prompt] * instances, [prompt] * instances, cells, "ffn", 20,
+                cells_per_chunk=int(sys.argv[2]), memory_budget_mb=budget)
 peak = status_kib("VmHWM")
 print(json.dumps({"grew_mb": (peak - before) / 1024}))
