@@ -211,7 +211,13 @@ def capture_donors(model, tokenizer, donors: list[str], module: str) -> torch.Te
     ids, mask = encode_left_padded(tokenizer, donors, model.device)
     with capture_last_token(model, module, layers) as store:
         model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=False)
-    return torch.stack([store[layer].to(model.device) for layer in layers], dim=1)  # layers may sit on several GPUs
+    return _by_layer(model, store)
+
+
+def _by_layer(model, store: dict[int, torch.Tensor]) -> torch.Tensor:
+    """`capture_last_token`'s values (layer -> [N, d]) as one [N, L, d] on the model's first device
+    (layers may sit on several GPUs)."""
+    return torch.stack([store[layer].to(model.device) for layer in range(num_layers(model))], dim=1)
 
 
 def _left_pad(tensor: torch.Tensor, width: int, value: int) -> torch.Tensor:
@@ -221,15 +227,16 @@ def _left_pad(tensor: torch.Tensor, width: int, value: int) -> torch.Tensor:
 
 @torch.inference_mode()
 def donors_and_prefix(model, tokenizer, donors: list[str], ids: torch.Tensor, mask: torch.Tensor,
-                      module: str) -> tuple[torch.Tensor, SharedPrefix]:
+                      pos: torch.Tensor, module: str) -> tuple[torch.Tensor, SharedPrefix]:
     """The donors and the recipients' prefixes in one forward: (donor values [B, L, d], shared prefix).
 
-    2B rows left padded to one width W: the B donors (whole; every layer's donor value is taken at
-    their last token) and the B recipient prefixes (ids [B, T] but the last token), whose K/V become each
-    instance's prefix: per layer the recipients' rows cut to their last P = T - 1 positions (copied out,
-    [B, K_h, P, D], so the donors' keys/values are freed; a sliding-window layer keeps fewer). One forward instead of two: one layer stack
-    of dispatch less, and products over 2B rows. Left padding leaves every row's values as alone
-    (position ids skip it, masked keys weigh 0), as the donor batch and the prefill always had it.
+    ids, mask, pos: the recipients' [B, T]. 2B rows left padded to one width W: the B donors (whole;
+    every layer's donor value is taken at their last token) and the B recipient prefixes (all but the
+    last token), whose K/V become each instance's prefix: per layer the recipients' rows cut to their
+    last P = T - 1 positions, copied out ([B, K_h, P, D]; a sliding-window layer keeps fewer) so the
+    donors' keys/values are freed. One forward instead of two: one layer stack of dispatch less, and
+    products over 2B rows. Left padding leaves every row's values as alone (position ids skip it,
+    masked keys weigh 0), as the donor batch and the prefill always had it.
     """
     batch, prefix_len = ids.shape[0], ids.shape[1] - 1
     donor_ids, donor_mask = encode_left_padded(tokenizer, donors, model.device)  # [B, Td]
@@ -242,13 +249,12 @@ def donors_and_prefix(model, tokenizer, donors: list[str], ids: torch.Tensor, ma
     with capture_last_token(model, module, layers) as store:
         model(input_ids=both_ids, attention_mask=both_mask, position_ids=positions(both_mask),
               past_key_values=cache, use_cache=True, logits_to_keep=1)
-    donor_values = torch.stack([store[layer][:batch].to(model.device) for layer in layers], dim=1)  # [B, L, d]
+    donor_values = _by_layer(model, store)[:batch]  # [B, L, d]
     keys, values = [], []
     for layer in cache.layers:  # [2B, K_h, W_l, D] -> the recipients' last min(W_l, P) positions
         kept = min(layer.keys.shape[2], prefix_len)
         keys.append(layer.keys[batch:, :, -kept:].clone())  # copies: the donors' half is freed with the cache
         values.append(layer.values[batch:, :, -kept:].clone())
-    pos = positions(mask)  # [B, T]
     return donor_values, SharedPrefix(keys, values, mask[:, :-1].bool(), pos[:, :-1])  # masks [B, P]
 
 
@@ -287,7 +293,7 @@ def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: 
     pos = positions(mask)  # [B, T]
     prefix_len = ids.shape[1] - 1
     if prefix_len > 0:
-        donor_values, shared = donors_and_prefix(model, tokenizer, donors, ids, mask, module)
+        donor_values, shared = donors_and_prefix(model, tokenizer, donors, ids, mask, pos, module)
     else:  # one-token prompts: an empty prefix
         donor_values = capture_donors(model, tokenizer, donors, module)  # [B, L, d]
         d = _dims(model)

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from .architectures import decoder_layers
-from .transfers import to_device
+from .transfers import Counters, to_device
 
 # Re-pack a layer's slots when more than this share of its width is free slots that
 # packing would remove (groups merged at step 1, finished rows): each moved group's
@@ -47,17 +47,11 @@ REPACK = 0.05
 
 
 @dataclass
-class PlanningCounts:
+class PlanningCounts(Counters):
     """Host planning between forwards, which the device waits for (the bench and the GPU check read it)."""
-    planned: int = 0  # forwards planned afresh
-    reused: int = 0  # forwards that reused the last plans (no group split, no row finished)
+    planned: int = 0  # forwards with at least one layer planned afresh
+    reused: int = 0  # forwards where every layer kept its plan (no group split, no row finished)
     seconds: float = 0.0  # host time spent planning
-
-    def snapshot(self) -> dict:
-        return {"planned": self.planned, "reused": self.reused, "seconds": self.seconds}
-
-    def since(self, snapshot: dict) -> dict:
-        return {name: getattr(self, name) - value for name, value in snapshot.items()}
 
 
 PLANNING = PlanningCounts()
@@ -98,7 +92,7 @@ class RowSharing:
         self.plans: list[RowPlan | None] = [None] * num_layers
         self.slots: list[_Slots] = []
         self.computed = 0  # slots computed, summed over layers and forwards
-        self._finished_changed = True  # a row finished at the last `advance` (or nothing planned yet)
+        self._finished_changed = False  # a row finished at the last `advance`
         self._planned_decode = False  # the current plans are for a generated token (not step 0)
         self._slots_per_layer = np.zeros(num_layers, dtype=np.int64)  # [L] slots each layer's plan computes
         self._groups_per_layer = np.zeros(num_layers, dtype=np.int64)  # [L] groups of shared rows at the last plan
@@ -123,12 +117,14 @@ class RowSharing:
         if first_step:
             self.slots = [_Slots(np.full(self.rows, -1), np.zeros(self.rows, dtype=np.int64))
                           for _ in range(self.num_layers)]
-        groups = self._shared_groups() if not first_step else self._groups_per_layer
-        if first_step or not self._planned_decode or self._finished_changed:
             stale = np.arange(self.num_layers)
         else:
-            stale = np.flatnonzero(groups != self._groups_per_layer)
-        self._groups_per_layer = groups
+            groups = self._shared_groups()
+            if self._planned_decode and not self._finished_changed:
+                stale = np.flatnonzero(groups != self._groups_per_layer)
+            else:  # the first generated token (step 0 shares by another rule), or a row finished
+                stale = np.arange(self.num_layers)
+            self._groups_per_layer = groups
         self.replanned = len(stale)  # layers planned afresh for this forward
         for layer in range(self.num_layers):  # kept plans copy nothing more
             plan = self.plans[layer]

@@ -6,22 +6,27 @@ row plan in one buffer). `xtp bench --overhead` and the tests read the counts.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
 
-@dataclass
-class TransferCounts:
-    to_host: int = 0  # device->host (each one waits for the device)
-    to_device: int = 0  # host->device
+class Counters:
+    """Process-wide counters (a dataclass's fields) that a bench reads as differences:
+    `before = c.snapshot()`, run, `c.since(before)`."""
 
     def snapshot(self) -> dict:
-        return {"to_host": self.to_host, "to_device": self.to_device}
+        return asdict(self)
 
     def since(self, snapshot: dict) -> dict:
         return {name: getattr(self, name) - count for name, count in snapshot.items()}
+
+
+@dataclass
+class TransferCounts(Counters):
+    to_host: int = 0  # device->host (each one waits for the device)
+    to_device: int = 0  # host->device
 
 
 COUNTS = TransferCounts()

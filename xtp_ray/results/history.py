@@ -66,11 +66,13 @@ def collect(output: str, run_ids: list[str] | None = None) -> list[dict]:
                 raise ValueError(f"run {run_id!r} under {output} has neither a report nor candidates")
             reports.append(report)
         return reports
-    names = [name for name in storage.list_names(output) if name != "history"]
-    for name in names:
-        if not is_name(name):  # never a run id of ours: reading it could leave the output
+    runs = []
+    for name in storage.list_names(output):
+        if is_name(name):
+            runs.append(name)
+        else:  # never a run id of ours: reading it could leave the output
             log.warning("history: skipped %r under %s: not a run id (letters, digits, '.', '_', '-')", name, output)
-    reports = [r for name in names if is_name(name) for r in [load_report(output, name)] if r is not None]
+    reports = [r for name in runs if name != "history" for r in [load_report(output, name)] if r is not None]
     if not reports:
         raise ValueError(f"no runs with candidates under {output}")
     return sorted(reports, key=lambda r: (r.get("started") is None, r.get("started") or 0, r["run_id"]))
