@@ -5,7 +5,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
-from xtp_ray.tiny import save_tiny_model, tokenizer_corpus, train_tokenizer  # noqa: E402
+from xtp_ray.engine.tiny import save_tiny_model, tokenizer_corpus, train_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from xtp_ray import engine
 from xtp_ray.cells import parse_cells
-from xtp_ray.tiny import build_tiny_model, tokenizer_corpus, train_tokenizer
+from xtp_ray.engine import hf
+from xtp_ray.engine.tiny import build_tiny_model, tokenizer_corpus, train_tokenizer
 
 torch.set_num_threads(1)
 texts = tokenizer_corpus()
@@ -21,7 +21,7 @@ tokenizer = train_tokenizer(texts[:200], 512)
 model = build_tiny_model("LlamaForCausalLM", len(tokenizer), num_layers=16, hidden=128, heads=4, kv_heads=2)
 prompt = texts[0]
 cells = parse_cells("full", 16)
-engine.run_grid(model, tokenizer, [prompt], [prompt], cells[:1], "ffn", 2)  # warm up allocator and kernels
+hf.run_grid(model, tokenizer, [prompt], [prompt], cells[:1], "ffn", 2)  # warm up allocator and kernels
 
 
 def status_kib(field):
@@ -33,7 +33,7 @@ Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident set to 
 before = status_kib("VmRSS")
 budget = None if sys.argv[1] == "none" else float(sys.argv[1])
 instances = int(sys.argv[3]) if len(sys.argv) > 3 else 2
-engine.run_grid(model, tokenizer, [prompt] * instances, [prompt] * instances, cells, "ffn", 20,
+hf.run_grid(model, tokenizer, [prompt] * instances, [prompt] * instances, cells, "ffn", 20,
                 cells_per_chunk=int(sys.argv[2]), memory_budget_mb=budget)
 peak = status_kib("VmHWM")
 print(json.dumps({"grew_mb": (peak - before) / 1024}))

@@ -41,9 +41,9 @@ def main() -> int:
     import ray
 
     from xtp_ray import storage
-    from xtp_ray.config import RunConfig, validate
-    from xtp_ray.pipeline import run_job
-    from xtp_ray.planning import plan
+    from xtp_ray.job.config import RunConfig, validate
+    from xtp_ray.job.pipeline import run_job
+    from xtp_ray.job.planning import plan
 
     boto3.client("s3", endpoint_url=server.endpoint).create_bucket(Bucket="soak")
     config = RunConfig(model="tiny:LlamaForCausalLM:8", tasks=["xnli", "xcopa"], langs=["all"],

@@ -138,7 +138,7 @@ def grid_search_actor_pids() -> list[int]:
 
 def make_config(tmp_path, **values):
     """A validated RunConfig writing under tmp_path."""
-    from xtp_ray.config import RunConfig, validate
+    from xtp_ray.job.config import RunConfig, validate
 
     config = RunConfig(**{"output": str(tmp_path / "out"), **values})
     validate(config)

@@ -3,8 +3,8 @@ import pandas as pd
 import pytest
 
 from xtp_ray.results.aggregation import compare
-from xtp_ray.results.rows import aggregate_frame
 from xtp_ray.results.report import render_figures, render_html, render_markdown
+from xtp_ray.results.rows import aggregate_frame
 
 
 def _rows(task, split, lang, instance, vanilla, grid):

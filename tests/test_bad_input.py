@@ -245,8 +245,9 @@ def test_help_gives_each_run_flag_its_meaning_default_and_choices(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    from xtp_ray.config import RunConfig
     import dataclasses
+
+    from xtp_ray.job.config import RunConfig
 
     for f in dataclasses.fields(RunConfig):
         assert f"--{f.name.replace('_', '-')}" in text
@@ -258,8 +259,8 @@ def test_help_gives_each_run_flag_its_meaning_default_and_choices(capsys):
 def test_trust_remote_code_is_a_switch_and_warns(tmp_path, caplog, tiny_model_dir):
     import argparse
 
-    from xtp_ray.config import add_flags, load_config
-    from xtp_ray.engines import load_engine
+    from xtp_ray.engine.load import load_engine
+    from xtp_ray.job.config import add_flags, load_config
 
     parser = argparse.ArgumentParser()
     add_flags(parser)
@@ -272,8 +273,8 @@ def test_trust_remote_code_is_a_switch_and_warns(tmp_path, caplog, tiny_model_di
 
 
 def test_logprobs_scoring_does_not_count_new_tokens_against_the_context(tiny_model_dir):
-    from xtp_ray.actor import GridSearch
-    from xtp_ray.config import RunConfig
+    from xtp_ray.job.actor import GridSearch
+    from xtp_ray.job.config import RunConfig
     from xtp_ray.tasks import load_instances
 
     [inst], _ = load_instances("xnli", "sw", "sample")[0][:1], None

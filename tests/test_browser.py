@@ -5,11 +5,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from test_aggregation import _frame
-from xtp_ray.results.rows import aggregate_frame
+
 from xtp_ray.results.history import write_history
 from xtp_ray.results.report import render_figures, render_html
+from xtp_ray.results.rows import aggregate_frame
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if not CHROMIUM:

@@ -8,9 +8,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from xtp_ray.cascade import (BIAS_ALIGNMENT, SharedPrefix, attend_fused, attend_matmul, attend_own_matmul,
-                              cascade_attention_forward,
-                              padding_bias)
+from xtp_ray.engine.cascade import (
+    BIAS_ALIGNMENT,
+    SharedPrefix,
+    attend_fused,
+    attend_matmul,
+    attend_own_matmul,
+    cascade_attention_forward,
+    padding_bias,
+)
 
 TOL = 1e-5
 

@@ -29,8 +29,8 @@ def test_an_invalid_cluster_yaml_is_rejected():
 
 
 def test_the_70b_config_fits_the_70b_node_type_and_validates():
-    from xtp_ray.config import load_config
-    from xtp_ray.vllm_engine import check_model
+    from xtp_ray.engine.vllm import check_model
+    from xtp_ray.job.config import load_config
 
     config = load_config(path=str(ROOT / "jobs" / "llama70b.yaml"))
     node = yaml.safe_load((ROOT / "cluster.yaml").read_text())["available_node_types"]["gpu_70b"]["resources"]

@@ -3,11 +3,11 @@ import json
 
 import pytest
 
-from xtp_ray.config import ConfigError, RunConfig, load_config, validate
-from xtp_ray.models import load_model
-from xtp_ray.pipeline import check_writable
-from xtp_ray.planning import plan, preflight
-from xtp_ray.tiny import build_tiny_model
+from xtp_ray.engine.models import load_model
+from xtp_ray.engine.tiny import build_tiny_model
+from xtp_ray.job.config import ConfigError, RunConfig, load_config, validate
+from xtp_ray.job.pipeline import check_writable
+from xtp_ray.job.planning import plan, preflight
 
 
 def _write(tmp_path, text):
@@ -39,7 +39,7 @@ def test_bad_config_fields_are_refused(tmp_path, text, message):
 def test_flags_override_the_file(tmp_path):
     import argparse
 
-    from xtp_ray.config import add_flags
+    from xtp_ray.job.config import add_flags
 
     parser = argparse.ArgumentParser()
     add_flags(parser)

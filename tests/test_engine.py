@@ -8,11 +8,11 @@ seen), well inside the SPEC's 1e-4. Greedy tokens must be identical.
 import pytest
 import torch
 
-from xtp_ray import engine, reference
-from xtp_ray.architectures import MODULES, REGISTRY, UnknownArchitectureError, lookup
-from xtp_ray.capture import capture_last_token, replace_rows
 from xtp_ray.cells import VANILLA, Cell, parse_cells
-from xtp_ray.tiny import TINY_CONFIGS, build_tiny_model
+from xtp_ray.engine import hf, reference
+from xtp_ray.engine.architectures import MODULES, REGISTRY, UnknownArchitectureError, lookup
+from xtp_ray.engine.capture import capture_last_token, replace_rows
+from xtp_ray.engine.tiny import TINY_CONFIGS, build_tiny_model
 
 LOGIT_TOL = 1e-4
 DONORS = [
@@ -55,7 +55,7 @@ def test_fast_equals_reference_full_grid(architecture, module, tokenizer):
     cells = parse_cells("full", 3)
     # three instances of different lengths in one batch: left padding is exercised;
     # a chunk of 4 cells splits the 10 rows of each instance unevenly
-    fast = engine.run_grid(model, tokenizer, DONORS, RECIPIENTS, cells, module, max_new_tokens=6,
+    fast = hf.run_grid(model, tokenizer, DONORS, RECIPIENTS, cells, module, max_new_tokens=6,
                            cells_per_chunk=4, option_token_ids=OPTIONS, keep_logits=True)
     slow = reference.run_grid(model, tokenizer, DONORS, RECIPIENTS, cells, module, max_new_tokens=6,
                               option_token_ids=OPTIONS)
@@ -71,7 +71,7 @@ def test_fast_equals_reference_full_grid(architecture, module, tokenizer):
 def test_score_only_equals_reference(architecture, tokenizer):
     model = _model(architecture, tokenizer)
     cells = parse_cells("full", 3)
-    fast = engine.run_grid(model, tokenizer, DONORS, RECIPIENTS, cells, "ffn", max_new_tokens=0,
+    fast = hf.run_grid(model, tokenizer, DONORS, RECIPIENTS, cells, "ffn", max_new_tokens=0,
                            option_token_ids=OPTIONS, keep_logits=True)
     slow = reference.run_grid(model, tokenizer, DONORS, RECIPIENTS, cells, "ffn", max_new_tokens=0,
                               option_token_ids=OPTIONS)
@@ -83,19 +83,19 @@ def test_score_only_equals_reference(architecture, tokenizer):
 def test_batched_with_padding_equals_one_at_a_time(architecture, tokenizer):
     model = _model(architecture, tokenizer, layers=4)
     cells = parse_cells("full", 4)
-    batched = engine.run_grid(model, tokenizer, DONORS, RECIPIENTS, cells, "attn", 5, keep_logits=True)
+    batched = hf.run_grid(model, tokenizer, DONORS, RECIPIENTS, cells, "attn", 5, keep_logits=True)
     for b in range(len(DONORS)):
-        single = engine.run_grid(model, tokenizer, DONORS[b:b + 1], RECIPIENTS[b:b + 1], cells, "attn", 5,
+        single = hf.run_grid(model, tokenizer, DONORS[b:b + 1], RECIPIENTS[b:b + 1], cells, "attn", 5,
                                  cells_per_chunk=3, keep_logits=True)
         assert_same([batched[b]], single)
 
 
 def test_cell_lists_equal_their_cells_of_the_full_grid(tokenizer):
     model = _model("LlamaForCausalLM", tokenizer, layers=4)
-    full = engine.run_grid(model, tokenizer, DONORS, RECIPIENTS, parse_cells("full", 4), "ffn", 4, keep_logits=True)
+    full = hf.run_grid(model, tokenizer, DONORS, RECIPIENTS, parse_cells("full", 4), "ffn", 4, keep_logits=True)
     by_cell = [{r.cell: r for r in row} for row in full]
     for spec in ("target-first", "3:0,0:3,2:2", "-1:0"):
-        part = engine.run_grid(model, tokenizer, DONORS, RECIPIENTS, parse_cells(spec, 4), "ffn", 4, keep_logits=True)
+        part = hf.run_grid(model, tokenizer, DONORS, RECIPIENTS, parse_cells(spec, 4), "ffn", 4, keep_logits=True)
         assert_same(part, [[by_cell[b][r.cell] for r in row] for b, row in enumerate(part)])
 
 
@@ -111,12 +111,12 @@ def test_gemma2_sliding_window_prompts_longer_than_the_window(tokenizer, donors)
     assert len(tokenizer(recipients[0]).input_ids) > 2 * 12
     if donors[0] != DONORS[0]:
         assert len(tokenizer(donors[0]).input_ids) > len(tokenizer(recipients[0]).input_ids) + 12
-    fast = engine.run_grid(model, tokenizer, donors, recipients, cells, "ffn", 5, cells_per_chunk=4,
+    fast = hf.run_grid(model, tokenizer, donors, recipients, cells, "ffn", 5, cells_per_chunk=4,
                            keep_logits=True)
     slow = reference.run_grid(model, tokenizer, donors, recipients, cells, "ffn", 5)
     assert_same(fast, slow)
     with pytest.raises(ValueError, match="sliding window"):  # a row's own tokens must fit the window
-        engine.run_grid(model, tokenizer, DONORS[:1], RECIPIENTS[:1], cells, "ffn", 11)
+        hf.run_grid(model, tokenizer, DONORS[:1], RECIPIENTS[:1], cells, "ffn", 11)
 
 
 def _hook_count(model):
@@ -142,7 +142,7 @@ def test_hooks_are_gone_after_an_exception(tokenizer):
 
     bomb = model.model.layers[2].register_forward_hook(explode)
     with pytest.raises(RuntimeError, match="boom in forward"):
-        engine.run_grid(model, tokenizer, DONORS, RECIPIENTS, parse_cells("full", 3), "ffn", 2)
+        hf.run_grid(model, tokenizer, DONORS, RECIPIENTS, parse_cells("full", 3), "ffn", 2)
     bomb.remove()
     assert _hook_count(model) == 0
     model(ids)  # and the model still runs
@@ -154,7 +154,7 @@ def test_bfloat16_runs_and_agrees_on_decisions(tokenizer):
     margin exceeds that noise (near-ties may legitimately flip)."""
     model = _model("LlamaForCausalLM", tokenizer, layers=4).to(torch.bfloat16)
     cells = parse_cells("full", 4)
-    fast = engine.run_grid(model, tokenizer, DONORS, RECIPIENTS, cells, "ffn", 0, keep_logits=True)
+    fast = hf.run_grid(model, tokenizer, DONORS, RECIPIENTS, cells, "ffn", 0, keep_logits=True)
     slow = reference.run_grid(model, tokenizer, DONORS, RECIPIENTS, cells, "ffn", 0)
     compared = 0
     for fast_row, slow_row in zip(fast, slow):
@@ -191,7 +191,7 @@ def test_cells_per_chunk_bounds_every_forward(tokenizer):
     handle = model.register_forward_pre_hook(
         lambda _m, _args, kwargs: widths.append(kwargs["input_ids"].shape), with_kwargs=True)
     try:
-        engine.run_grid(model, tokenizer, DONORS, RECIPIENTS, parse_cells("full", 4), "ffn", 3, cells_per_chunk=5)
+        hf.run_grid(model, tokenizer, DONORS, RECIPIENTS, parse_cells("full", 4), "ffn", 3, cells_per_chunk=5)
     finally:
         handle.remove()
     assert widths[0][0] == 2 * 3  # one forward for the 3 donors and the 3 recipient prefixes
@@ -209,14 +209,14 @@ def test_one_token_recipient_on_the_fused_path_equals_reference(tokenizer):
     for recipients in ([""], ["", RECIPIENTS[0]]):
         donors = DONORS[:len(recipients)]
         assert len(tokenizer(recipients[0]).input_ids) == 1
-        fast = engine.run_grid(model, tokenizer, donors, recipients, cells, "ffn", 3, keep_logits=True)
+        fast = hf.run_grid(model, tokenizer, donors, recipients, cells, "ffn", 3, keep_logits=True)
         assert_same(fast, reference.run_grid(model, tokenizer, donors, recipients, cells, "ffn", 3))
 
 
 @pytest.mark.parametrize("total,most,sizes", [(1025, 1024, [513, 512]), (17, 5, [5, 4, 4, 4]), (8, 8, [8]),
                                               (3, 10, [3]), (10, 1, [1] * 10)])
 def test_chunks_are_balanced_never_a_small_tail(total, most, sizes):
-    spans = engine.balanced_chunks(total, most)
+    spans = hf.balanced_chunks(total, most)
     assert [end - start for start, end in spans] == sizes
     assert spans[0][0] == 0 and spans[-1][1] == total
     assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
@@ -225,7 +225,7 @@ def test_chunks_are_balanced_never_a_small_tail(total, most, sizes):
 def test_at_most_one_transfer_each_way_per_decode_step(tokenizer):
     """The decode loop's host<->device traffic, counted where it happens (`transfers.py`): one
     device->host transfer per step (the tokens) and at most one host->device (all layers' plans)."""
-    from xtp_ray import transfers
+    from xtp_ray.engine import transfers
 
     model = _model("LlamaForCausalLM", tokenizer, layers=4)
     model.generation_config.eos_token_id = None  # every row decodes every step
@@ -233,7 +233,7 @@ def test_at_most_one_transfer_each_way_per_decode_step(tokenizer):
     tokenizer.eos_token = None
     try:
         before = transfers.COUNTS.snapshot()
-        engine.run_grid(model, tokenizer, DONORS, RECIPIENTS, parse_cells("full", 4), "ffn", 8)
+        hf.run_grid(model, tokenizer, DONORS, RECIPIENTS, parse_cells("full", 4), "ffn", 8)
         counts = transfers.COUNTS.since(before)
     finally:
         tokenizer.eos_token = tokenizer_eos
@@ -242,8 +242,8 @@ def test_at_most_one_transfer_each_way_per_decode_step(tokenizer):
 
 
 def test_greedy_picks_the_first_highest_token_as_argmax_does():
-    """`engine.greedy` (max's indices, faster on a CPU) equals argmax, ties included (both take the first)."""
+    """`hf.greedy` (max's indices, faster on a CPU) equals argmax, ties included (both take the first)."""
     logits = torch.tensor([[0.0, 2.0, 2.0, 1.0], [5.0, 5.0, 5.0, 5.0], [-1.0, -3.0, -1.0, -2.0]])
     logits = torch.cat([logits, torch.randn(61, 4).round()])  # many ties among small integers
-    assert engine.greedy(logits).tolist() == logits.argmax(-1).tolist()
-    assert engine.greedy(logits)[:3].tolist() == [1, 0, 0]
+    assert hf.greedy(logits).tolist() == logits.argmax(-1).tolist()
+    assert hf.greedy(logits)[:3].tolist() == [1, 0, 0]

@@ -11,7 +11,9 @@ import pytest
 boto3 = pytest.importorskip("boto3")
 
 from support import s3_environment  # noqa: E402
-from xtp_ray import lease, storage  # noqa: E402
+
+from xtp_ray import storage  # noqa: E402
+from xtp_ray.job import lease  # noqa: E402
 
 SECRET = "xtp-lease-secret-Qm4"
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from xtp_ray import engine
-from xtp_ray.tiny import build_tiny_model
+from xtp_ray.engine import hf
+from xtp_ray.engine.tiny import build_tiny_model
 
 PROBE = Path(__file__).with_name("memory_probe.py")
 BUDGET_MB = 20  # well above the allocator's run-to-run noise (~5 MB seen)
@@ -40,4 +40,4 @@ def test_peak_memory_stays_under_the_budget():
 def test_a_budget_below_one_cell_is_refused(tokenizer):
     model = build_tiny_model("LlamaForCausalLM", len(tokenizer), num_layers=2)
     with pytest.raises(ValueError, match="memory budget of 0 MiB is below one cell's"):
-        engine.run_grid(model, tokenizer, ["a b c"], ["d e f"], [], "ffn", 3, memory_budget_mb=0.0001)
+        hf.run_grid(model, tokenizer, ["a b c"], ["d e f"], [], "ffn", 3, memory_budget_mb=0.0001)

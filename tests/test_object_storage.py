@@ -1,17 +1,19 @@
 """Candidates on a real S3-compatible server (moto's, on 127.0.0.1), data read from it too."""
 import json
+
 import pyarrow.fs as pafs
 import pytest
 
 ray = pytest.importorskip("ray")
 boto3 = pytest.importorskip("boto3")
 
-from xtp_ray import storage  # noqa: E402
-from xtp_ray.results.aggregation import aggregate_run  # noqa: E402
-from xtp_ray.config import RunConfig, validate  # noqa: E402
-from xtp_ray.pipeline import run_job  # noqa: E402
-from xtp_ray.tasks import bundled_root  # noqa: E402
 from support import s3_environment  # noqa: E402
+
+from xtp_ray import storage  # noqa: E402
+from xtp_ray.job.config import RunConfig, validate  # noqa: E402
+from xtp_ray.job.pipeline import run_job  # noqa: E402
+from xtp_ray.results.aggregation import aggregate_run  # noqa: E402
+from xtp_ray.tasks import bundled_root  # noqa: E402
 
 FAKE_SECRET = "xtp-test-secret-Zq8v3Lw0PzK2"
 
@@ -64,7 +66,7 @@ def test_candidates_and_report_on_s3(s3, capfd):
 def test_a_model_on_s3_is_copied_for_loading_and_the_copy_removed(s3, tiny_model_dir, monkeypatch, tmp_path):
     import tempfile
 
-    from xtp_ray.actor import load_for_run
+    from xtp_ray.job.actor import load_for_run
 
     fs, _ = storage.resolve("s3://xtp/models")
     pafs.copy_files(str(tiny_model_dir), "xtp/models/tiny", source_filesystem=pafs.LocalFileSystem(),

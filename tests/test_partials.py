@@ -6,12 +6,12 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from xtp_ray.config import RunConfig
+from xtp_ray.job.config import RunConfig
+from xtp_ray.job.shards import write_shard
 from xtp_ray.results.aggregation import aggregate_merged, aggregate_run, collect_partials
 from xtp_ray.results.partials import KEY, DuplicateError
 from xtp_ray.results.rows import aggregate_frame, read_rows
 from xtp_ray.results.synthetic import synthetic_shard
-from xtp_ray.shards import write_shard
 
 DIAGONAL_80 = [(i, j) for i in range(80) for j in range(80) if abs(i - j) <= 2 or j == 0]
 

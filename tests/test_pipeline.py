@@ -10,9 +10,10 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from xtp_ray.results.aggregation import aggregate_run  # noqa: E402
-from xtp_ray.pipeline import run_job  # noqa: E402
 from support import candidate_rows, make_config  # noqa: E402
+
+from xtp_ray.job.pipeline import run_job  # noqa: E402
+from xtp_ray.results.aggregation import aggregate_run  # noqa: E402
 
 LAYERS = 3
 

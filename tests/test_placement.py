@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from xtp_ray.placement import check_feasible, device_for_actor
+from xtp_ray.job.placement import check_feasible, device_for_actor
 
 
 def test_a_request_no_live_node_can_hold_is_refused_at_once(ray_local):

@@ -16,13 +16,14 @@ ray = pytest.importorskip("ray")
 boto3 = pytest.importorskip("boto3")
 
 from support import S3Server, aws_env, candidate_rows, grid_search_actor_pids, make_config  # noqa: E402
+
 from xtp_ray import storage  # noqa: E402
+from xtp_ray.job.actor import CANDIDATE_SCHEMA  # noqa: E402
+from xtp_ray.job.config import RunConfig  # noqa: E402
+from xtp_ray.job.lease import LeaseHeldError  # noqa: E402
+from xtp_ray.job.pipeline import run_job  # noqa: E402
+from xtp_ray.job.shards import ShardWriteError, write_shard  # noqa: E402
 from xtp_ray.results.aggregation import aggregate_run  # noqa: E402
-from xtp_ray.config import RunConfig  # noqa: E402
-from xtp_ray.lease import LeaseHeldError  # noqa: E402
-from xtp_ray.actor import CANDIDATE_SCHEMA  # noqa: E402
-from xtp_ray.pipeline import run_job  # noqa: E402
-from xtp_ray.shards import ShardWriteError, write_shard  # noqa: E402
 
 SECRET = "xtp-reliability-secret-9f2Kx"
 
@@ -121,8 +122,8 @@ def test_a_killed_job_resumes_and_the_manifest_shows_both_attempts(tmp_path):
 
 
 def test_prompts_longer_than_the_context_are_skipped_per_instance(tmp_path):
+    from xtp_ray.engine.tiny import tokenizer_corpus, train_tokenizer
     from xtp_ray.tasks import load_instances
-    from xtp_ray.tiny import tokenizer_corpus, train_tokenizer
 
     tokenizer = train_tokenizer(tokenizer_corpus(), 512)
     instances, _ = load_instances("xnli", "sw", "sample")

@@ -1,8 +1,7 @@
 """Scores of hand-checked predictions on real instances."""
 import pytest
 
-from xtp_ray.scoring import (js_similarity, last_number, match_letter, option_token_ids, score,
-                             squad_em_f1)
+from xtp_ray.scoring import js_similarity, last_number, match_letter, option_token_ids, score, squad_em_f1
 from xtp_ray.tasks import load_instances
 
 

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from xtp_ray import engine
-from xtp_ray import sharing as sharing_module
-from xtp_ray.architectures import decoder_layers
-from xtp_ray.cascade import OwnTokenStore
 from xtp_ray.cells import parse_cells
-from xtp_ray.sharing import RowSharing, share_rows
-from xtp_ray.tiny import build_tiny_model
+from xtp_ray.engine import hf
+from xtp_ray.engine import sharing as sharing_module
+from xtp_ray.engine.architectures import decoder_layers
+from xtp_ray.engine.cascade import OwnTokenStore
+from xtp_ray.engine.sharing import RowSharing, share_rows
+from xtp_ray.engine.tiny import build_tiny_model
 
 
 def _kv_key(sharing, row, layer):
@@ -140,10 +140,10 @@ def test_sharing_equals_computing_every_row(tokenizer):
 
     RowSharing.plan = counting
     try:
-        shared = engine.run_grid(model, tokenizer, donors, recipients, cells, "ffn", 6, keep_logits=True)
+        shared = hf.run_grid(model, tokenizer, donors, recipients, cells, "ffn", 6, keep_logits=True)
     finally:
         RowSharing.plan = original
-    plain = engine.run_grid(model, tokenizer, donors, recipients, cells, "ffn", 6, keep_logits=True, share=False)
+    plain = hf.run_grid(model, tokenizer, donors, recipients, cells, "ffn", 6, keep_logits=True, share=False)
     for a_row, b_row in zip(shared, plain):
         for a, b in zip(a_row, b_row):
             assert a.token_ids == b.token_ids
@@ -190,9 +190,9 @@ def test_reused_store_changes_nothing(tokenizer):
             for pair in store._flat.values():
                 for flat in pair:
                     flat.fill_(float("nan"))
-        reused = engine.run_grid(model, tokenizer, donors, recipients, cells, "ffn", new_tokens, per_chunk,
+        reused = hf.run_grid(model, tokenizer, donors, recipients, cells, "ffn", new_tokens, per_chunk,
                                  keep_logits=True, store=store)
-        fresh = engine.run_grid(model, tokenizer, donors, recipients, cells, "ffn", new_tokens, per_chunk,
+        fresh = hf.run_grid(model, tokenizer, donors, recipients, cells, "ffn", new_tokens, per_chunk,
                                 keep_logits=True)
         for a_row, b_row in zip(reused, fresh):
             for a, b in zip(a_row, b_row):

@@ -23,11 +23,12 @@ else:
     pytest.importorskip("vllm")
 
 from test_engine import DONORS, OPTIONS, RECIPIENTS  # noqa: E402
-from xtp_ray import engine, reference  # noqa: E402
-from xtp_ray.capture import replace_rows  # noqa: E402
+
 from xtp_ray.cells import VANILLA, parse_cells  # noqa: E402
-from xtp_ray.models import load_model  # noqa: E402
-from xtp_ray.tiny import save_tiny_model  # noqa: E402
+from xtp_ray.engine import hf, reference  # noqa: E402
+from xtp_ray.engine.capture import replace_rows  # noqa: E402
+from xtp_ray.engine.models import load_model  # noqa: E402
+from xtp_ray.engine.tiny import save_tiny_model  # noqa: E402
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB: plenty for these prompts, no preemption
 TOL = 1e-4
@@ -40,7 +41,7 @@ LAYERS = 3
 @pytest.fixture(scope="module", params=["LlamaForCausalLM", "Qwen2ForCausalLM"])
 def pair(request, tmp_path_factory):
     """(vllm engine, hf model, tokenizer) over one saved tiny model."""
-    from xtp_ray.engines import load_engine
+    from xtp_ray.engine.load import load_engine
 
     path = save_tiny_model(tmp_path_factory.mktemp("vllm") / request.param, request.param, num_layers=LAYERS,
                            hidden=128, heads=4, kv_heads=2)
@@ -54,7 +55,7 @@ def _margin_at(model, tokenizer, donor, recipient, cell, module, step):
     """The reference's top-2 logit margin at generation step `step` of one cell."""
     patches = {}
     if cell != VANILLA:
-        values = engine.capture_donors(model, tokenizer, [donor], module)  # [1, L, d]
+        values = hf.capture_donors(model, tokenizer, [donor], module)  # [1, L, d]
         patches = {cell.target_layer: (torch.tensor([0]), values[:, cell.source_layer])}
     ids = tokenizer(recipient, return_tensors="pt").input_ids
     with replace_rows(model, module, patches, first_call_only=True):
@@ -92,9 +93,9 @@ def test_option_scoring_without_decoding(pair):
     cells = parse_cells("full", LAYERS)
     fast = vllm_engine.run_grid(DONORS, INSTANCE_RECIPIENTS, cells, "ffn", 0, option_token_ids=OPTIONS,
                                 keep_logits=True)
-    hf = engine.run_grid(model, tokenizer, DONORS, INSTANCE_RECIPIENTS, cells, "ffn", 0, option_token_ids=OPTIONS,
-                         keep_logits=True)
-    for fast_row, hf_row in zip(fast, hf):
+    fast_hf = hf.run_grid(model, tokenizer, DONORS, INSTANCE_RECIPIENTS, cells, "ffn", 0, option_token_ids=OPTIONS,
+                          keep_logits=True)
+    for fast_row, hf_row in zip(fast, fast_hf):
         for f, h in zip(fast_row, hf_row):
             assert f.token_ids == []
             assert f.option_logprobs == pytest.approx(h.option_logprobs, abs=TOL, rel=REL)
@@ -118,10 +119,10 @@ def test_donor_capture_equals_hf(pair):
     finally:
         vllm_engine.llm.collective_rpc("xtp_remove")
         vllm_engine.llm.collective_rpc("xtp_forget", args=(["a", "b", "c"],))
-    hf = engine.capture_donors(model, tokenizer, DONORS, "attn")  # [B, L, d]
+    captured_hf = hf.capture_donors(model, tokenizer, DONORS, "attn")  # [B, L, d]
     # values up to ~7 in size; vLLM's CPU attention kernel rounds differently (~1e-4 seen at that size)
     for b, key in enumerate("abc"):
-        assert torch.allclose(torch.tensor(captured[key]), hf[b], atol=1e-4, rtol=1e-4), key
+        assert torch.allclose(torch.tensor(captured[key]), captured_hf[b], atol=1e-4, rtol=1e-4), key
 
 
 def test_no_hook_is_left_after_an_exception(pair):
@@ -135,8 +136,8 @@ def test_no_hook_is_left_after_an_exception(pair):
 
 
 def test_what_cannot_work_is_refused():
-    from xtp_ray.config import ConfigError, RunConfig, validate
-    from xtp_ray.vllm_engine import check_model
+    from xtp_ray.engine.vllm import check_model
+    from xtp_ray.job.config import ConfigError, RunConfig, validate
 
     with pytest.raises(ValueError, match="mixture of experts"):
         check_model({"architectures": ["MixtralForCausalLM"], "num_local_experts": 8}, 1)

@@ -44,7 +44,7 @@ def _add_bench(sub):
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-peer", action="store_true", help="skip the batched plain-hooks peer")
     p.add_argument("--no-share", action="store_true",
-                   help="the hf engine computes every row in every layer (no row sharing, sharing.py)")
+                   help="the hf engine computes every row in every layer (no row sharing, engine/sharing.py)")
     p.add_argument("--engine", default="hf", choices=["hf", "vllm"],
                    help="the engine to time against the others (vllm: against hf and the reference)")
     p.add_argument("--sweep", help="instead: generation ms per cell at these cells per forward, e.g. 64,512 "
@@ -141,13 +141,13 @@ def _bench(args) -> int:
     if args.suite:
         import json
 
-        from .gpu_check import run_suite, summary
+        from .tools.gpu_check import run_suite, summary
 
         result = run_suite(args.small, args.json, args.deadline_s, args.shape or "llama2-7b",
                            args.dtype or "bfloat16", args.instances)
         print(json.dumps(summary(result)))
         return 1 if result["errors"] else 0
-    from .bench import SHAPES, run_bench, run_sweep
+    from .tools.bench import SHAPES, run_bench, run_sweep
 
     if args.shape:
         if args.shape not in SHAPES:
@@ -157,7 +157,7 @@ def _bench(args) -> int:
         args.heads, args.kv_heads = shape["heads"], shape["kv_heads"]
         args.intermediate, args.vocab = shape["intermediate"], shape["vocab"]
     if args.overhead:
-        from .bench import run_overhead
+        from .tools.bench import run_overhead
 
         run_overhead(args.layers if args.layers != 16 else 32, share=not args.no_share, threads=args.threads or 1)
         return 0
@@ -195,14 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("aggregate", help="tables, upper bound and heatmaps of a run", add_help=False)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("run", "aggregate"):
-        from .jobs import aggregate_main, grid_search_main
+        from .job.entry import aggregate_main, grid_search_main
 
         return grid_search_main(argv[1:]) if argv[0] == "run" else aggregate_main(argv[1:])
     debug = "--debug" in argv
     args = parser.parse_args([a for a in argv if a != "--debug"])
     try:
         if args.command == "grid":
-            from .probe import run_probe
+            from .tools.probe import run_probe
 
             return run_probe(args)
         if args.command == "history":

@@ -16,8 +16,8 @@ import logging
 import pyarrow.parquet as pq
 
 from .. import storage
+from ..job.shards import intact_footers
 from ..names import check_name
-from ..shards import intact_footers
 from .lmeval import results_json
 from .partials import COLUMNS, KEY, Merged, applied_first_column, from_footer, shard_partials, summarise
 from .tables import build_tables, target_first

@@ -16,8 +16,8 @@ import logging
 import math
 
 from .. import storage
-from .aggregation import aggregate_merged, collect_partials, run_started, run_uri_of
 from ..names import is_name
+from .aggregation import aggregate_merged, collect_partials, run_started, run_uri_of
 from .paired import compare_paired, decode, holm, wilson
 from .report import data_uri, html_page, html_table, pct, signed_pct
 

@@ -13,9 +13,9 @@ import json
 import pyarrow.dataset as pads
 
 from .. import storage
-from ..shards import intact_footers
-from .partials import COLUMNS
+from ..job.shards import intact_footers
 from .paired import encode
+from .partials import COLUMNS
 from .stats import mean
 from .tables import build_tables, target_first
 

@@ -24,8 +24,8 @@ RUN_ID = "scale"
 
 def generate(directory: str, rows: int) -> int:
     """Shards for about `rows` candidate rows under <directory>/scale (kept if already there)."""
-    from ..config import RunConfig
-    from ..shards import committed_shards, write_shard
+    from ..job.config import RunConfig
+    from ..job.shards import committed_shards, write_shard
     from .synthetic import synthetic_shard
 
     per_instance = LAYERS * LAYERS + 1

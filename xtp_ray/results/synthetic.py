@@ -17,7 +17,7 @@ def synthetic_shard(task: str, split: str, lang: str, instances: range, layers: 
                     config: str = '{"digest": "synthetic"}') -> pa.Table:
     """Rows of `instances` (indices) of one (task, split, lang): vanilla + `cells` (default: the full
     grid) per module."""
-    from ..actor import CANDIDATE_SCHEMA
+    from ..job.actor import CANDIDATE_SCHEMA
 
     rng = np.random.default_rng(seed)
     if cells is None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from . import storage
+from .. import storage
 
 log = logging.getLogger("xtp_ray")
 LEASE_NAME = "lease.json"

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from .names import DTYPE_NAMES, MODULES, is_name
-from .tasks import FAMILY, TASKS
+from ..names import DTYPE_NAMES, MODULES, is_name
+from ..tasks import FAMILY, TASKS
 
 SCORING = ("generate", "logprobs")
 CELL_SPECS = ("full", "target-first", "coarse")
@@ -193,7 +193,7 @@ def validate(config: RunConfig, source: str | None = None) -> None:
     def fail(message):
         raise ConfigError(where + message)
 
-    from .engines import ENGINES
+    from ..engine.load import ENGINES
 
     if config.engine not in ENGINES:
         fail(f"engine {config.engine!r} unknown; choose one of {', '.join(ENGINES)}")
@@ -269,7 +269,7 @@ def validate(config: RunConfig, source: str | None = None) -> None:
 
 def tiny_spec(model: str) -> tuple[str, int]:
     """(architecture, layers) of a `tiny:<architecture>[:<layers>]` model name."""
-    from .tiny import TINY_CONFIGS
+    from ..engine.tiny import TINY_CONFIGS
 
     parts = model[len(TINY_PREFIX):].split(":")
     if parts[0] not in TINY_CONFIGS or len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
@@ -280,7 +280,7 @@ def tiny_spec(model: str) -> tuple[str, int]:
 
 def coarse_setting(task: str) -> tuple[str, str]:
     """(module, cell spec) of the paper's fixed coarse setting for a task."""
-    from .cells import COARSE
+    from ..cells import COARSE
 
     module, (i, j) = COARSE[FAMILY[task]]
     return module, f"{-1 if i == 'last' else i}:{j}"

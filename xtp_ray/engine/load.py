@@ -1,4 +1,4 @@
-"""Which engine runs the grid: `hf` (transformers, `engine.py`) or `vllm` (`vllm_engine.py`).
+"""Which engine runs the grid: `hf` (transformers, `hf.py`) or `vllm` (`vllm.py`).
 
 Both follow one contract (`run_grid` with the same arguments, per instance
 [vanilla, *cells] CellResults, `tokenizer`, `num_layers`); the pipeline, scoring and
@@ -30,11 +30,11 @@ def load_engine(name: str, model_path: str, dtype: str = "float32", attn_impleme
         logging.getLogger("xtp_ray").warning("trust_remote_code is on: running Python code that ships with the "
                                              "model %s", model_path)
     if name == "vllm":
-        from .vllm_engine import VllmEngine
+        from .vllm import VllmEngine
 
         return VllmEngine(model_path, dtype, tensor_parallel_size=max(1, int(gpus)), max_model_len=max_model_len,
                           revision=revision, trust_remote_code=trust_remote_code)
-    from .engine import HFEngine
+    from .hf import HFEngine
     from .models import load_model
 
     model, tokenizer = load_model(model_path, dtype, attn_implementation, device=device,

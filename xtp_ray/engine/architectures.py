@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .names import MODULES
+from ..names import MODULES
 
 if TYPE_CHECKING:
     import torch
@@ -59,7 +59,7 @@ def lookup(model_or_config) -> Architecture:
     if name not in REGISTRY:
         raise UnknownArchitectureError(
             f"unknown architecture {name!r}. Known: {', '.join(sorted(REGISTRY))}. "
-            "To add one, map its `architectures` string in xtp_ray/architectures.py REGISTRY "
+            "To add one, map its `architectures` string in xtp_ray/engine/architectures.py REGISTRY "
             "to Architecture(layers=<dotted path to the decoder ModuleList>, "
             "ffn=<MLP attribute of a layer>, attn=<self-attention attribute of a layer>)."
         )

@@ -8,10 +8,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import reference
-from .cells import parse_cells
-from .engines import load_engine
-from .names import check_positive
+from ..cells import parse_cells
+from ..engine import reference
+from ..engine.load import load_engine
+from ..names import check_positive
 
 GRID_SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -94,7 +94,7 @@ def run_probe(args) -> int:
     if args.input:
         pairs, left_out = read_pairs(args.input)
     elif args.task:
-        from .tasks import load_instances
+        from ..tasks import load_instances
 
         instances, left_out = load_instances(args.task, args.lang, args.split, args.data_root)
         pairs = [{"id": i.id, "donor": i.donor, "recipient": i.recipient} for i in instances]

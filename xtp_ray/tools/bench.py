@@ -1,7 +1,7 @@
 """`xtp bench`: the fast engine, a batched peer and the reference, side by side in one run.
 
 Same tiny model, same instances, same cells, every cell compared:
-- fast: `engine.run_grid` (shared prefix, cells as rows, cascade attention);
+- fast: `engine.hf.run_grid` (shared prefix, cells as rows, cascade attention);
 - peer: what a practitioner writes with plain hooks (TransformerLens / nnsight style):
   one donor forward per instance capturing every layer, then all cells of the
   instance as rows of ONE batched hooked `generate` over the full recipient prompt,
@@ -19,13 +19,13 @@ from importlib import resources
 
 import torch
 
-from . import engine, reference
-from .capture import replace_rows
-from .cells import VANILLA, parse_cells
-from .engine import CellResult, capture_donors, cell_patches, eos_ids, record_next_token, trim_at_stop
-from .scoring import option_token_ids
-from .sharing import PLANNING
-from .tiny import build_tiny_model, tokenizer_corpus, train_tokenizer
+from ..cells import VANILLA, parse_cells
+from ..engine import hf, reference
+from ..engine.capture import replace_rows
+from ..engine.hf import CellResult, capture_donors, cell_patches, eos_ids, record_next_token, trim_at_stop
+from ..engine.sharing import PLANNING
+from ..engine.tiny import build_tiny_model, tokenizer_corpus, train_tokenizer
+from ..scoring import option_token_ids
 
 LOGIT_TOLERANCE = 1e-4
 
@@ -47,7 +47,7 @@ def build_bench_model(architecture: str = "LlamaForCausalLM", layers: int = 16, 
     realistic width use HF's initializer range (0.02); the tiny widths a larger one (0.1), so that
     cells differ from each other.
     """
-    from .models import DTYPES
+    from ..engine.models import DTYPES
 
     for name, value in (("layers", layers), ("hidden", hidden), ("heads", heads), ("kv_heads", kv_heads),
                         ("intermediate", intermediate), ("vocab", vocab)):
@@ -188,8 +188,8 @@ def run_bench(mode: str = "generate", architecture: str = "LlamaForCausalLM", nu
         f"threads {torch.get_num_threads()}" + ("" if share else ", no row sharing"))
     strict = engine_name == "hf" and dtype == "float32"
 
-    hf = engine.HFEngine(model, tokenizer, share=share)
-    tested = hf if engine_name == "hf" else _vllm_twin(model, tokenizer)
+    fast_engine = hf.HFEngine(model, tokenizer, share=share)
+    tested = fast_engine if engine_name == "hf" else _vllm_twin(model, tokenizer)
     # Warm every path up once (first calls pay one-off allocator and kernel set-up).
     tested.run_grid(donors[:1], recipients[:1], grid[:1], module, min(new_tokens, 2))
     if reference_run:
@@ -210,7 +210,7 @@ def run_bench(mode: str = "generate", architecture: str = "LlamaForCausalLM", nu
     rivals = [("reference", lambda: reference.run_grid(model, tokenizer, donors, recipients, grid, module,
                                                         new_tokens, option_token_ids=options))] if reference_run else []
     if engine_name != "hf":
-        rivals.insert(0, ("hf", lambda: hf.run_grid(donors, recipients, grid, module, new_tokens,
+        rivals.insert(0, ("hf", lambda: fast_engine.run_grid(donors, recipients, grid, module, new_tokens,
                                                     option_token_ids=options, keep_logits=True)))
     if peer:
         run_peer(model, tokenizer, donors[:1], recipients[:1], grid[:1], module, min(new_tokens, 2),
@@ -257,7 +257,7 @@ def _vllm_twin(model, tokenizer):
     shape for the process, since both modes build the same seeded model."""
     import tempfile
 
-    from .vllm_engine import VllmEngine
+    from ..engine.vllm import VllmEngine
 
     key = model.config.to_json_string()
     if key not in _VLLM_TWINS:
@@ -278,10 +278,10 @@ def run_sweep(chunks: list[int], num_layers: int = 32, hidden: int = 256, prompt
     grid = parse_cells("full", num_layers)[:cells - 1]  # + vanilla = `cells` rows
     log(f"sweep: LlamaForCausalLM, {num_layers} layers, hidden {hidden}, ~{prompt_tokens}-token prompt, "
         f"{len(grid) + 1} cells, {max_new_tokens} new tokens, threads {torch.get_num_threads()}")
-    engine.run_grid(model, tokenizer, donors, recipients, grid[:8], "ffn", 2)  # warm-up
+    hf.run_grid(model, tokenizer, donors, recipients, grid[:8], "ffn", 2)  # warm-up
     out = {}
     for chunk in chunks:
-        _, seconds = _timed(lambda: engine.run_grid(model, tokenizer, donors, recipients, grid, "ffn",
+        _, seconds = _timed(lambda: hf.run_grid(model, tokenizer, donors, recipients, grid, "ffn",
                                                     max_new_tokens, cells_per_chunk=chunk))
         out[chunk] = 1000 * seconds / (len(grid) + 1)
         log(f"{chunk} cells per forward: {out[chunk]:.2f} ms per cell ({seconds:.2f} s)")
@@ -294,7 +294,7 @@ def run_overhead(num_layers: int = 32, rows: int = 1024, max_new_tokens: int = 2
     `rows` cells): (time of a grid with `max_new_tokens` - time with 1) / the extra decode steps, median of
     `repeats`, with the device<->host transfers per step that the engine made (`transfers.COUNTS`). The
     same at 2 rows, where only dispatch is left, beside a plain HF decode step at 2 and `rows` rows."""
-    from . import transfers
+    from ..engine import transfers
 
     if threads:
         torch.set_num_threads(threads)
@@ -302,17 +302,17 @@ def run_overhead(num_layers: int = 32, rows: int = 1024, max_new_tokens: int = 2
     model.generation_config.eos_token_id = None  # no row stops early: every step runs every row
     tokenizer.eos_token = None
     donors, recipients = _bench_prompts(tokenizer, 1, 32)
-    hf = engine.HFEngine(model, tokenizer, share=share)
+    fast_engine = hf.HFEngine(model, tokenizer, share=share)
     steps = max_new_tokens - 1  # decode forwards after the first (patched) one
 
     def per_step(width: int) -> tuple[list[float], dict]:
         grid = (parse_cells("full", num_layers) * (1 + width // num_layers ** 2))[:width - 1]
-        hf.run_grid(donors, recipients, grid, "ffn", 2)  # warm-up
+        fast_engine.run_grid(donors, recipients, grid, "ffn", 2)  # warm-up
         seconds, counts = [], None
         for _ in range(repeats):
-            _, short = _timed(lambda: hf.run_grid(donors, recipients, grid, "ffn", 1))
+            _, short = _timed(lambda: fast_engine.run_grid(donors, recipients, grid, "ffn", 1))
             before, planning = transfers.COUNTS.snapshot(), PLANNING.snapshot()
-            _, long = _timed(lambda: hf.run_grid(donors, recipients, grid, "ffn", max_new_tokens))
+            _, long = _timed(lambda: fast_engine.run_grid(donors, recipients, grid, "ffn", max_new_tokens))
             counts = {**transfers.COUNTS.since(before), **PLANNING.since(planning)}
             seconds.append((long - short) / steps)
         return seconds, counts

@@ -16,10 +16,10 @@ import uuid
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import storage
+from .. import storage
+from ..names import check_name
+from ..results.partials import KEY, shard_partials, to_footer
 from .config import RunConfig
-from .names import check_name
-from .results.partials import KEY, shard_partials, to_footer
 
 log = logging.getLogger("xtp_ray")
 

@@ -14,14 +14,21 @@ import os
 import time
 import uuid
 
-from . import __version__, storage
+from .. import __version__, storage
+from ..errors import root_cause
 from .actor import GridSearch
 from .config import RunConfig
 from .planning import digest_plan, plan, preflight
-from .errors import root_cause
 from .quiet import without_noise
-from .shards import (ShardWriteError, candidates_dir, committed_shards, inspect_committed, redact,
-                     report_damaged, run_dir)
+from .shards import (
+    ShardWriteError,
+    candidates_dir,
+    committed_shards,
+    inspect_committed,
+    redact,
+    report_damaged,
+    run_dir,
+)
 
 log = logging.getLogger("xtp_ray")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import os
 
-from . import storage
-from .cells import parse_cells
+from .. import storage
+from ..cells import parse_cells
+from ..tasks import RELEASE_SPLITS, Instance, InstanceError, check_root, list_languages, load_instances, task_splits
 from .config import TINY_PREFIX, RunConfig, tiny_spec
-from .tasks import RELEASE_SPLITS, Instance, InstanceError, check_root, list_languages, load_instances, task_splits
 
 
 def preflight(config: RunConfig) -> int | None:
@@ -16,7 +16,7 @@ def preflight(config: RunConfig) -> int | None:
 
     Returns the number of layers where it can be known without loading weights.
     """
-    from .architectures import lookup, num_layers_of_config
+    from ..engine.architectures import lookup, num_layers_of_config
 
     if config.model.startswith(TINY_PREFIX):
         _, layers = tiny_spec(config.model)
@@ -43,7 +43,7 @@ def preflight(config: RunConfig) -> int | None:
         lookup(model_config)
         layers = num_layers_of_config(model_config)
         if config.engine == "vllm":
-            from .vllm_engine import check_model
+            from ..engine.vllm import check_model
 
             check_model(model_config, max(1, int(config.num_gpus_per_actor)))
     if layers and config.cells not in ("full", "target-first", "coarse"):

@@ -24,7 +24,6 @@ the V1 model runner with a persistent `input_batch` (`VLLM_USE_V2_MODEL_RUNNER=0
 from __future__ import annotations
 
 
-
 def _module_of(layer, module: str):
     if module == "ffn":
         return layer.mlp

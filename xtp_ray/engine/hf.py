@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
+from ..cells import VANILLA, Cell
 from .architectures import num_layers
 from .capture import capture_last_token, replace_rows
 from .cascade import OwnTokenStore, SharedPrefix, cascade_attention, own_tokens_cache
-from .cells import VANILLA, Cell
 from .sharing import RowSharing, share_rows
 from .transfers import to_host
 
@@ -413,7 +413,7 @@ def _slots(plan, rows: torch.Tensor) -> torch.Tensor:
 
 
 class HFEngine:
-    """The fast engine behind the grid contract shared with `vllm_engine.VllmEngine`.
+    """The fast engine behind the grid contract shared with `vllm.VllmEngine`.
 
     run_grid(donors, recipients, cells, module, max_new_tokens, cells_per_chunk,
     option_token_ids, keep_logits, memory_budget_mb) -> per instance [vanilla, *cells].

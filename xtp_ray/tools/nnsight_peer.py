@@ -7,7 +7,7 @@
 - `run_nnsight_prefix`: the stronger variant: the recipient prefix (all but the last token) runs
   once into a `DynamicCache` (HF's prompt-cache reuse), repeated for the rows, and only the last
   token is fed with the patch.
-Same contract as `engine.run_grid` (per instance [vanilla, *cells]). nnsight is an optional extra.
+Same contract as `engine.hf.run_grid` (per instance [vanilla, *cells]). nnsight is an optional extra.
 """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import copy
 
 import torch
 
-from .architectures import lookup
-from .cells import VANILLA
-from .engine import CellResult, eos_ids, record_next_token, trim_at_stop
+from ..cells import VANILLA
+from ..engine.architectures import lookup
+from ..engine.hf import CellResult, eos_ids, record_next_token, trim_at_stop
 
 
 def available() -> bool:

@@ -11,8 +11,8 @@ import argparse
 import logging
 import sys
 
+from ..errors import USER_ERROR_EXIT, report
 from .config import add_flags, load_config
-from .errors import USER_ERROR_EXIT, report
 
 
 def _setup_logging() -> None:
@@ -42,7 +42,7 @@ def grid_search_main(argv: list[str] | None = None, aggregate: bool = True) -> i
 def _grid_search(args, aggregate: bool) -> int:
     config = load_config(args)
     if args.compare_with:
-        from .results.aggregation import earlier_report_uri
+        from ..results.aggregation import earlier_report_uri
 
         earlier_report_uri(config.output, args.compare_with)  # before any work, not after it
     from .pipeline import run_job
@@ -56,7 +56,7 @@ def _grid_search(args, aggregate: bool) -> int:
         print(f"throughput: {summary['instances'] / summary['seconds']:.2f} instances/s, "
               f"{summary['cells'] / summary['seconds']:.1f} cells/s")
     if aggregate and not args.no_aggregate:
-        from .results.aggregation import aggregate_run
+        from ..results.aggregation import aggregate_run
 
         result = aggregate_run(config.output, config.run_id, args.compare_with)
         _print_overview(result)
@@ -88,7 +88,7 @@ def aggregate_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging()
     try:
-        from .results.aggregation import aggregate_run
+        from ..results.aggregation import aggregate_run
 
         result = aggregate_run(args.output, args.run_id, args.compare_with, args.from_candidates)
     except Exception as exc:  # noqa: BLE001

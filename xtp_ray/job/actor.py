@@ -9,11 +9,11 @@ import time
 
 import pyarrow as pa
 
-from . import __version__, storage
-from .cells import parse_cells
+from .. import __version__, storage
+from ..cells import parse_cells
+from ..tasks import Instance
 from .config import TINY_PREFIX, TINY_RUN_SHAPE, RunConfig, coarse_setting, tiny_spec
 from .shards import write_shard
-from .tasks import Instance
 
 log = logging.getLogger("xtp_ray")
 
@@ -40,13 +40,13 @@ def load_for_run(config: RunConfig):
     """
     import tempfile
 
-    from .engines import load_engine
+    from ..engine.load import load_engine
     from .placement import device_for_actor
 
     device = device_for_actor(config.num_gpus_per_actor)  # before anything touches CUDA
 
     if config.model.startswith(TINY_PREFIX):
-        from .tiny import save_tiny_model
+        from ..engine.tiny import save_tiny_model
 
         architecture, layers = tiny_spec(config.model)
         with tempfile.TemporaryDirectory(prefix="xtp-tiny-") as path:  # both engines hold what they load
@@ -130,7 +130,7 @@ class GridSearch:
         return [(module, parse_cells(self.config.cells, self.num_layers)) for module in self.config.modules]
 
     def run_shard(self, instances: list[Instance]) -> tuple[pa.Table, list[dict], int]:
-        from .scoring import option_token_ids, score
+        from ..scoring import option_token_ids, score
 
         kept, skipped = [], []
         for inst in instances:

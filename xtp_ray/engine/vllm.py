@@ -1,4 +1,4 @@
-"""The vLLM engine: the same grid contract as `engine.HFEngine`, on vLLM.
+"""The vLLM engine: the same grid contract as `hf.HFEngine`, on vLLM.
 
 Per batch of instances: one request per donor (max_tokens 1) records every layer's
 donor value inside vLLM's worker (`vllm_worker.TransplantWorker`); then every cell
@@ -20,10 +20,10 @@ import math
 import os
 import uuid
 
-from .cells import VANILLA, Cell
-from .engine import CellResult
+from ..cells import VANILLA, Cell
+from .hf import CellResult
 
-WORKER_EXTENSION = "xtp_ray.vllm_worker.TransplantWorker"
+WORKER_EXTENSION = "xtp_ray.engine.vllm_worker.TransplantWorker"
 MODULES = ("ffn", "attn")
 MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_intermediate_size")
 
@@ -105,7 +105,7 @@ class VllmEngine:
                  max_new_tokens: int = 20, cells_per_chunk: int | None = None,
                  option_token_ids: list[list[list[int]]] | None = None, keep_logits: bool = False,
                  memory_budget_mb: float | None = None) -> list[list[CellResult]]:
-        """Vanilla + every cell per instance, as `engine.run_grid` (chunking and memory are vLLM's)."""
+        """Vanilla + every cell per instance, as `hf.run_grid` (chunking and memory are vLLM's)."""
         from vllm import SamplingParams
 
         if module not in MODULES:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
+from ..cells import VANILLA, Cell
 from .capture import capture_last_token, replace_rows
-from .cells import VANILLA, Cell
-from .engine import CellResult, eos_ids, option_logprobs, trim_at_stop
+from .hf import CellResult, eos_ids, option_logprobs, trim_at_stop
 
 
 def _encode(tokenizer, prompt: str, device) -> torch.Tensor:

@@ -29,13 +29,13 @@ from pathlib import Path
 
 import torch
 
-from . import reference
+from ..cells import parse_cells
+from ..engine import reference
+from ..engine.cascade import KERNELS, attend_fused, attend_matmul, padding_bias, prefix_part
+from ..engine.hf import HFEngine
+from ..engine.sharing import PLANNING
+from ..scoring import option_token_ids
 from .bench import SHAPES, _bench_prompts, _timed, build_bench_model, compare, run_peer, synchronize
-from .cascade import KERNELS, attend_fused, attend_matmul, padding_bias, prefix_part
-from .cells import parse_cells
-from .engine import HFEngine
-from .scoring import option_token_ids
-from .sharing import PLANNING
 
 PROMPT_TOKENS = 130  # the paper's prompts are ~130 tokens on Llama-2's tokenizer
 NEW_TOKENS = 20

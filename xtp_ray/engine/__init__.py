@@ -1,0 +1,10 @@
+"""The engine floor: a transplant-enabled model and the grids it runs. torch and transformers only
+(vllm in `vllm.py` and `vllm_worker.py`, imported only when that engine is chosen): no ray,
+pyarrow or matplotlib, so the engine and `xtp bench` run from a plain checkout on a bare GPU image.
+
+`architectures` (registry keyed by the HF `architectures` string), `capture` (hooks, only in context
+managers), `cascade` (shared-prefix attention function and own-token cache layer), `sharing` (rows
+that compute alike share a slot), `transfers` (host<->device traffic, counted), `hf` (the fast grid),
+`reference` (the slow definition), `vllm` and `vllm_worker` (the same contract on vLLM), `load`
+(choosing an engine), `models` (loading from disk or the hub), `tiny` (tiny models and a local
+tokenizer)."""
