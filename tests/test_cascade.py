@@ -134,8 +134,8 @@ def test_own_keys_log_softmax_path_equals_logsumexp(queries, softcap):
     """The rows' own part takes lse as s_0 - log p_0 (key 0 is visible to every query): the same output
     and log-sum-exp as the plain logsumexp path, causal masks (several queries) and softcap included."""
     g = torch.Generator().manual_seed(2)
-    q = torch.randn(6, 2, queries, 16, generator=g) * 3
-    k, v = (torch.randn(6, 2, 5, 16, generator=g) * 3 for _ in range(2))
+    q = torch.randn(12, queries, 16, generator=g) * 3  # [rows * KV heads, q, D], as `own_part` hands it over
+    k, v = (torch.randn(12, 5, 16, generator=g) * 3 for _ in range(2))
     causal = torch.arange(5)[None, :] <= torch.arange(5 - queries, 5)[:, None] if queries > 1 else None
     out, lse = attend_own_matmul(q, k, v, 0.25, causal, softcap)
     want_out, want_lse = attend_matmul(q, k, v, 0.25, causal, softcap)

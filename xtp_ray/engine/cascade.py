@@ -68,8 +68,10 @@ class OwnTokensLayer(DynamicLayer):
     """A cache layer holding only the rows' own tokens, preallocated for `capacity` of them.
 
     The prefix lives in `SharedPrefix`, so this is all HF's attention module sees as
-    keys and values: [R, K_h, s, D] views of one step-major buffer. Appending writes in place; a
-    growing torch.cat per step would copy the whole cache every step (O(steps^2)).
+    keys and values: [R, K_h, s, D] views of one row-major [R, K_h, capacity, D] buffer (each row's
+    keys contiguous, as the batched products read them; a step writes and a view reads in one call
+    each). Appending writes in place; a growing torch.cat per step would copy the whole cache every
+    step (O(steps^2)).
     """
 
     def __init__(self, capacity: int, sharing=None, index: int = 0, store: OwnTokenStore | None = None):
@@ -83,8 +85,8 @@ class OwnTokensLayer(DynamicLayer):
         self.dtype, self.device = key_states.dtype, key_states.device
         _, heads, _, dim = key_states.shape
         rows = self.sharing.rows if self.sharing is not None else key_states.shape[0]
-        # step-major [capacity, R, K_h, D]: appending a step writes one contiguous block; with
-        # sharing, slot-indexed (a layer computes the first m * B slots, see sharing.py)
+        # [R, K_h, capacity, D]; with sharing, slot-indexed (a layer computes the first m * B slots, see
+        # sharing.py)
         shapes = (self.capacity, rows, heads, dim), (self.capacity, rows, heads, value_states.shape[-1])
         if self.store is not None:
             self.key_buffer, self.value_buffer = self.store.take(self.index, shapes, key_states)
@@ -149,6 +151,11 @@ class OwnTokenStore:
 def own_tokens_cache(num_layers: int, capacity: int, sharing=None, store: OwnTokenStore | None = None) -> Cache:
     """The rows' cache: one `OwnTokensLayer` per decoder layer (buffers from `store` if given)."""
     return Cache(layers=[OwnTokensLayer(capacity, sharing, index, store) for index in range(num_layers)])
+
+
+def _fp32(tensor: torch.Tensor) -> torch.Tensor:
+    """tensor in fp32; no call where it is already (at decode a no-op call costs as much as a small kernel)."""
+    return tensor if tensor.dtype == torch.float32 else tensor.float()
 
 
 def _masked(scores: torch.Tensor, key_mask: torch.Tensor | None, softcap: float | None) -> torch.Tensor:
@@ -230,7 +237,7 @@ def attend_fused(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, sc
         KERNELS.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         return None
     KERNELS.fused += 1
-    lse = lse.float()
+    lse = _fp32(lse)
     if key_mask is not None:  # the kernels' value for a row with every key masked is not -inf: make it so
         blind = ~key_mask.any(-1)  # broadcastable to [N, h, m]
         lse = lse.masked_fill(blind, float("-inf"))
@@ -247,6 +254,8 @@ def merge(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: 
     include the current token) is never all masked.
     """
     weight = torch.sigmoid(lse_a - lse_b)[..., None]  # [..., m, 1]
+    if out_a.dtype == torch.float32:
+        return torch.lerp(out_b, out_a, weight)
     return torch.lerp(out_b.float(), out_a.float(), weight).to(out_a.dtype)
 
 
@@ -281,19 +290,22 @@ def own_part(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scalin
     rows, heads, q_len, dim = query.shape
     kv_heads, own = key.shape[1], key.shape[2]
     group = heads // kv_heads
-    grouped = query.view(rows, kv_heads, group * q_len, dim)  # GQA without repeating keys
     # The G queries of a KV head need no mask: one fused call on a GPU. On a CPU plain matmuls beat
-    # the fused kernel on these shapes (many rows, few keys): 0.46 vs 0.65 ms at the bench's 514 rows.
+    # the fused kernel on these shapes (many rows, few keys): 0.56 vs 0.85 ms at the bench's 514 rows, 21 keys.
     if q_len == 1 and softcap is None and fused and query.device.type != "cpu":
-        result = attend_fused(grouped, key, value, scaling)
+        result = attend_fused(query.view(rows, kv_heads, group, dim), key, value, scaling)
         if result is not None:
             return result[0].reshape(rows, heads, q_len, dim), result[1].reshape(rows, heads, q_len)
     causal = None
     if q_len > 1:  # query t sits at own position s - q + t and sees keys up to it
         at = torch.arange(own - q_len, own, device=query.device)
         causal = (torch.arange(own, device=query.device)[None, :] <= at[:, None]).repeat(group, 1)
-    out, lse = attend_own_matmul(grouped, key, value, scaling, causal, softcap)
-    return out.view(rows, heads, q_len, dim), lse.view(rows, heads, q_len)
+    # 3-D, (row, KV head) as the batch: GQA without repeating keys, and batched products without the
+    # 4-D matmul's folding; the own-token cache's views merge these dims without a copy.
+    out, lse = attend_own_matmul(query.reshape(rows * kv_heads, group * q_len, dim),  # [R*K_h, G*q, D]
+                                 key.reshape(rows * kv_heads, own, dim),  # [R*K_h, s, D]
+                                 value.reshape(rows * kv_heads, own, value.shape[-1]), scaling, causal, softcap)
+    return out.view(rows, heads, q_len, -1), lse.view(rows, heads, q_len)
 
 
 def attend_own_matmul(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float,
@@ -301,11 +313,16 @@ def attend_own_matmul(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     """`attend_matmul` for the rows' own keys, where key 0 (the row's last prompt token) is visible to
     every query: one `log_softmax` gives the weights (its exp) and the log-sum-exp (s_0 - log p_0), in
     3 ops where logsumexp + exp(scores - lse) take ~12 and compute the exponentials twice.
-    query [..., m, D], key/value [..., s, D] -> (out [..., m, D], lse [..., m] fp32)."""
-    scores = _masked(torch.matmul(query, key.transpose(-1, -2)).float() * scaling, causal, softcap)  # [..., m, s]
-    logp = torch.log_softmax(scores, dim=-1)  # [..., m, s]
-    lse = scores[..., 0] - logp[..., 0]  # [..., m]: lse = s_k - log p_k for any visible k
-    return torch.matmul(logp.exp_().to(value.dtype), value), lse
+    query [N, m, D], key/value [N, s, D] -> (out [N, m, D], lse [N, m] fp32). Three dimensions, so
+    that the products are plain `bmm`s (4-D `matmul` folds and unfolds the batch dims around one), and
+    no call where a conversion has nothing to do: at decode each costs as much as a small kernel."""
+    scores = torch.bmm(query, key.transpose(1, 2))  # [N, m, s]
+    scores = scores.mul_(scaling) if scores.dtype == torch.float32 else scores.float() * scaling
+    scores = _masked(scores, causal, softcap)
+    logp = torch.log_softmax(scores, dim=-1)  # [N, m, s]
+    lse = scores[..., 0] - logp[..., 0]  # [N, m]: lse = s_k - log p_k for any visible k
+    weights = logp.exp_()
+    return torch.bmm(weights if weights.dtype == value.dtype else weights.to(value.dtype), value), lse
 
 
 def cascade_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None,
