@@ -2,13 +2,15 @@
 mixed tasks and splits, two modules and 80 layers; a shard without partials; duplicates refused."""
 import json
 import shutil
+import threading
+import time
 
 import pyarrow.parquet as pq
 import pytest
 
 from xtp_ray.job.config import RunConfig
 from xtp_ray.job.shards import write_shard
-from xtp_ray.results.aggregation import aggregate_merged, aggregate_run, collect_partials
+from xtp_ray.results.aggregation import aggregate_merged, aggregate_run, collect_partials, in_order
 from xtp_ray.results.partials import KEY, DuplicateError
 from xtp_ray.results.rows import aggregate_frame, read_rows
 from xtp_ray.results.synthetic import synthetic_shard
@@ -96,3 +98,28 @@ def test_aggregate_while_running_says_how_many_shards_are_missing(tmp_path, capl
         report = aggregate_run(config.output, "night")
     assert report["shards"] == {"committed": 8, "from_rows": 0, "planned": 4, "missing": 2}
     assert any("2 not committed yet" in r.getMessage() for r in caplog.records)
+
+
+def test_shards_summarised_ahead_come_back_in_order_and_at_most_ahead_at_once():
+    """`in_order` (the --from-candidates read-ahead): results in the names' order although later names
+    finish first, never more than `ahead` running at once, and an error surfaces at its name's turn."""
+    running, most, lock = 0, 0, threading.Lock()
+
+    def work(name):
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.002 * (10 - int(name)))  # later names finish sooner
+        with lock:
+            running -= 1
+        if name == "7":
+            raise ValueError("shard 7 is bad")
+        return int(name) * 10
+
+    got = []
+    with pytest.raises(ValueError, match="shard 7"):
+        for name, value in in_order([str(k) for k in range(10)], work, ahead=3):
+            got.append((name, value))
+    assert got == [(str(k), k * 10) for k in range(7)]
+    assert most == 3

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
 
 import pyarrow.parquet as pq
 
@@ -25,21 +28,49 @@ from .tables import build_tables, target_first
 log = logging.getLogger("xtp_ray")
 
 
+# Shards summarised from their rows ahead of the merge, on threads: reads from object storage (latency)
+# and Parquet decoding overlap each other and the merge; at most this many shards' rows in memory.
+READ_AHEAD = 4
+
+
+def in_order(names: list[str], work, ahead: int = READ_AHEAD) -> Iterator[tuple[str, object]]:
+    """(name, work(name)) for each name, in the names' order, with up to `ahead` of them running at once
+    on threads. An exception from `work` comes out where its name's turn is."""
+    with ThreadPoolExecutor(max_workers=ahead) as pool:
+        pending: deque = deque()
+        for name in names:
+            pending.append((name, pool.submit(work, name)))
+            if len(pending) >= ahead:
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
+
+
 def collect_partials(run_uri: str, from_candidates: bool = False, manifest: dict | None = None) -> tuple[Merged, dict]:
     """Merged partials of a run's committed shards, and what was read: shards, from rows, planned, missing.
     manifest: the run's, where the caller has read it already."""
     directory = storage.join(run_uri, "candidates")
     footers = intact_footers(directory)
     fs, path = storage.resolve(directory)
-    merged, from_rows = Merged(), 0
-    for name in sorted(footers):
-        partials = None if from_candidates else from_footer(footers[name].get(KEY))
-        if partials is None and int(footers[name]["num_rows"]):
-            table = pq.read_table(f"{path}/{name}.parquet", columns=COLUMNS, filesystem=fs)
-            partials = shard_partials(table, name)
-            from_rows += 1
+    names = sorted(footers)
+    stored = {name: None if from_candidates else from_footer(footers[name].get(KEY)) for name in names}
+    unsummarised = [name for name in names if stored[name] is None and int(footers[name]["num_rows"])]
+
+    def summarise_rows(name: str) -> dict:
+        return shard_partials(pq.read_table(f"{path}/{name}.parquet", columns=COLUMNS, filesystem=fs), name)
+
+    waiting = set(unsummarised)
+    results = in_order(unsummarised, summarise_rows)  # yields in the order of `names` too
+    merged = Merged()
+    for name in names:  # in name order, so a refused duplicate is always reported against the same shard
+        partials = stored[name]
+        if name in waiting:
+            partials = next(results)[1]
         if partials is not None:
             merged.add(partials, name)
+    from_rows = len(unsummarised)
     planned = (read_manifest(run_uri) if manifest is None else manifest).get("shards")
     missing = sorted(set(planned) - set(footers)) if planned is not None else []
     info = {"committed": len(footers), "from_rows": from_rows,
