@@ -18,7 +18,7 @@ boto3 = pytest.importorskip("boto3")
 from support import S3Server, aws_env, candidate_rows, grid_search_actor_pids, make_config  # noqa: E402
 
 from xtp_ray import storage  # noqa: E402
-from xtp_ray.job.actor import CANDIDATE_SCHEMA  # noqa: E402
+from xtp_ray.candidates import CANDIDATE_SCHEMA  # noqa: E402
 from xtp_ray.job.config import RunConfig  # noqa: E402
 from xtp_ray.job.lease import LeaseHeldError  # noqa: E402
 from xtp_ray.job.pipeline import run_job  # noqa: E402

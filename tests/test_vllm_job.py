@@ -17,7 +17,7 @@ else:
 import pyarrow.parquet as pq  # noqa: E402
 from support import candidate_rows, make_config  # noqa: E402
 
-from xtp_ray.job.actor import CANDIDATE_SCHEMA  # noqa: E402
+from xtp_ray.candidates import CANDIDATE_SCHEMA  # noqa: E402
 
 
 def test_embedded_default_on_vllm_then_resume(tmp_path):

@@ -10,6 +10,7 @@ import time
 import pyarrow as pa
 
 from .. import __version__, storage
+from ..candidates import CANDIDATE_SCHEMA
 from ..cells import parse_cells
 from ..tasks import Instance
 from .config import TINY_PREFIX, TINY_RUN_SHAPE, RunConfig, coarse_setting, tiny_spec
@@ -17,17 +18,6 @@ from .shards import write_shard
 
 log = logging.getLogger("xtp_ray")
 
-CANDIDATE_SCHEMA = pa.schema([
-    ("run_id", pa.string()), ("model", pa.string()), ("model_revision", pa.string()), ("dtype", pa.string()),
-    ("task", pa.string()), ("split", pa.string()), ("lang", pa.string()), ("instance_id", pa.string()),
-    ("direction", pa.string()), ("module", pa.string()),
-    ("source_layer", pa.int32()), ("target_layer", pa.int32()),  # both null for vanilla
-    ("prediction", pa.string()), ("token_ids", pa.list_(pa.int32())),
-    ("correct", pa.bool_()), ("score", pa.float64()),
-    ("option_logprobs", pa.list_(pa.float64())),  # null for open-answer tasks
-    ("metrics", pa.string()),  # JSON: em / f1 (XQuAD), js_similarity (GlobalOpinionQA)
-    ("num_layers", pa.int32()), ("config", pa.string()),  # JSON: what reproduces the row
-])
 INPUT_COLUMNS = ("shard", "instances")
 
 

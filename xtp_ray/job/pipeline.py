@@ -15,20 +15,13 @@ import time
 import uuid
 
 from .. import __version__, storage
+from ..candidates import inspect_committed, report_damaged
 from ..errors import root_cause
 from .actor import GridSearch
 from .config import RunConfig
 from .planning import digest_plan, plan, preflight
 from .quiet import without_noise
-from .shards import (
-    ShardWriteError,
-    candidates_dir,
-    committed_shards,
-    inspect_committed,
-    redact,
-    report_damaged,
-    run_dir,
-)
+from .shards import ShardWriteError, candidates_dir, committed_shards, redact, run_dir
 
 log = logging.getLogger("xtp_ray")
 

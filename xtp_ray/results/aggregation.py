@@ -19,7 +19,7 @@ from typing import Iterator
 import pyarrow.parquet as pq
 
 from .. import storage
-from ..job.shards import intact_footers
+from ..candidates import intact_footers
 from ..names import check_name
 from .lmeval import results_json
 from .partials import COLUMNS, KEY, Merged, applied_first_column, from_footer, shard_partials, summarise

@@ -13,7 +13,7 @@ import json
 import pyarrow.dataset as pads
 
 from .. import storage
-from ..job.shards import intact_footers
+from ..candidates import intact_footers
 from .paired import encode
 from .partials import COLUMNS
 from .stats import mean

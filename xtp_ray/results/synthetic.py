@@ -1,4 +1,4 @@
-"""Synthetic candidate shards in the job's exact schema (`actor.CANDIDATE_SCHEMA`), for the
+"""Synthetic candidate shards in the job's exact schema (`candidates.CANDIDATE_SCHEMA`), for the
 aggregation tests and the results benchmark: realistic sizes (a full grid is layers^2 + 1 rows per
 instance), realistic columns (token ids, predictions, option log-probs, metrics JSON), and answers
 that depend on the cell, so that aggregates have structure to get wrong."""
@@ -9,6 +9,8 @@ import json
 import numpy as np
 import pyarrow as pa
 
+from ..candidates import CANDIDATE_SCHEMA
+
 METRICS_OF = {"xquad": ("em", "f1"), "mgsm": ("em",), "globalopinionqa": ("js_similarity",)}
 
 
@@ -17,8 +19,6 @@ def synthetic_shard(task: str, split: str, lang: str, instances: range, layers: 
                     config: str = '{"digest": "synthetic"}') -> pa.Table:
     """Rows of `instances` (indices) of one (task, split, lang): vanilla + `cells` (default: the full
     grid) per module."""
-    from ..job.actor import CANDIDATE_SCHEMA
-
     rng = np.random.default_rng(seed)
     if cells is None:
         cells = [(i, j) for i in range(layers) for j in range(layers)]
