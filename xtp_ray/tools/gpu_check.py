@@ -107,8 +107,12 @@ def check_parity(device: str, small: bool) -> dict:
     return out
 
 
+TOP_OPS = 15  # the GPU kernels (host ops on a CPU) with the most self time, named in the JSON
+
+
 def _profile(fn, device: str) -> dict:
-    """Wall time, summed GPU kernel time and summed host op time of one call (torch profiler)."""
+    """Wall time, summed GPU kernel time and summed host op time of one call (torch profiler), and the
+    `TOP_OPS` kernels (ops, on a CPU) with the most self time: where the device's time goes."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
@@ -119,14 +123,22 @@ def _profile(fn, device: str) -> dict:
         synchronize()
         wall = time.perf_counter() - start
     kernel_us = host_us = 0.0
+    kernels, host_ops = [], []  # (self us, name, calls)
     for event in prof.key_averages():
         kind = str(getattr(event, "device_type", "")).rsplit(".", 1)[-1]
         if kind == "CUDA":
-            kernel_us += getattr(event, "self_device_time_total", 0) or getattr(event, "self_cuda_time_total", 0)
+            us = getattr(event, "self_device_time_total", 0) or getattr(event, "self_cuda_time_total", 0)
+            kernel_us += us
+            kernels.append((us, event.key, event.count))
         elif kind == "CPU":
             host_us += event.self_cpu_time_total
+            host_ops.append((event.self_cpu_time_total, event.key, event.count))
+    busiest, total = (kernels, kernel_us) if kernels else (host_ops, host_us)
+    top = [{"name": name[:120], "calls": calls, "s": us / 1e6, "share": us / total if total else None}
+           for us, name, calls in sorted(busiest, reverse=True)[:TOP_OPS]]
     return {"wall_s": wall, "gpu_kernel_s": kernel_us / 1e6, "host_ops_s": host_us / 1e6,
-            "gpu_busy": kernel_us / 1e6 / wall if wall else None}
+            "gpu_busy": kernel_us / 1e6 / wall if wall else None,
+            "top": {"of": "gpu kernels" if kernels else "host ops", "by_self_time": top}}
 
 
 def _peak(fn, device: str) -> tuple[object, float, int | None]:
