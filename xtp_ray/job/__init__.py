@@ -4,4 +4,5 @@
 `actor` (the Ray Data callable holding one engine), `shards` (committing a shard's candidates
 exactly once), `pipeline` (the job and its manifest), `lease` (one driver per run), `placement`
 (GPUs per actor), `quiet` (Ray's per-actor noise off stderr), `entry` (`xtp run` / `xtp aggregate`
-and jobs/*.py). Imports the engine only inside the actors."""
+and jobs/*.py). The driver imports from the engine only lazily, to check a config (the engine and
+architecture registries; torch for a `tiny:` model or vLLM's model check); models run in the actors."""
