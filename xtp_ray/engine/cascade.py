@@ -70,8 +70,8 @@ class OwnTokensLayer(DynamicLayer):
     The prefix lives in `SharedPrefix`, so this is all HF's attention module sees as
     keys and values: [R, K_h, s, D] views of one step-major [capacity, R, K_h, D] buffer. Appending
     writes one contiguous block in place; a growing torch.cat per step would copy the whole cache every
-    step (O(steps^2)). (A row-major [R, K_h, capacity, D] buffer, one call to write and one to read, made
-    generation 1-4% slower on the bench grid.)
+    step (O(steps^2)). (A row-major [R, K_h, capacity, D] buffer, one call to write and one to read, was
+    tried: generation on the bench grid was no faster.)
     """
 
     def __init__(self, capacity: int, sharing=None, index: int = 0, store: OwnTokenStore | None = None):
@@ -291,7 +291,7 @@ def own_part(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scalin
     kv_heads, own = key.shape[1], key.shape[2]
     group = heads // kv_heads
     # The G queries of a KV head need no mask: one fused call on a GPU. On a CPU plain matmuls beat
-    # the fused kernel on these shapes (many rows, few keys): 0.56 vs 0.85 ms at the bench's 514 rows, 21 keys.
+    # the fused kernel on these shapes (many rows, few keys; ad-hoc timing at the bench's 514 rows, 21 keys).
     if q_len == 1 and softcap is None and fused and query.device.type != "cpu":
         result = attend_fused(query.view(rows, kv_heads, group, dim), key, value, scaling)
         if result is not None:
