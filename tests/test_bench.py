@@ -49,7 +49,7 @@ def test_gpu_suite_small_writes_its_json(tmp_path, capsys):
     assert main(["bench", "--suite", "gpu", "--small", "--json", str(path)]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     result = json.loads(path.read_text())
-    assert set(result["phases"]) == {"kernels", "parity", "build", "generate", "score", "subset"}
+    assert set(result["phases"]) == {"kernels", "parity", "build", "generate", "score", "own_attention", "subset"}
     assert not result["errors"] and not result["skipped"]
     assert line["parity"] is True and line["fused_everywhere"] is True
     assert all(v["identical"] == v["cells"] for v in result["phases"]["parity"].values())
@@ -68,6 +68,14 @@ def test_gpu_suite_small_writes_its_json(tmp_path, capsys):
         assert 0 < sum(op["share"] for op in top["by_self_time"]) <= 1 + 1e-9
         assert any(op["name"] in ("aten::mm", "aten::addmm", "aten::bmm") for op in top["by_self_time"])
     assert result["phases"]["subset"]["reference"]["identical_decisions"] == result["phases"]["subset"]["reference"]["cells"]
+    own = result["phases"]["own_attention"]  # both own-part kernels, timed and compared, then the grid with each
+    assert own["rows"] == 2 * (2 ** 2 + 1) and set(own["calls"]) == {"own_1", "own_11", "own_21"}
+    for entry in own["calls"].values():
+        assert entry["fused_ran"] and entry["fallback_error"] is None
+        assert entry["fused_ms"] > 0 and entry["matmul_ms"] > 0 and entry["max_out_diff"] < 1e-5
+    assert all(len(own["grid"][kernel]["seconds"]) == 2 for kernel in ("fused", "matmul"))
+    assert line["own_attention_faster"] == own["faster"] and own["ratio"] >= 1
+    assert own["default"] == "fused"
 
 
 def test_gpu_suite_deadline_skips_phases_and_says_so(tmp_path, capsys):

@@ -10,11 +10,14 @@ import torch
 
 from xtp_ray.engine.cascade import (
     BIAS_ALIGNMENT,
+    KERNELS,
     SharedPrefix,
     attend_fused,
     attend_matmul,
     attend_own_matmul,
     cascade_attention_forward,
+    check_own_kernel,
+    own_part,
     padding_bias,
 )
 
@@ -141,3 +144,23 @@ def test_own_keys_log_softmax_path_equals_logsumexp(queries, softcap):
     want_out, want_lse = attend_matmul(q, k, v, 0.25, causal, softcap)
     assert torch.allclose(out, want_out, atol=TOL, rtol=0)
     assert torch.allclose(lse, want_lse, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])  # MHA, GQA, MQA
+def test_own_part_kernels_agree(kv_heads):
+    """The rows' own part through the fused kernel (one problem of G queries per row and KV head) and
+    through `bmm`s: the same output and log-sum-exp on the CPU, where "fused" runs torch's CPU kernel."""
+    query, _, _, own_k, own_v, _, _ = _case(kv_heads=kv_heads, own=7)
+    before = KERNELS.fused
+    fused = own_part(query, own_k, own_v, 0.25, None, "fused")
+    assert KERNELS.fused == before + 1, "the fused kernel did not run: the comparison would be matmul to matmul"
+    matmul = own_part(query, own_k, own_v, 0.25, None, "matmul")
+    assert KERNELS.fused == before + 1
+    assert torch.allclose(fused[0], matmul[0], atol=TOL, rtol=0)
+    assert torch.allclose(fused[1], matmul[1], atol=TOL, rtol=0)
+
+
+def test_unknown_own_kernel_is_refused():
+    assert check_own_kernel("fused") == "fused"
+    with pytest.raises(ValueError, match="choose one of fused, matmul"):
+        check_own_kernel("flash")

@@ -12,6 +12,7 @@ from xtp_ray.cells import VANILLA, Cell, parse_cells
 from xtp_ray.engine import hf, reference
 from xtp_ray.engine.architectures import MODULES, REGISTRY, UnknownArchitectureError, lookup
 from xtp_ray.engine.capture import capture_last_token, replace_rows
+from xtp_ray.engine.cascade import KERNELS
 from xtp_ray.engine.tiny import TINY_CONFIGS, build_tiny_model
 
 LOGIT_TOL = 1e-4
@@ -211,6 +212,24 @@ def test_one_token_recipient_on_the_fused_path_equals_reference(tokenizer):
         assert len(tokenizer(recipients[0]).input_ids) == 1
         fast = hf.run_grid(model, tokenizer, donors, recipients, cells, "ffn", 3, keep_logits=True)
         assert_same(fast, reference.run_grid(model, tokenizer, donors, recipients, cells, "ffn", 3))
+
+
+def test_own_tokens_through_the_fused_kernel_equal_reference(tokenizer):
+    """Both own-token kernels (`own_kernel`: the fused kernel, the default, and `bmm`s): the rows' own part
+    as one fused problem per row and KV head, GQA and padding included, equals the reference."""
+    model = _model("Qwen2ForCausalLM", tokenizer, layers=3)
+    assert model.config.num_key_value_heads < model.config.num_attention_heads  # GQA: G > 1 queries per problem
+    cells = parse_cells("full", 3)
+    fused_calls = {}
+    for kernel in ("matmul", "fused"):
+        KERNELS.reset()
+        fast = hf.HFEngine(model, tokenizer, own_kernel=kernel).run_grid(DONORS, RECIPIENTS, cells, "ffn", 5,
+                                                                         cells_per_chunk=4, keep_logits=True)
+        fused_calls[kernel] = KERNELS.fused
+        assert KERNELS.fallbacks == 0
+        assert_same(fast, reference.run_grid(model, tokenizer, DONORS, RECIPIENTS, cells, "ffn", 5))
+    # the prefix part is fused either way; "fused" adds the own part of every attention call
+    assert fused_calls["matmul"] > 0 and fused_calls["fused"] == 2 * fused_calls["matmul"]
 
 
 @pytest.mark.parametrize("total,most,sizes", [(1025, 1024, [513, 512]), (17, 5, [5, 4, 4, 4]), (8, 8, [8]),

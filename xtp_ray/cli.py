@@ -45,6 +45,9 @@ def _add_bench(sub):
     p.add_argument("--no-peer", action="store_true", help="skip the batched plain-hooks peer")
     p.add_argument("--no-share", action="store_true",
                    help="the hf engine computes every row in every layer (no row sharing, engine/sharing.py)")
+    p.add_argument("--own-kernel", default="fused", choices=["fused", "matmul"],
+                   help="hf engine: how rows attend to their own tokens (default: torch's fused kernel; "
+                        "matmul: bmm)")
     p.add_argument("--engine", default="hf", choices=["hf", "vllm"],
                    help="the engine to time against the others (vllm: against hf and the reference)")
     p.add_argument("--sweep", help="instead: generation ms per cell at these cells per forward, e.g. 64,512 "
@@ -159,7 +162,8 @@ def _bench(args) -> int:
     if args.overhead:
         from .tools.bench import run_overhead
 
-        run_overhead(args.layers if args.layers != 16 else 32, share=not args.no_share, threads=args.threads or 1)
+        run_overhead(args.layers if args.layers != 16 else 32, share=not args.no_share, threads=args.threads or 1,
+                     own_kernel=args.own_kernel)
         return 0
     if args.sweep:
         try:
@@ -178,7 +182,7 @@ def _bench(args) -> int:
                   peer=not args.no_peer and args.engine == "hf", engine_name=args.engine,
                   share=not args.no_share, heads=args.heads, kv_heads=args.kv_heads,
                   intermediate=args.intermediate, vocab=args.vocab, dtype=args.dtype or "float32", device=args.device,
-                  reference_run=not args.no_reference, nnsight=not args.no_nnsight)
+                  reference_run=not args.no_reference, nnsight=not args.no_nnsight, own_kernel=args.own_kernel)
     return 0
 
 

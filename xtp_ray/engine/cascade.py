@@ -44,6 +44,7 @@ class SharedPrefix:
     key_positions: torch.Tensor | None = None  # [B, P] position ids of the prefix tokens (sliding windows)
     query_positions: torch.Tensor | None = None  # [B] position id of this forward's rows (one per instance)
     fused: bool = True  # use torch's fused attention kernels (returning the log-sum-exp) where they apply
+    own_kernel: str = "fused"  # the rows' own part: "fused" or "matmul" (see `own_part`)
     dense: bool | None = None  # no padding anywhere (a non-sliding layer needs no mask); found once, kept by replace()
 
     def __post_init__(self):
@@ -284,18 +285,51 @@ def prefix_part(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, m
     return out, lse
 
 
+OWN_KERNELS = ("fused", "matmul")
+
+
+def check_own_kernel(kernel: str) -> str:
+    if kernel not in OWN_KERNELS:
+        raise ValueError(f"own-token attention kernel {kernel!r} unknown; choose one of {', '.join(OWN_KERNELS)}")
+    return kernel
+
+
 def own_part(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float,
-             softcap: float | None, fused: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """query [R, H, q, D] against each row's own keys [R, K_h, s, D] (causal over the last q)."""
+             softcap: float | None, kernel: str = "fused") -> tuple[torch.Tensor, torch.Tensor]:
+    """query [R, H, q, D] against each row's own keys [R, K_h, s, D] (causal over the last q).
+
+    kernel "fused": torch's fused kernel where it applies (one query per row, no softcap), else `bmm`s;
+    "matmul": `bmm`s always. On the CPU the two are level on the bench grid and at 1,024 rows, and the
+    fused kernel is ~0.4-0.5 ms per decode step cheaper at 2 rows, where dispatch is all
+    (`bench/cpu-2026-11-30-own-kernel-ab.txt`). On a GPU the fused kernel runs one block per (row, KV
+    head) for G queries; whether it or `bmm`s win at 2,050 rows is what the GPU check's `own_attention`
+    phase measures.
+    """
+    if kernel == "fused" and query.shape[2] == 1 and softcap is None:
+        result = own_fused(query, key, value, scaling)
+        if result is not None:
+            return result
+    return own_matmul(query, key, value, scaling, softcap)
+
+
+def own_fused(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float
+              ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`own_part` for one query per row through the fused kernel (or None where it fails): the G queries of
+    a KV head need no mask, so they are one problem of G queries against the row's s keys."""
+    rows, heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    result = attend_fused(query.view(rows, kv_heads, heads // kv_heads, dim), key, value, scaling)  # [R, K_h, G, D]
+    if result is None:
+        return None
+    return result[0].reshape(rows, heads, 1, -1), result[1].reshape(rows, heads, 1)
+
+
+def own_matmul(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float,
+               softcap: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`own_part` as `bmm`s over (row, KV head), any number of queries per row."""
     rows, heads, q_len, dim = query.shape
     kv_heads, own = key.shape[1], key.shape[2]
     group = heads // kv_heads
-    # The G queries of a KV head need no mask: one fused call on a GPU. On a CPU plain matmuls beat
-    # the fused kernel on these shapes (many rows, few keys; ad-hoc timing at the bench's 514 rows, 21 keys).
-    if q_len == 1 and softcap is None and fused and query.device.type != "cpu":
-        result = attend_fused(query.view(rows, kv_heads, group, dim), key, value, scaling)
-        if result is not None:
-            return result[0].reshape(rows, heads, q_len, dim), result[1].reshape(rows, heads, q_len)
     causal = None
     if q_len > 1:  # query t sits at own position s - q + t and sees keys up to it
         at = torch.arange(own - q_len, own, device=query.device)
@@ -340,7 +374,8 @@ def cascade_attention_forward(module, query, key, value, attention_mask, scaling
     out_p, lse_p = prefix_part(query, xtp_prefix.keys[layer], xtp_prefix.values[layer],
                                xtp_prefix.key_mask(layer, sliding_window), scaling, softcap,
                                xtp_prefix.fused)
-    out_o, lse_o = own_part(query, key, value, scaling, softcap, xtp_prefix.fused)
+    out_o, lse_o = own_part(query, key, value, scaling, softcap,
+                            xtp_prefix.own_kernel if xtp_prefix.fused else "matmul")
     out = merge(out_p, lse_p, out_o, lse_o)  # [R, H, q, D]
     return out.transpose(1, 2).contiguous(), None
 

@@ -30,7 +30,7 @@ from transformers import DynamicCache
 from ..cells import VANILLA, Cell
 from .architectures import num_layers
 from .capture import capture_last_token, replace_rows
-from .cascade import OwnTokenStore, SharedPrefix, cascade_attention, own_tokens_cache
+from .cascade import OwnTokenStore, SharedPrefix, cascade_attention, check_own_kernel, own_tokens_cache
 from .sharing import RowSharing, share_rows
 from .transfers import to_host
 
@@ -264,7 +264,7 @@ def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: 
              option_token_ids: list[list[list[int]]] | None = None,
              keep_logits: bool = False, memory_budget_mb: float | None = None,
              share: bool = True, store: OwnTokenStore | None = None,
-             plan: dict | None = None) -> list[list[CellResult]]:
+             plan: dict | None = None, own_kernel: str = "fused") -> list[list[CellResult]]:
     """Vanilla + every cell for each (donor, recipient) pair.
 
     Returns, per instance, [vanilla, *cells] results. max_new_tokens=0 scores only
@@ -276,13 +276,15 @@ def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: 
     only the rows that differ there (`sharing.py`); False computes every row everywhere.
     store: memory the rows' own-token caches reuse across chunks and calls (the engine's).
     Chunks are balanced (no small tail). plan: a dict filled with the chunking chosen
-    (chunks, cells/rows per forward, the memory budget and the `chunk_bytes` estimate).
+    (chunks, cells/rows per forward, the memory budget and the `chunk_bytes` estimate). own_kernel: how
+    the rows attend to their own tokens (`cascade.own_part`: "fused" or "matmul").
     """
     if len(donors) != len(recipients):
         raise ValueError("donors and recipients differ in length")
     batch = len(recipients)
     if cells_per_chunk is not None and cells_per_chunk < 1:
         raise ValueError("cells_per_chunk must be positive")
+    check_own_kernel(own_kernel)
     device = model.device
     ids, mask = encode_left_padded(tokenizer, recipients, device)  # [B, T]
     window = sliding_window(model)
@@ -300,6 +302,7 @@ def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: 
         empty = torch.zeros(batch, d["kv_heads"], 0, d["head_dim"], dtype=model.dtype, device=device)
         nothing = torch.zeros(batch, 0, dtype=torch.long, device=device)
         shared = SharedPrefix([empty] * num_layers(model), [empty] * num_layers(model), nothing.bool(), nothing)
+    shared.own_kernel = own_kernel
 
     all_cells = [VANILLA, *cells]
     reusable = store.nbytes() if store is not None else 0
@@ -419,8 +422,9 @@ class HFEngine:
     option_token_ids, keep_logits, memory_budget_mb) -> per instance [vanilla, *cells].
     """
 
-    def __init__(self, model, tokenizer, share: bool = True):
+    def __init__(self, model, tokenizer, share: bool = True, own_kernel: str = "fused"):
         self.model, self.tokenizer, self.share = model, tokenizer, share
+        self.own_kernel = check_own_kernel(own_kernel)  # `cascade.own_part`
         self.store = OwnTokenStore()  # one grid at a time: the model's hooks are per call anyway
         self.last_plan: dict = {}  # the chunking of the last call (`run_grid`'s plan)
         self.num_layers = num_layers(model)
@@ -434,4 +438,4 @@ class HFEngine:
         self.last_plan = {}
         return run_grid(self.model, self.tokenizer, donors, recipients, cells, module, max_new_tokens,
                         cells_per_chunk, option_token_ids, keep_logits, memory_budget_mb, self.share, self.store,
-                        self.last_plan)
+                        self.last_plan, self.own_kernel)

@@ -171,7 +171,7 @@ def run_bench(mode: str = "generate", architecture: str = "LlamaForCausalLM", nu
               threads: int | None = None, peer: bool = True, engine_name: str = "hf", share: bool = True,
               log=print, heads: int | None = None, kv_heads: int | None = None, intermediate: int | None = None,
               vocab: int | None = None, dtype: str = "float32", device: str = "cpu", reference_run: bool = True,
-              nnsight: bool = True) -> dict:
+              nnsight: bool = True, own_kernel: str = "fused") -> dict:
     if mode not in ("generate", "score"):
         raise ValueError("mode is generate or score")
     check_sizes(instances, prompt_tokens, max_new_tokens)
@@ -185,10 +185,11 @@ def run_bench(mode: str = "generate", architecture: str = "LlamaForCausalLM", nu
     options = [option_token_ids(tokenizer, ["1", "2", "3"])] * len(recipients) if mode == "score" else None
     log(f"bench {mode}: {architecture}, {num_layers} layers, hidden {hidden}, {len(recipients)} instances, "
         f"~{prompt_tokens}-token prompts, {len(grid)} cells + vanilla, module {module}, {dtype} on {device}, "
-        f"threads {torch.get_num_threads()}" + ("" if share else ", no row sharing"))
+        f"threads {torch.get_num_threads()}" + ("" if share else ", no row sharing")
+        + ("" if own_kernel == "fused" else f", own-token attention {own_kernel}"))
     strict = engine_name == "hf" and dtype == "float32"
 
-    fast_engine = hf.HFEngine(model, tokenizer, share=share)
+    fast_engine = hf.HFEngine(model, tokenizer, share=share, own_kernel=own_kernel)
     tested = fast_engine if engine_name == "hf" else _vllm_twin(model, tokenizer)
     # Warm every path up once (first calls pay one-off allocator and kernel set-up).
     tested.run_grid(donors[:1], recipients[:1], grid[:1], module, min(new_tokens, 2))
@@ -289,7 +290,7 @@ def run_sweep(chunks: list[int], num_layers: int = 32, hidden: int = 256, prompt
 
 
 def run_overhead(num_layers: int = 32, rows: int = 1024, max_new_tokens: int = 20, share: bool = True,
-                 repeats: int = 3, threads: int | None = 1, log=print) -> dict:
+                 repeats: int = 3, threads: int | None = 1, log=print, own_kernel: str = "fused") -> dict:
     """Host time per decode step where the arithmetic is negligible (hidden 8, one head, 1 instance x
     `rows` cells): (time of a grid with `max_new_tokens` - time with 1) / the extra decode steps, median of
     `repeats`, with the device<->host transfers per step that the engine made (`transfers.COUNTS`). The
@@ -302,7 +303,7 @@ def run_overhead(num_layers: int = 32, rows: int = 1024, max_new_tokens: int = 2
     model.generation_config.eos_token_id = None  # no row stops early: every step runs every row
     tokenizer.eos_token = None
     donors, recipients = _bench_prompts(tokenizer, 1, 32)
-    fast_engine = hf.HFEngine(model, tokenizer, share=share)
+    fast_engine = hf.HFEngine(model, tokenizer, share=share, own_kernel=own_kernel)
     steps = max_new_tokens - 1  # decode forwards after the first (patched) one
 
     def per_step(width: int) -> tuple[list[float], dict]:

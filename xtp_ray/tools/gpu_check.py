@@ -10,6 +10,9 @@ rewritten after every phase, so a run cut short keeps what it measured:
   instance, cells/s, rows per forward, peak memory against `chunk_bytes`, host time against
   GPU kernel time (torch profiler), fused-kernel fallbacks, host planning between forwards
   (forwards planned afresh or reusing the last plans, and the host seconds: the device waits for it);
+- own_attention: the rows' attention to their own tokens two ways (`cascade.own_part`: torch's fused
+  kernel, the default, against `bmm`s), at the grid's rows and three cache lengths, then the
+  generation grid with each, alternating: which one the engine should run on this device;
 - subset: the batched peer and the reference on a few cells of one instance against the fast
   engine on the same cells (speed and decisions).
 
@@ -31,7 +34,7 @@ import torch
 
 from ..cells import parse_cells
 from ..engine import reference
-from ..engine.cascade import KERNELS, attend_fused, attend_matmul, padding_bias, prefix_part
+from ..engine.cascade import KERNELS, attend_fused, attend_matmul, own_part, padding_bias, prefix_part
 from ..engine.hf import HFEngine
 from ..engine.sharing import PLANNING
 from ..scoring import option_token_ids
@@ -190,6 +193,72 @@ def measure_grid(model, tokenizer, mode: str, instances: int, device: str, repea
             "profile": _profile(run, device)}
 
 
+def _seconds_per_call(fn, repeats: int) -> float:
+    """Median seconds of `repeats` calls, each waited for, after two warm-up calls."""
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(repeats):
+        synchronize()
+        start = time.perf_counter()
+        fn()
+        synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+OWN_KERNEL_CHOICES = ("fused", "matmul")
+
+
+def _time_own_kernels(query, key, value, scaling: float) -> dict:
+    """ms per `own_part` call with each kernel, and how far their outputs and log-sum-exps part."""
+    KERNELS.reset()
+    out = {kernel: own_part(query, key, value, scaling, None, kernel) for kernel in OWN_KERNEL_CHOICES}
+    entry = {f"{kernel}_ms": 1000 * _seconds_per_call(lambda kernel=kernel: own_part(
+        query, key, value, scaling, None, kernel), 10) for kernel in OWN_KERNEL_CHOICES}
+    entry.update(fused_ran=KERNELS.fused > 0, fallback_error=KERNELS.last_error,
+                 max_out_diff=(out["fused"][0].float() - out["matmul"][0].float()).abs().max().item(),
+                 max_lse_diff=(out["fused"][1] - out["matmul"][1]).abs().max().item())
+    return entry
+
+
+def measure_own_attention(model, tokenizer, instances: int, device: str, rounds: int = 2) -> dict:
+    """The rows' own part (`cascade.own_part`) with each kernel on random tensors at every row of the
+    grid ([instances x (L^2 + 1)] rows, the model's heads, 1, 11 and 21 own keys: the first, middle and
+    last decode step), then the whole generation grid with each, alternating `rounds` times."""
+    config = model.config
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    layers = config.num_hidden_layers
+    rows = instances * (layers ** 2 + 1)
+    generator = torch.Generator(device=device).manual_seed(0)
+    calls = {}
+    for own in (1, 11, 21):
+        query = torch.randn(rows, heads, 1, dim, device=device, dtype=model.dtype, generator=generator)
+        key, value = (torch.randn(rows, kv_heads, own, dim, device=device, dtype=model.dtype, generator=generator)
+                      for _ in range(2))
+        calls[f"own_{own}"] = _time_own_kernels(query, key, value, dim ** -0.5)
+    donors, recipients = _bench_prompts(tokenizer, instances, PROMPT_TOKENS)
+    grid = parse_cells("full", layers)
+    engines = {kernel: HFEngine(model, tokenizer, own_kernel=kernel) for kernel in OWN_KERNEL_CHOICES}
+    for engine in engines.values():
+        engine.run_grid(donors, recipients, grid[:8], "ffn", 2)  # warm-up
+    seconds: dict[str, list[float]] = {kernel: [] for kernel in OWN_KERNEL_CHOICES}
+    for _ in range(rounds):
+        for kernel, engine in engines.items():
+            synchronize()
+            _, took = _timed(lambda engine=engine: engine.run_grid(donors, recipients, grid, "ffn", NEW_TOKENS))
+            seconds[kernel].append(took)
+    per_instance = {kernel: statistics.median(times) / instances for kernel, times in seconds.items()}
+    faster = min(per_instance, key=per_instance.get)
+    slower = max(per_instance, key=per_instance.get)
+    return {"rows": rows, "calls": calls,
+            "grid": {kernel: {"seconds": seconds[kernel], "s_per_instance": per_instance[kernel]}
+                     for kernel in OWN_KERNEL_CHOICES},
+            "faster": faster, "ratio": per_instance[slower] / per_instance[faster],
+            "default": "fused"}
+
+
 def measure_subset(model, tokenizer, device: str, cells: int, reference_cells: int) -> dict:
     """Fast vs peer on `cells` cells, fast vs reference on `reference_cells` cells, one instance, generation."""
     donors, recipients = _bench_prompts(tokenizer, 1, PROMPT_TOKENS)
@@ -242,6 +311,7 @@ def run_suite(small: bool = False, json_path: str = "bench-gpu.json", deadline_s
         ("build", 60, build),
         ("generate", 120, lambda: measure_grid(*held["model"], "generate", instances, device)),
         ("score", 45, lambda: measure_grid(*held["model"], "score", instances, device)),
+        ("own_attention", 45, lambda: measure_own_attention(*held["model"], instances, device)),
         ("subset", 90, lambda: measure_subset(*held["model"], device, 16 if small else 64, 4 if small else 8)),
     ]
     for name, estimate, phase in phases:
@@ -250,7 +320,7 @@ def run_suite(small: bool = False, json_path: str = "bench-gpu.json", deadline_s
             result["skipped"][name] = f"at {elapsed:.0f} s its ~{estimate} s would pass the {deadline_s:.0f} s deadline"
             log(f"suite: {name} skipped ({result['skipped'][name]})")
             continue
-        if name in ("generate", "score", "subset") and "model" not in held:
+        if name in ("generate", "score", "own_attention", "subset") and "model" not in held:
             result["skipped"][name] = "no model (the build phase did not run)"
             continue
         log(f"suite: {name} ...")
@@ -283,6 +353,10 @@ def summary(result: dict) -> dict:
             line[f"{mode}_rows_per_forward"] = phases[mode]["plan"].get("rows_per_forward")
             line[f"{mode}_gpu_busy"] = phases[mode]["profile"]["gpu_busy"]
             line[f"{mode}_planning_s"] = round(phases[mode]["planning_per_run"]["host_s"], 4)
+    if "own_attention" in phases:
+        own = phases["own_attention"]
+        line["own_attention_faster"] = own["faster"]
+        line["own_attention_ratio"] = round(own["ratio"], 3)
     for name in ("peer", "reference"):
         if name in phases.get("subset", {}):
             line[f"fast/{name}"] = round(phases["subset"][name]["speedup"], 1)
