@@ -93,6 +93,9 @@ class OwnTokensLayer(DynamicLayer):
             self.key_buffer, self.value_buffer = self.store.take(self.index, shapes, key_states)
         else:
             self.key_buffer, self.value_buffer = (key_states.new_empty(shape) for shape in shapes)
+        # the same memory as [rows, K_h, capacity, D] views: a step's write and the read are `narrow`s of
+        # these (a call each, where tensor indexing with a tuple of slices costs several)
+        self.key_rows, self.value_rows = (buffer.permute(1, 2, 0, 3) for buffer in (self.key_buffer, self.value_buffer))
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
@@ -112,12 +115,14 @@ class OwnTokensLayer(DynamicLayer):
         end, slots = self.length + key_states.shape[-2], key_states.shape[0]
         if end > self.capacity:
             raise RuntimeError(f"own-token cache holds {self.capacity} tokens, asked for {end}")
-        self.key_buffer[self.length:end, :slots] = key_states.permute(2, 0, 1, 3)  # [q, A, K_h, D]
-        self.value_buffer[self.length:end, :slots] = value_states.permute(2, 0, 1, 3)
+        keys, values = self.key_rows.narrow(2, 0, end), self.value_rows.narrow(2, 0, end)  # [rows, K_h, s, D]
+        if slots != keys.shape[0]:
+            keys, values = keys.narrow(0, 0, slots), values.narrow(0, 0, slots)  # [A, K_h, s, D]
+        keys.narrow(2, self.length, end - self.length).copy_(key_states)
+        values.narrow(2, self.length, end - self.length).copy_(value_states)
         self.length = end
-        self.keys = self.key_buffer[:end, :slots].permute(1, 2, 0, 3)  # [A, K_h, s, D] view
-        self.values = self.value_buffer[:end, :slots].permute(1, 2, 0, 3)
-        return self.keys, self.values
+        self.keys, self.values = keys, values
+        return keys, values
 
     def get_seq_length(self) -> int:
         return self.length
