@@ -229,10 +229,10 @@ def attend_fused(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, sc
     if key_mask is not None:
         bias = padding_bias(key_mask, query.dtype).expand(*query.shape[:-1], key.shape[-2])
     try:
-        if query.device.type == "cpu":
+        if query.is_cpu:
             out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
                 query, key, value, 0.0, False, attn_mask=bias, scale=scaling)
-        elif query.device.type == "cuda":
+        elif query.is_cuda:
             out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
                 query, key, value, bias, True, 0.0, False, scale=scaling)[:2]
             lse = lse[..., :query.shape[-2]]  # padded to a multiple of 32 on some builds
@@ -259,7 +259,7 @@ def merge(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: 
     that is all padding) gets weight 0. Part b (the rows' own keys, which always
     include the current token) is never all masked.
     """
-    weight = torch.sigmoid(lse_a - lse_b)[..., None]  # [..., m, 1]
+    weight = torch.sigmoid(lse_a - lse_b).unsqueeze(-1)  # [..., m, 1]
     if out_a.dtype == torch.float32:
         return torch.lerp(out_b, out_a, weight)
     return torch.lerp(out_b.float(), out_a.float(), weight).to(out_a.dtype)
