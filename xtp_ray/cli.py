@@ -163,7 +163,7 @@ def _bench(args) -> int:
         from .tools.bench import run_overhead
 
         run_overhead(args.layers if args.layers != 16 else 32, share=not args.no_share, threads=args.threads or 1,
-                     own_kernel=args.own_kernel)
+                     own_kernel=args.own_kernel, device=args.device)
         return 0
     if args.sweep:
         try:

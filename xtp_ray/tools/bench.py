@@ -290,16 +290,19 @@ def run_sweep(chunks: list[int], num_layers: int = 32, hidden: int = 256, prompt
 
 
 def run_overhead(num_layers: int = 32, rows: int = 1024, max_new_tokens: int = 20, share: bool = True,
-                 repeats: int = 3, threads: int | None = 1, log=print, own_kernel: str = "fused") -> dict:
+                 repeats: int = 3, threads: int | None = 1, log=print, own_kernel: str = "fused",
+                 device: str = "cpu") -> dict:
     """Host time per decode step where the arithmetic is negligible (hidden 8, one head, 1 instance x
     `rows` cells): (time of a grid with `max_new_tokens` - time with 1) / the extra decode steps, median of
     `repeats`, with the device<->host transfers per step that the engine made (`transfers.COUNTS`). The
-    same at 2 rows, where only dispatch is left, beside a plain HF decode step at 2 and `rows` rows."""
+    same at 2 rows, where only dispatch is left, beside a plain HF decode step at 2 and `rows` rows. On a
+    GPU (`device`) the arithmetic is negligible at every row count: the step is the host's."""
     from ..engine import transfers
 
     if threads:
         torch.set_num_threads(threads)
-    model, tokenizer = build_bench_model("LlamaForCausalLM", num_layers, 8, heads=1, kv_heads=1, intermediate=8)
+    model, tokenizer = build_bench_model("LlamaForCausalLM", num_layers, 8, heads=1, kv_heads=1, intermediate=8,
+                                         device=device)
     model.generation_config.eos_token_id = None  # no row stops early: every step runs every row
     tokenizer.eos_token = None
     donors, recipients = _bench_prompts(tokenizer, 1, 32)
@@ -326,13 +329,14 @@ def run_overhead(num_layers: int = 32, rows: int = 1024, max_new_tokens: int = 2
               "ms_per_step_2_rows": dispatch_ms, "range_ms_2_rows": [1000 * min(narrow), 1000 * max(narrow)],
               "to_host_per_step": counts["to_host"] / max_new_tokens,
               "to_device_per_step": counts["to_device"] / steps, "layers": num_layers, "rows": rows,
-              "share": share, "threads": torch.get_num_threads(), "plain_hf_ms": floor,
+              "share": share, "threads": torch.get_num_threads(), "device": device, "plain_hf_ms": floor,
               "planning_ms_per_step": 1000 * counts["seconds"] / max_new_tokens,
               "planned": counts["planned"], "reused": counts["reused"]}
     log(f"host overhead: {ms:.2f} ms per decode step (median of {repeats}; range "
         f"{result['range_ms'][0]:.2f}-{result['range_ms'][1]:.2f}), {result['to_host_per_step']:.2f} device->host "
         f"syncs, {result['to_device_per_step']:.2f} host->device copies per step ({num_layers} layers, {rows} rows, "
-        f"{'row sharing' if share else 'no row sharing'}, {result['threads']} thread(s))")
+        f"{'row sharing' if share else 'no row sharing'}, {result['threads']} thread(s)"
+        + ("" if device == "cpu" else f", {device}") + ")")
     log(f"planning on the host: {result['planning_ms_per_step']:.2f} ms per step ({counts['planned']} forwards "
         f"planned, {counts['reused']} reusing the last plans, of {max_new_tokens})")
     log(f"at 2 rows (dispatch alone): {dispatch_ms:.2f} ms per decode step (range "

@@ -14,7 +14,10 @@ rewritten after every phase, so a run cut short keeps what it measured:
   kernel, the default, against `bmm`s), at the grid's rows and three cache lengths, then the
   generation grid with each, alternating: which one the engine should run on this device;
 - subset: the batched peer and the reference on a few cells of one instance against the fast
-  engine on the same cells (speed and decisions).
+  engine on the same cells (speed and decisions);
+- overhead: `xtp bench --overhead` on the device: ms per decode step of a 32-layer model of negligible
+  width at 1,024 and 2 rows, where the GPU's arithmetic is nothing and the step is the host's dispatch,
+  with the transfers per step, beside plain HF's decode step.
 
 `--small` runs every phase on the CPU on tiny shapes (CI checks its JSON). Only torch,
 transformers, tokenizers, numpy and the package itself are imported: the GPU image has no
@@ -38,7 +41,7 @@ from ..engine.cascade import KERNELS, attend_fused, attend_matmul, own_part, pad
 from ..engine.hf import HFEngine
 from ..engine.sharing import PLANNING
 from ..scoring import option_token_ids
-from .bench import SHAPES, _bench_prompts, _timed, build_bench_model, compare, run_peer, synchronize
+from .bench import SHAPES, _bench_prompts, _timed, build_bench_model, compare, run_overhead, run_peer, synchronize
 
 PROMPT_TOKENS = 130  # the paper's prompts are ~130 tokens on Llama-2's tokenizer
 NEW_TOKENS = 20
@@ -313,6 +316,8 @@ def run_suite(small: bool = False, json_path: str = "bench-gpu.json", deadline_s
         ("score", 45, lambda: measure_grid(*held["model"], "score", instances, device)),
         ("own_attention", 45, lambda: measure_own_attention(*held["model"], instances, device)),
         ("subset", 90, lambda: measure_subset(*held["model"], device, 16 if small else 64, 4 if small else 8)),
+        ("overhead", 30, lambda: run_overhead(2 if small else 32, rows=64 if small else 1024, threads=None,
+                                              log=lambda *_: None, device=device)),
     ]
     for name, estimate, phase in phases:
         elapsed = time.perf_counter() - started
@@ -357,6 +362,9 @@ def summary(result: dict) -> dict:
         own = phases["own_attention"]
         line["own_attention_faster"] = own["faster"]
         line["own_attention_ratio"] = round(own["ratio"], 3)
+    if "overhead" in phases:
+        line["overhead_ms_per_step"] = round(phases["overhead"]["ms_per_step"], 3)
+        line["overhead_ms_2_rows"] = round(phases["overhead"]["ms_per_step_2_rows"], 3)
     for name in ("peer", "reference"):
         if name in phases.get("subset", {}):
             line[f"fast/{name}"] = round(phases["subset"][name]["speedup"], 1)
