@@ -33,6 +33,8 @@ from transformers import AttentionInterface
 from transformers.cache_utils import Cache, DynamicLayer
 
 ATTENTION_NAME = "xtp_cascade"
+OWN_KERNELS = ("fused", "matmul")  # how the rows attend to their own tokens (`own_part`)
+DEFAULT_OWN_KERNEL = "fused"
 
 
 @dataclass
@@ -44,7 +46,7 @@ class SharedPrefix:
     key_positions: torch.Tensor | None = None  # [B, P] position ids of the prefix tokens (sliding windows)
     query_positions: torch.Tensor | None = None  # [B] position id of this forward's rows (one per instance)
     fused: bool = True  # use torch's fused attention kernels (returning the log-sum-exp) where they apply
-    own_kernel: str = "fused"  # the rows' own part: "fused" or "matmul" (see `own_part`)
+    own_kernel: str = DEFAULT_OWN_KERNEL  # the rows' own part: one of OWN_KERNELS (see `own_part`)
     dense: bool | None = None  # no padding anywhere (a non-sliding layer needs no mask); found once, kept by replace()
 
     def __post_init__(self):
@@ -290,7 +292,6 @@ def prefix_part(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, m
     return out, lse
 
 
-OWN_KERNELS = ("fused", "matmul")
 
 
 def check_own_kernel(kernel: str) -> str:
@@ -300,7 +301,7 @@ def check_own_kernel(kernel: str) -> str:
 
 
 def own_part(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float,
-             softcap: float | None, kernel: str = "fused") -> tuple[torch.Tensor, torch.Tensor]:
+             softcap: float | None, kernel: str = DEFAULT_OWN_KERNEL) -> tuple[torch.Tensor, torch.Tensor]:
     """query [R, H, q, D] against each row's own keys [R, K_h, s, D] (causal over the last q).
 
     kernel "fused": torch's fused kernel where it applies (one query per row, no softcap), else `bmm`s;

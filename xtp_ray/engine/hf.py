@@ -30,7 +30,14 @@ from transformers import DynamicCache
 from ..cells import VANILLA, Cell
 from .architectures import num_layers
 from .capture import capture_last_token, replace_rows
-from .cascade import OwnTokenStore, SharedPrefix, cascade_attention, check_own_kernel, own_tokens_cache
+from .cascade import (
+    DEFAULT_OWN_KERNEL,
+    OwnTokenStore,
+    SharedPrefix,
+    cascade_attention,
+    check_own_kernel,
+    own_tokens_cache,
+)
 from .sharing import RowSharing, share_rows
 from .transfers import to_host
 
@@ -264,7 +271,7 @@ def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: 
              option_token_ids: list[list[list[int]]] | None = None,
              keep_logits: bool = False, memory_budget_mb: float | None = None,
              share: bool = True, store: OwnTokenStore | None = None,
-             plan: dict | None = None, own_kernel: str = "fused") -> list[list[CellResult]]:
+             plan: dict | None = None, own_kernel: str = DEFAULT_OWN_KERNEL) -> list[list[CellResult]]:
     """Vanilla + every cell for each (donor, recipient) pair.
 
     Returns, per instance, [vanilla, *cells] results. max_new_tokens=0 scores only
@@ -422,7 +429,7 @@ class HFEngine:
     option_token_ids, keep_logits, memory_budget_mb) -> per instance [vanilla, *cells].
     """
 
-    def __init__(self, model, tokenizer, share: bool = True, own_kernel: str = "fused"):
+    def __init__(self, model, tokenizer, share: bool = True, own_kernel: str = DEFAULT_OWN_KERNEL):
         self.model, self.tokenizer, self.share = model, tokenizer, share
         self.own_kernel = check_own_kernel(own_kernel)  # `cascade.own_part`
         self.store = OwnTokenStore()  # one grid at a time: the model's hooks are per call anyway

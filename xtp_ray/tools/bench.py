@@ -22,6 +22,7 @@ import torch
 from ..cells import VANILLA, parse_cells
 from ..engine import hf, reference
 from ..engine.capture import replace_rows
+from ..engine.cascade import DEFAULT_OWN_KERNEL
 from ..engine.hf import CellResult, capture_donors, cell_patches, eos_ids, record_next_token, trim_at_stop
 from ..engine.sharing import PLANNING
 from ..engine.tiny import build_tiny_model, tokenizer_corpus, train_tokenizer
@@ -171,7 +172,7 @@ def run_bench(mode: str = "generate", architecture: str = "LlamaForCausalLM", nu
               threads: int | None = None, peer: bool = True, engine_name: str = "hf", share: bool = True,
               log=print, heads: int | None = None, kv_heads: int | None = None, intermediate: int | None = None,
               vocab: int | None = None, dtype: str = "float32", device: str = "cpu", reference_run: bool = True,
-              nnsight: bool = True, own_kernel: str = "fused") -> dict:
+              nnsight: bool = True, own_kernel: str = DEFAULT_OWN_KERNEL) -> dict:
     if mode not in ("generate", "score"):
         raise ValueError("mode is generate or score")
     check_sizes(instances, prompt_tokens, max_new_tokens)
@@ -186,7 +187,7 @@ def run_bench(mode: str = "generate", architecture: str = "LlamaForCausalLM", nu
     log(f"bench {mode}: {architecture}, {num_layers} layers, hidden {hidden}, {len(recipients)} instances, "
         f"~{prompt_tokens}-token prompts, {len(grid)} cells + vanilla, module {module}, {dtype} on {device}, "
         f"threads {torch.get_num_threads()}" + ("" if share else ", no row sharing")
-        + ("" if own_kernel == "fused" else f", own-token attention {own_kernel}"))
+        + ("" if own_kernel == DEFAULT_OWN_KERNEL else f", own-token attention {own_kernel}"))
     strict = engine_name == "hf" and dtype == "float32"
 
     fast_engine = hf.HFEngine(model, tokenizer, share=share, own_kernel=own_kernel)
@@ -290,7 +291,7 @@ def run_sweep(chunks: list[int], num_layers: int = 32, hidden: int = 256, prompt
 
 
 def run_overhead(num_layers: int = 32, rows: int = 1024, max_new_tokens: int = 20, share: bool = True,
-                 repeats: int = 3, threads: int | None = 1, log=print, own_kernel: str = "fused",
+                 repeats: int = 3, threads: int | None = 1, log=print, own_kernel: str = DEFAULT_OWN_KERNEL,
                  device: str = "cpu") -> dict:
     """Host time per decode step where the arithmetic is negligible (hidden 8, one head, 1 instance x
     `rows` cells): (time of a grid with `max_new_tokens` - time with 1) / the extra decode steps, median of

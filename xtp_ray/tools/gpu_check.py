@@ -37,7 +37,16 @@ import torch
 
 from ..cells import parse_cells
 from ..engine import reference
-from ..engine.cascade import KERNELS, attend_fused, attend_matmul, own_part, padding_bias, prefix_part
+from ..engine.cascade import (
+    DEFAULT_OWN_KERNEL,
+    KERNELS,
+    OWN_KERNELS,
+    attend_fused,
+    attend_matmul,
+    own_part,
+    padding_bias,
+    prefix_part,
+)
 from ..engine.hf import HFEngine
 from ..engine.sharing import PLANNING
 from ..scoring import option_token_ids
@@ -210,15 +219,12 @@ def _seconds_per_call(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-OWN_KERNEL_CHOICES = ("fused", "matmul")
-
-
 def _time_own_kernels(query, key, value, scaling: float) -> dict:
     """ms per `own_part` call with each kernel, and how far their outputs and log-sum-exps part."""
     KERNELS.reset()
-    out = {kernel: own_part(query, key, value, scaling, None, kernel) for kernel in OWN_KERNEL_CHOICES}
+    out = {kernel: own_part(query, key, value, scaling, None, kernel) for kernel in OWN_KERNELS}
     entry = {f"{kernel}_ms": 1000 * _seconds_per_call(lambda kernel=kernel: own_part(
-        query, key, value, scaling, None, kernel), 10) for kernel in OWN_KERNEL_CHOICES}
+        query, key, value, scaling, None, kernel), 10) for kernel in OWN_KERNELS}
     entry.update(fused_ran=KERNELS.fused > 0, fallback_error=KERNELS.last_error,
                  max_out_diff=(out["fused"][0].float() - out["matmul"][0].float()).abs().max().item(),
                  max_lse_diff=(out["fused"][1] - out["matmul"][1]).abs().max().item())
@@ -243,23 +249,24 @@ def measure_own_attention(model, tokenizer, instances: int, device: str, rounds:
         calls[f"own_{own}"] = _time_own_kernels(query, key, value, dim ** -0.5)
     donors, recipients = _bench_prompts(tokenizer, instances, PROMPT_TOKENS)
     grid = parse_cells("full", layers)
-    engines = {kernel: HFEngine(model, tokenizer, own_kernel=kernel) for kernel in OWN_KERNEL_CHOICES}
-    for engine in engines.values():
-        engine.run_grid(donors, recipients, grid[:8], "ffn", 2)  # warm-up
-    seconds: dict[str, list[float]] = {kernel: [] for kernel in OWN_KERNEL_CHOICES}
-    for _ in range(rounds):
-        for kernel, engine in engines.items():
-            synchronize()
-            _, took = _timed(lambda engine=engine: engine.run_grid(donors, recipients, grid, "ffn", NEW_TOKENS))
+    engine = HFEngine(model, tokenizer)  # one own-token store for both kernels (~21 GiB at the 7B shape)
+    seconds: dict[str, list[float]] = {kernel: [] for kernel in OWN_KERNELS}
+    for round_ in range(rounds + 1):  # round 0 warms each kernel up
+        for kernel in OWN_KERNELS:
+            engine.own_kernel = kernel
+            if round_ == 0:
+                engine.run_grid(donors, recipients, grid[:8], "ffn", 2)
+                continue
+            _, took = _timed(lambda: engine.run_grid(donors, recipients, grid, "ffn", NEW_TOKENS))
             seconds[kernel].append(took)
     per_instance = {kernel: statistics.median(times) / instances for kernel, times in seconds.items()}
     faster = min(per_instance, key=per_instance.get)
     slower = max(per_instance, key=per_instance.get)
     return {"rows": rows, "calls": calls,
             "grid": {kernel: {"seconds": seconds[kernel], "s_per_instance": per_instance[kernel]}
-                     for kernel in OWN_KERNEL_CHOICES},
+                     for kernel in OWN_KERNELS},
             "faster": faster, "ratio": per_instance[slower] / per_instance[faster],
-            "default": "fused"}
+            "default": DEFAULT_OWN_KERNEL}
 
 
 def measure_subset(model, tokenizer, device: str, cells: int, reference_cells: int) -> dict:
