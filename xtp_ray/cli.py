@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .names import DTYPE_NAMES, MODULES, check_positive
+from .names import DEFAULT_OWN_KERNEL, DTYPE_NAMES, MODULES, OWN_KERNELS, check_positive
 
 
 def _add_grid(sub):
@@ -45,7 +45,7 @@ def _add_bench(sub):
     p.add_argument("--no-peer", action="store_true", help="skip the batched plain-hooks peer")
     p.add_argument("--no-share", action="store_true",
                    help="the hf engine computes every row in every layer (no row sharing, engine/sharing.py)")
-    p.add_argument("--own-kernel", default="fused", choices=["fused", "matmul"],
+    p.add_argument("--own-kernel", default=DEFAULT_OWN_KERNEL, choices=OWN_KERNELS,
                    help="hf engine: how rows attend to their own tokens (default: torch's fused kernel; "
                         "matmul: bmm)")
     p.add_argument("--engine", default="hf", choices=["hf", "vllm"],

@@ -10,6 +10,8 @@ import re
 
 MODULES = ("ffn", "attn", "attn_ref")  # what a cell replaces (architectures.submodule)
 DTYPE_NAMES = ("float32", "bfloat16", "float16")  # models.DTYPES maps them to torch dtypes
+OWN_KERNELS = ("fused", "matmul")  # how the rows attend to their own tokens (cascade.own_part)
+DEFAULT_OWN_KERNEL = "fused"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 

@@ -32,9 +32,9 @@ import torch
 from transformers import AttentionInterface
 from transformers.cache_utils import Cache, DynamicLayer
 
+from ..names import DEFAULT_OWN_KERNEL, OWN_KERNELS
+
 ATTENTION_NAME = "xtp_cascade"
-OWN_KERNELS = ("fused", "matmul")  # how the rows attend to their own tokens (`own_part`)
-DEFAULT_OWN_KERNEL = "fused"
 
 
 @dataclass
@@ -290,8 +290,6 @@ def prefix_part(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, m
     out = out.view(batch, kv_heads, n, group, q_len, dim).permute(2, 0, 1, 3, 4, 5).reshape(rows, heads, q_len, dim)
     lse = lse.view(batch, kv_heads, n, group, q_len).permute(2, 0, 1, 3, 4).reshape(rows, heads, q_len)
     return out, lse
-
-
 
 
 def check_own_kernel(kernel: str) -> str:

@@ -28,10 +28,10 @@ import torch
 from transformers import DynamicCache
 
 from ..cells import VANILLA, Cell
+from ..names import DEFAULT_OWN_KERNEL
 from .architectures import num_layers
 from .capture import capture_last_token, replace_rows
 from .cascade import (
-    DEFAULT_OWN_KERNEL,
     OwnTokenStore,
     SharedPrefix,
     cascade_attention,

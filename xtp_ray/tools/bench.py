@@ -22,10 +22,10 @@ import torch
 from ..cells import VANILLA, parse_cells
 from ..engine import hf, reference
 from ..engine.capture import replace_rows
-from ..engine.cascade import DEFAULT_OWN_KERNEL
 from ..engine.hf import CellResult, capture_donors, cell_patches, eos_ids, record_next_token, trim_at_stop
 from ..engine.sharing import PLANNING
 from ..engine.tiny import build_tiny_model, tokenizer_corpus, train_tokenizer
+from ..names import DEFAULT_OWN_KERNEL
 from ..scoring import option_token_ids
 
 LOGIT_TOLERANCE = 1e-4

@@ -38,9 +38,7 @@ import torch
 from ..cells import parse_cells
 from ..engine import reference
 from ..engine.cascade import (
-    DEFAULT_OWN_KERNEL,
     KERNELS,
-    OWN_KERNELS,
     attend_fused,
     attend_matmul,
     own_part,
@@ -49,6 +47,7 @@ from ..engine.cascade import (
 )
 from ..engine.hf import HFEngine
 from ..engine.sharing import PLANNING
+from ..names import DEFAULT_OWN_KERNEL, OWN_KERNELS
 from ..scoring import option_token_ids
 from .bench import SHAPES, _bench_prompts, _timed, build_bench_model, compare, run_overhead, run_peer, synchronize
 
@@ -209,14 +208,7 @@ def _seconds_per_call(fn, repeats: int) -> float:
     """Median seconds of `repeats` calls, each waited for, after two warm-up calls."""
     for _ in range(2):
         fn()
-    times = []
-    for _ in range(repeats):
-        synchronize()
-        start = time.perf_counter()
-        fn()
-        synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(_timed(fn)[1] for _ in range(repeats))
 
 
 def _time_own_kernels(query, key, value, scaling: float) -> dict:
