@@ -268,18 +268,22 @@ def merge(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: 
 
 
 def prefix_part(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None, scaling: float,
-                softcap: float | None, fused: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """query [R, H, q, D] (row r = c * B + b) against each instance's prefix: (out [R, H, q, D], lse [R, H, q]).
+                softcap: float | None, fused: bool, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """query [R, H, q, D] (row r = c * B + b) against each instance's prefix:
+    (out [n, B, K_h, G, q, D], lse [n, B, K_h, G, q]), views of one attention call's result.
 
     keys/values [B, K_h, P, D], mask [B, P] or None (the keys every row of instance b may
     see: all rows of an instance sit at the same position, so one mask serves them all).
+    The result stays in the kernel's layout: `merge` reads it through these views, and no
+    reshape back to [R, H, q, D] copies it (a copy wherever G > 1 or B > 1).
     """
     rows, heads, q_len, dim = query.shape
-    batch, kv_heads, prefix_len, _ = keys.shape
-    if prefix_len == 0:  # a one-token prompt: no prefix keys; lse -inf gives this part no weight in `merge`
-        return query.new_zeros(query.shape), query.new_full((rows, heads, q_len), float("-inf"), dtype=torch.float32)
+    kv_heads, prefix_len = keys.shape[1], keys.shape[2]
     n, group = rows // batch, heads // kv_heads
-    # fold: [n, B, K_h, G, q, D] -> [B, K_h, n, G, q, D] -> [B, K_h, n * G * q, D]
+    if prefix_len == 0:  # a one-token prompt: no prefix keys; lse -inf gives this part no weight in `merge`
+        return (query.new_zeros(n, batch, kv_heads, group, q_len, dim),
+                query.new_full((n, batch, kv_heads, group, q_len), float("-inf"), dtype=torch.float32))
+    # fold: [n, B, K_h, G, q, D] -> [B, K_h, n, G, q, D] -> [B, K_h, n * G * q, D] (a view where G * q == 1)
     folded = query.view(n, batch, kv_heads, group, q_len, dim).permute(1, 2, 0, 3, 4, 5)
     folded = folded.reshape(batch, kv_heads, n * group * q_len, dim)
     key_mask = mask[:, None, None, :].to(query.device) if mask is not None else None  # [B, 1, 1, P]
@@ -287,9 +291,8 @@ def prefix_part(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, m
     if result is None:
         result = attend_matmul(folded, keys, values, scaling, key_mask, softcap)
     out, lse = result  # [B, K_h, n*G*q, D], [B, K_h, n*G*q]
-    out = out.view(batch, kv_heads, n, group, q_len, dim).permute(2, 0, 1, 3, 4, 5).reshape(rows, heads, q_len, dim)
-    lse = lse.view(batch, kv_heads, n, group, q_len).permute(2, 0, 1, 3, 4).reshape(rows, heads, q_len)
-    return out, lse
+    return (out.view(batch, kv_heads, n, group, q_len, dim).permute(2, 0, 1, 3, 4, 5),
+            lse.view(batch, kv_heads, n, group, q_len).permute(2, 0, 1, 3, 4))
 
 
 def check_own_kernel(kernel: str) -> str:
@@ -300,7 +303,8 @@ def check_own_kernel(kernel: str) -> str:
 
 def own_part(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float,
              softcap: float | None, kernel: str = DEFAULT_OWN_KERNEL) -> tuple[torch.Tensor, torch.Tensor]:
-    """query [R, H, q, D] against each row's own keys [R, K_h, s, D] (causal over the last q).
+    """query [R, H, q, D] against each row's own keys [R, K_h, s, D] (causal over the last q):
+    (out [R, K_h, G, q, D], lse [R, K_h, G, q]).
 
     kernel "fused": torch's fused kernel where it applies (one query per row, no softcap), else `bmm`s;
     "matmul": `bmm`s always. On the CPU the two are level on the bench grid and at 1,024 rows, and the
@@ -322,10 +326,12 @@ def own_fused(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scali
     a KV head need no mask, so they are one problem of G queries against the row's s keys."""
     rows, heads, _, dim = query.shape
     kv_heads = key.shape[1]
-    result = attend_fused(query.view(rows, kv_heads, heads // kv_heads, dim), key, value, scaling)  # [R, K_h, G, D]
+    group = heads // kv_heads
+    result = attend_fused(query.view(rows, kv_heads, group, dim), key, value, scaling)  # [R, K_h, G, D]
     if result is None:
         return None
-    return result[0].reshape(rows, heads, 1, -1), result[1].reshape(rows, heads, 1)
+    out, lse = result  # [R, K_h, G, D] (views, no copy, where the kernels lay it out as [R, G, K_h, D]), [R, K_h, G]
+    return out.unsqueeze(3), lse.unsqueeze(3)
 
 
 def own_matmul(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float,
@@ -343,7 +349,7 @@ def own_matmul(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scal
     out, lse = attend_own_matmul(query.reshape(rows * kv_heads, group * q_len, dim),  # [R*K_h, G*q, D]
                                  key.reshape(rows * kv_heads, own, dim),  # [R*K_h, s, D]
                                  value.reshape(rows * kv_heads, own, value.shape[-1]), scaling, causal, softcap)
-    return out.view(rows, heads, q_len, -1), lse.view(rows, heads, q_len)
+    return out.view(rows, kv_heads, group, q_len, -1), lse.view(rows, kv_heads, group, q_len)
 
 
 def attend_own_matmul(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float,
@@ -374,14 +380,17 @@ def cascade_attention_forward(module, query, key, value, attention_mask, scaling
     if xtp_prefix is None:
         raise RuntimeError(f"{ATTENTION_NAME} attention needs the shared prefix (model kwarg xtp_prefix)")
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
-    layer = module.layer_idx
-    out_p, lse_p = prefix_part(query, xtp_prefix.keys[layer], xtp_prefix.values[layer],
-                               xtp_prefix.key_mask(layer, sliding_window), scaling, softcap,
-                               xtp_prefix.fused)
+    layer, (rows, heads, q_len, _) = module.layer_idx, query.shape
+    keys = xtp_prefix.keys[layer]
+    batch, kv_heads = keys.shape[0], keys.shape[1]
+    out_p, lse_p = prefix_part(query, keys, xtp_prefix.values[layer], xtp_prefix.key_mask(layer, sliding_window),
+                               scaling, softcap, xtp_prefix.fused, batch)  # [n, B, K_h, G, q, D], [n, B, K_h, G, q]
     out_o, lse_o = own_part(query, key, value, scaling, softcap,
-                            xtp_prefix.own_kernel if xtp_prefix.fused else "matmul")
-    out = merge(out_p, lse_p, out_o, lse_o)  # [R, H, q, D]
-    return out.transpose(1, 2).contiguous(), None
+                            xtp_prefix.own_kernel if xtp_prefix.fused else "matmul")  # [R, K_h, G, q, D], [R, K_h, G, q]
+    grouped = (rows // batch, batch, kv_heads, heads // kv_heads, q_len)
+    # `merge` lerps from the own part, so the output takes its layout: [R, H, q, D], HF's [R, q, H, D] where q == 1
+    out = merge(out_p, lse_p, out_o.view(*grouped, -1), lse_o.view(grouped))  # [n, B, K_h, G, q, D]
+    return out.permute(0, 1, 4, 2, 3, 5).reshape(rows, q_len, heads, -1), None  # a view where q == 1
 
 
 AttentionInterface.register(ATTENTION_NAME, cascade_attention_forward)

@@ -94,7 +94,7 @@ def check_kernels(device: str, small: bool) -> dict:
             out[f"{str(dtype).removeprefix('torch.')}{'_padded' if padded else ''}"] = entry
     q = torch.randn(2 * 4, heads, 1, dim, device=device)
     empty = torch.zeros(2, heads, 0, dim, device=device)
-    o, lse = prefix_part(q, empty, empty, None, dim ** -0.5, None, True)
+    o, lse = prefix_part(q, empty, empty, None, dim ** -0.5, None, True, 2)
     out["empty_prefix"] = {"zeros": bool((o == 0).all()), "lse_minus_inf": bool(torch.isinf(lse).all())}
     return out
 
