@@ -5,6 +5,8 @@ shared prefix, splitting each softmax into a prefix part and an own part merged 
 log-sum-exp, so sums are reassociated: logits differ by float rounding only (~1e-5
 seen), well inside the SPEC's 1e-4. Greedy tokens must be identical.
 """
+from collections import Counter
+
 import pytest
 import torch
 
@@ -266,3 +268,30 @@ def test_greedy_picks_the_first_highest_token_as_argmax_does():
     logits = torch.cat([logits, torch.randn(61, 4).round()])  # many ties among small integers
     assert hf.greedy(logits).tolist() == logits.argmax(-1).tolist()
     assert hf.greedy(logits)[:3].tolist() == [1, 0, 0]
+
+
+@pytest.mark.parametrize("architecture", ["LlamaForCausalLM", "Qwen2ForCausalLM", "GPT2LMHeadModel"])
+def test_decode_forwards_run_ahead_equal_reference(architecture, tokenizer):
+    """Speculation (`hf._decode`; on by default only on a GPU), forced on: each decode forward is
+    queued on the plans in place before the host has the tokens. Here rows finish mid-way (the stop
+    token is one the rows often choose) and groups split after steady steps, so some forwards are kept
+    and some run again; tokens equal the reference's and logits agree within LOGIT_TOL, with padding and
+    chunks; and without sharing (nothing planned) every forward run ahead is kept."""
+    model = _model(architecture, tokenizer, layers=4)
+    cells = parse_cells("full", 4)
+    first = hf.run_grid(model, tokenizer, DONORS, RECIPIENTS, cells, "ffn", max_new_tokens=10, speculate=False)
+    later = Counter(t for row in first for r in row for t in r.token_ids[2:])
+    model.generation_config.eos_token_id = later.most_common(3)[2][0]  # a token rows often choose, later on
+    before = hf.SPECULATION.snapshot()
+    fast = hf.run_grid(model, tokenizer, DONORS, RECIPIENTS, cells, "ffn", max_new_tokens=10,
+                       cells_per_chunk=7, keep_logits=True, speculate=True)
+    counts = hf.SPECULATION.since(before)
+    assert counts["kept"] > 0 and counts["redone"] > 0, counts
+    lengths = {len(r.token_ids) for row in fast for r in row}
+    assert min(lengths) < 10 and max(lengths) > min(lengths)  # rows finished, at different steps
+    assert_same(fast, reference.run_grid(model, tokenizer, DONORS, RECIPIENTS, cells, "ffn", max_new_tokens=10))
+    before = hf.SPECULATION.snapshot()
+    unshared = hf.run_grid(model, tokenizer, DONORS, RECIPIENTS, cells, "ffn", max_new_tokens=10,
+                           keep_logits=True, share=False, speculate=True)
+    assert hf.SPECULATION.since(before)["redone"] == 0
+    assert_same(unshared, fast)

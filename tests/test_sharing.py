@@ -31,9 +31,13 @@ def _out_key(sharing, row, layer, first_step):
     return ("row", row) if own else ("tokens", int(sharing.history[row]))
 
 
+@pytest.mark.parametrize("speculate", [False, True])
 @pytest.mark.parametrize("repack", [0.0, sharing_module.REPACK, 2.0])  # re-pack at any free slot / default / never
 @pytest.mark.parametrize("batch,seed", [(1, 0), (3, 1), (2, 2)])
-def test_every_row_reads_its_own_past(batch, seed, repack, monkeypatch):
+def test_every_row_reads_its_own_past(batch, seed, repack, speculate, monkeypatch):
+    """With speculate, a forward runs on the plans in place whenever they are steady and the tokens
+    prove them consistent (as the engine's decode loop keeps a forward it ran ahead): every live row
+    must still read exactly its own past."""
     monkeypatch.setattr(sharing_module, "REPACK", repack)
     rng = np.random.default_rng(seed)
     layers, n = 6, 14
@@ -43,10 +47,14 @@ def test_every_row_reads_its_own_past(batch, seed, repack, monkeypatch):
     store = [[[] for _ in range(rows)] for _ in range(layers)]  # [layer][slot] -> keys written per step
     past = [[[] for _ in range(rows)] for _ in range(layers)]  # [layer][row] -> what the row must read
     finished = np.zeros(rows, dtype=bool)
-    saved, replanned = [], []
+    saved, replanned, kept = [], [], []
+    reuse = False
     for step in range(8):
-        sharing.plan(first_step=step == 0)
-        replanned.append(sharing.replanned)
+        if reuse:
+            sharing.reuse()
+        else:
+            sharing.plan(first_step=step == 0)
+            replanned.append(sharing.replanned)
         for layer, plan in enumerate(sharing.plans):
             active, spread = plan.active.numpy(), plan.spread.numpy()
             assert len(active) % batch == 0 and (active % batch == np.arange(len(active)) % batch).all()
@@ -58,7 +66,7 @@ def test_every_row_reads_its_own_past(batch, seed, repack, monkeypatch):
                 for slot, content in zip(to, pasts):
                     store[layer][slot] = content
             leaders = sharing.slots[layer].leader
-            assert not finished[leaders[leaders >= 0]].any()  # finished rows compute nothing
+            assert reuse or not finished[leaders[leaders >= 0]].any()  # finished rows compute nothing (once planned)
             computing = [_out_key(sharing, row, layer, step == 0) for row in leaders[leaders >= 0]]
             assert len(set(computing)) == len(computing)  # and nothing is computed twice
             for slot, row in enumerate(active):  # each slot's computed row writes this step's keys/values
@@ -69,11 +77,19 @@ def test_every_row_reads_its_own_past(batch, seed, repack, monkeypatch):
                 leader = active[spread[row]]
                 assert _out_key(sharing, leader, layer, step == 0) == _out_key(sharing, row, layer, step == 0)
         saved.append(sharing.computed / ((step + 1) * layers * rows))
-        tokens = rng.integers(0, 3, rows)  # few tokens: groups persist, and split
-        finished = finished | (rng.random(rows) < 0.05)
+        if speculate:  # rows mostly follow their group (as on real models), sometimes part from it
+            tokens = np.where(rng.random(rows) < 0.03, rng.integers(0, 3, rows), sharing.history % 3)
+        else:
+            tokens = rng.integers(0, 3, rows)  # few tokens: groups persist, and split
+        steady = sharing.steady  # as the engine asks before it runs a forward ahead
+        finished = finished | (rng.random(rows) < (0.02 if speculate else 0.05))
+        reuse = speculate and steady and sharing.consistent(tokens, finished)
+        kept.append(reuse)
         sharing.advance(tokens, finished)
     assert saved[-1] < 0.9  # the layers really ran fewer rows
     assert replanned[0] == layers and replanned[1] == layers  # step 0, and the first generated token
+    assert not kept[0]  # step 0's plans (another sharing rule) never serve a generated token
+    assert any(kept) == speculate  # with speculate, some forwards ran on kept plans
 
 
 def test_a_split_replans_only_the_layers_where_the_rows_share():

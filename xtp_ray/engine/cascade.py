@@ -129,6 +129,11 @@ class OwnTokensLayer(DynamicLayer):
     def get_seq_length(self) -> int:
         return self.length
 
+    def rewind(self, tokens: int) -> None:
+        """Forget the last `tokens` appended (a forward run ahead whose plans turned out stale): the next
+        update writes over them."""
+        self.length -= tokens
+
 
 class OwnTokenStore:
     """Own-token key/value memory that the caches of successive chunks and grids reuse.
@@ -159,6 +164,12 @@ class OwnTokenStore:
 def own_tokens_cache(num_layers: int, capacity: int, sharing=None, store: OwnTokenStore | None = None) -> Cache:
     """The rows' cache: one `OwnTokensLayer` per decoder layer (buffers from `store` if given)."""
     return Cache(layers=[OwnTokensLayer(capacity, sharing, index, store) for index in range(num_layers)])
+
+
+def rewind(cache: Cache, tokens: int) -> None:
+    """Forget the last `tokens` appended to every layer of an `own_tokens_cache`."""
+    for layer in cache.layers:
+        layer.rewind(tokens)
 
 
 def _fp32(tensor: torch.Tensor) -> torch.Tensor:

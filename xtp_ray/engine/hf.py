@@ -37,9 +37,10 @@ from .cascade import (
     cascade_attention,
     check_own_kernel,
     own_tokens_cache,
+    rewind,
 )
 from .sharing import RowSharing, share_rows
-from .transfers import to_host
+from .transfers import Counters, HostCopy
 
 # Rows (instances x cells) per forward when decoding. The cost per row no longer grows
 # with the rows, so this only bounds memory; chosen on the bench model (see README).
@@ -271,7 +272,8 @@ def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: 
              option_token_ids: list[list[list[int]]] | None = None,
              keep_logits: bool = False, memory_budget_mb: float | None = None,
              share: bool = True, store: OwnTokenStore | None = None,
-             plan: dict | None = None, own_kernel: str = DEFAULT_OWN_KERNEL) -> list[list[CellResult]]:
+             plan: dict | None = None, own_kernel: str = DEFAULT_OWN_KERNEL,
+             speculate: bool | None = None) -> list[list[CellResult]]:
     """Vanilla + every cell for each (donor, recipient) pair.
 
     Returns, per instance, [vanilla, *cells] results. max_new_tokens=0 scores only
@@ -284,7 +286,9 @@ def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: 
     store: memory the rows' own-token caches reuse across chunks and calls (the engine's).
     Chunks are balanced (no small tail). plan: a dict filled with the chunking chosen
     (chunks, cells/rows per forward, the memory budget and the `chunk_bytes` estimate). own_kernel: how
-    the rows attend to their own tokens (`cascade.own_part`: "fused" or "matmul").
+    the rows attend to their own tokens (`cascade.own_part`: "fused" or "matmul"). speculate: queue
+    each decode forward before the host has its input tokens (`_decode`; default: on a GPU, where the
+    device would otherwise wait for the host between forwards; on a CPU nothing runs while the host waits).
     """
     if len(donors) != len(recipients):
         raise ValueError("donors and recipients differ in length")
@@ -331,7 +335,8 @@ def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: 
     for start, end in spans:
         chunk = all_cells[start:end]
         logits, tokens = _run_chunk(model, module, chunk, donor_values, ids[:, -1], pos[:, -1], shared,
-                                    max_new_tokens, stop, share, store)
+                                    max_new_tokens, stop, share, store,
+                                    device.type == "cuda" if speculate is None else speculate)
         options = option_logprobs_all(logits, option_token_ids) if option_token_ids is not None else None
         kept = logits.float().cpu() if keep_logits else None
         for b, row in enumerate(results):
@@ -362,12 +367,13 @@ def cell_patches(chunk: list[Cell], donor_values: torch.Tensor) -> dict[int, tup
 
 
 def _run_chunk(model, module, chunk, donor_values, last_token, last_pos, shared, max_new_tokens, stop, share=True,
-               store=None):
+               store=None, speculate=False):
     """One chunk of n cells for all B instances as R = n * B rows (row c * B + b, cell-major):
     logits [B, n, V], tokens [B][n] or None.
 
     With share, each layer computes only the rows that differ there (`sharing.py`);
-    finished rows stop computing.
+    finished rows stop computing. With speculate, each decode forward is queued before the host has
+    the tokens it follows from (`_decode`).
     """
     batch, n = last_token.shape[0], len(chunk)
     rows = batch * n
@@ -388,26 +394,75 @@ def _run_chunk(model, module, chunk, donor_values, last_token, last_pos, shared,
         if max_new_tokens == 0:
             return logits, None
 
-        # One device->host transfer per step (the chosen tokens); finished flags live on the host.
-        chosen = np.zeros((max_new_tokens, rows), dtype=np.int64)  # [steps, R]
-        length = np.zeros(rows, dtype=np.int64)  # [R] tokens each row generated, its stop token included
-        finished = np.zeros(rows, dtype=bool)  # [R]
-        stop_ids = np.array(sorted(stop), dtype=np.int64)
-        next_token = greedy(out.logits[:, -1])  # [R] on the device
-        for step in range(max_new_tokens):
-            chosen[step] = to_host(next_token)
-            length += ~finished
-            finished |= np.isin(chosen[step], stop_ids)
-            if step == max_new_tokens - 1 or finished.all():
-                break
-            if share:
-                sharing.advance(chosen[step], finished)
-                sharing.plan(first_step=False)
-            out = model(input_ids=next_token[:, None], position_ids=row_pos + step + 1, past_key_values=own,
-                        use_cache=True, xtp_prefix=replace(shared, query_positions=last_pos + step + 1))
-            next_token = greedy(out.logits[:, -1])
+        def forward(token: torch.Tensor, step: int) -> torch.Tensor:
+            """The decode forward of `step` (its input: the tokens chosen at step - 1) -> its tokens [R]."""
+            out = model(input_ids=token[:, None], position_ids=row_pos + step, past_key_values=own,
+                        use_cache=True, xtp_prefix=replace(shared, query_positions=last_pos + step))
+            return greedy(out.logits[:, -1])
+
+        chosen, length = _decode(forward, greedy(out.logits[:, -1]), own, sharing if share else None, rows,
+                                 max_new_tokens, stop, speculate)
     generated = [[chosen[:length[c * batch + b], c * batch + b].tolist() for c in range(n)] for b in range(batch)]
     return logits, generated
+
+
+@dataclass
+class SpeculationCounts(Counters):
+    """Decode forwards queued before the host had their input tokens: kept, or run again (the bench and
+    the GPU check read it)."""
+    kept: int = 0
+    redone: int = 0
+
+
+SPECULATION = SpeculationCounts()
+
+
+def _decode(forward, next_token: torch.Tensor, own, sharing: RowSharing | None, rows: int, max_new_tokens: int,
+            stop, speculate: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy decoding of R rows from step 0's tokens [R] (on the device): (chosen [steps, R], length [R]).
+
+    One device->host transfer per step: the chosen tokens, from which the host knows which rows
+    finished and plans the next forward's row sharing. Without speculation the device waits while the
+    host does that. With it, the next forward is queued first, on the plans in place, and the host then
+    waits for the tokens alone (their copy is queued before that forward), so the device always has
+    work. The forward is kept when the tokens show it exact (`RowSharing.consistent`: every live row
+    chose its slot's token, no group split); otherwise the own-token cache forgets its token and it runs
+    again on new plans. Kept or not, every live row's result is what the plans compute without
+    speculation, within the rounding of a different batch composition (the tests hold both to the
+    reference). It is tried when the plans in place may serve another forward (`RowSharing.steady`),
+    and always without sharing, where nothing is planned.
+    """
+    chosen = np.zeros((max_new_tokens, rows), dtype=np.int64)  # [steps, R]
+    length = np.zeros(rows, dtype=np.int64)  # [R] tokens each row generated, its stop token included
+    finished = np.zeros(rows, dtype=bool)  # [R]
+    stop_ids = np.array(sorted(stop), dtype=np.int64)
+    for step in range(max_new_tokens):
+        copy = HostCopy(next_token)
+        last = step == max_new_tokens - 1
+        ahead = None
+        if speculate and not last and (sharing is None or sharing.steady):
+            ahead = forward(next_token, step + 1)  # on the plans in place
+        chosen[step] = copy.wait()
+        length += ~finished
+        finished |= np.isin(chosen[step], stop_ids)
+        if last or finished.all():
+            break
+        kept = ahead is not None and (sharing is None or sharing.consistent(chosen[step], finished))
+        if sharing is not None:
+            sharing.advance(chosen[step], finished)
+            if kept:
+                sharing.reuse()
+            else:
+                sharing.plan(first_step=False)
+        if kept:
+            SPECULATION.kept += 1
+            next_token = ahead
+            continue
+        if ahead is not None:  # computed on plans that no longer hold
+            SPECULATION.redone += 1
+            rewind(own, 1)
+        next_token = forward(next_token, step + 1)
+    return chosen, length
 
 
 def greedy(logits: torch.Tensor) -> torch.Tensor:
@@ -429,8 +484,10 @@ class HFEngine:
     option_token_ids, keep_logits, memory_budget_mb) -> per instance [vanilla, *cells].
     """
 
-    def __init__(self, model, tokenizer, share: bool = True, own_kernel: str = DEFAULT_OWN_KERNEL):
+    def __init__(self, model, tokenizer, share: bool = True, own_kernel: str = DEFAULT_OWN_KERNEL,
+                 speculate: bool | None = None):
         self.model, self.tokenizer, self.share = model, tokenizer, share
+        self.speculate = speculate  # `run_grid`'s: None = on a GPU
         self.own_kernel = check_own_kernel(own_kernel)  # `cascade.own_part`
         self.store = OwnTokenStore()  # one grid at a time: the model's hooks are per call anyway
         self.last_plan: dict = {}  # the chunking of the last call (`run_grid`'s plan)
@@ -445,4 +502,4 @@ class HFEngine:
         self.last_plan = {}
         return run_grid(self.model, self.tokenizer, donors, recipients, cells, module, max_new_tokens,
                         cells_per_chunk, option_token_ids, keep_logits, memory_budget_mb, self.share, self.store,
-                        self.last_plan, self.own_kernel)
+                        self.last_plan, self.own_kernel, self.speculate)

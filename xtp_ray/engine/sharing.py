@@ -92,7 +92,7 @@ class RowSharing:
         self.plans: list[RowPlan | None] = [None] * num_layers
         self.slots: list[_Slots] = []
         self.computed = 0  # slots computed, summed over layers and forwards
-        self._finished_changed = False  # a row finished at the last `advance`
+        self._finished_changed = False  # a row finished since the last `plan`
         self._planned_decode = False  # the current plans are for a generated token (not step 0)
         self._slots_per_layer = np.zeros(num_layers, dtype=np.int64)  # [L] slots each layer's plan computes
         self._groups_per_layer = np.zeros(num_layers, dtype=np.int64)  # [L] groups of shared rows at the last plan
@@ -136,6 +136,32 @@ class RowSharing:
             PLANNING.planned += 1
             self._plan_layers(stale, first_step)
         self._planned_decode = not first_step
+        self._finished_changed = False
+        self.computed += int(self._slots_per_layer.sum())
+
+    @property
+    def steady(self) -> bool:
+        """The plans in place may serve another forward: they are a generated token's (step 0's
+        compute more), copy no keys/values (a copy must not run twice), and no row finished since they
+        were made (finished rows should stop computing)."""
+        return (self._planned_decode and not self._finished_changed
+                and all(plan is None or plan.copies is None for plan in self.plans))
+
+    def consistent(self, tokens: np.ndarray, finished: np.ndarray) -> bool:
+        """Whether the plans in place compute the next forward exactly for every row not `finished`,
+        after the rows chose `tokens` [R]: in every layer each such row chose the token of the row its
+        slot computes (so no group of shared rows split). Rows that finished may compute anything."""
+        live = np.flatnonzero(~np.asarray(finished, dtype=bool))
+        for plan, table in zip(self.plans, self.slots):
+            if plan is None or plan.whole:
+                continue
+            leaders = table.leader[table.slot_of[live]]  # [live] the row each live row's slot computes
+            if (tokens[leaders] != tokens[live]).any():
+                return False
+        return True
+
+    def reuse(self) -> None:
+        """The plans in place served one more forward (one run ahead on them and kept)."""
         self.computed += int(self._slots_per_layer.sum())
 
     def _plan_layers(self, layers: np.ndarray, first_step: bool) -> None:
@@ -166,7 +192,7 @@ class RowSharing:
         pair = self.history * (int(tokens.max()) + 1) + tokens
         self.history = np.unique(pair, return_inverse=True)[1].reshape(-1)
         finished = np.asarray(finished, dtype=bool)
-        self._finished_changed = not bool((finished == self.finished).all())
+        self._finished_changed |= not bool((finished == self.finished).all())  # until the next `plan`
         self.finished = finished.copy()
 
     def _groups(self, layer: int, first_step: bool) -> tuple[np.ndarray, np.ndarray]:

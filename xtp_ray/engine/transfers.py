@@ -32,10 +32,32 @@ class TransferCounts(Counters):
 COUNTS = TransferCounts()
 
 
+class HostCopy:
+    """A device->host copy under way: on a GPU, into pinned memory without blocking, behind an event on
+    the tensor's stream, so that the host may queue more work before it waits (`wait`) for the copy alone
+    and not for what it queued after. On a CPU the tensor itself."""
+
+    def __init__(self, tensor: torch.Tensor):
+        COUNTS.to_host += 1
+        self.event = None
+        if tensor.is_cuda:
+            self.buffer = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            self.buffer.copy_(tensor, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record(torch.cuda.current_stream(tensor.device))
+        else:
+            self.buffer = tensor.detach()
+
+    def wait(self) -> np.ndarray:
+        """The host array, once the copy is done (blocks on the copy, not on work queued after it)."""
+        if self.event is not None:
+            self.event.synchronize()
+        return self.buffer.cpu().numpy()
+
+
 def to_host(tensor: torch.Tensor) -> np.ndarray:
     """A device tensor as a host array (one blocking transfer)."""
-    COUNTS.to_host += 1
-    return tensor.cpu().numpy()
+    return HostCopy(tensor).wait()
 
 
 def to_device(array: np.ndarray, device) -> torch.Tensor:
