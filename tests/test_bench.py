@@ -49,8 +49,8 @@ def test_gpu_suite_small_writes_its_json(tmp_path, capsys):
     assert main(["bench", "--suite", "gpu", "--small", "--json", str(path)]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     result = json.loads(path.read_text())
-    assert set(result["phases"]) == {"kernels", "parity", "build", "generate", "score", "own_attention", "subset",
-                                     "overhead"}
+    assert set(result["phases"]) == {"kernels", "parity", "build", "generate", "score", "own_attention",
+                                     "speculation", "subset", "overhead"}
     assert not result["errors"] and not result["skipped"]
     assert line["parity"] is True and line["fused_everywhere"] is True
     assert all(v["identical"] == v["cells"] for v in result["phases"]["parity"].values())
@@ -77,6 +77,11 @@ def test_gpu_suite_small_writes_its_json(tmp_path, capsys):
     assert all(len(own["grid"][kernel]["seconds"]) == 2 for kernel in ("fused", "matmul"))
     assert line["own_attention_faster"] == own["faster"] and own["ratio"] >= 1
     assert own["default"] == "fused"
+    ahead = result["phases"]["speculation"]  # forwards queued ahead of the tokens, against in turn
+    assert all(len(ahead["grid"][name]["seconds"]) == 2 for name in ("ahead", "in_turn"))
+    assert ahead["grid"]["in_turn"]["same_tokens_as_first"] == ahead["cells"] == 2 * (2 ** 2 + 1)
+    assert ahead["forwards_kept"] > 0  # forced on here (on a CPU the default is off)
+    assert line["speculation_kept"] == [ahead["forwards_kept"], ahead["forwards_kept"] + ahead["forwards_redone"]]
     overhead = result["phases"]["overhead"]  # the host's decode step on the device (here the CPU)
     assert overhead["rows"] == 64 and overhead["device"] == "cpu" and overhead["to_host_per_step"] == 1
     assert line["overhead_ms_per_step"] == round(overhead["ms_per_step"], 3) > 0

@@ -13,6 +13,8 @@ rewritten after every phase, so a run cut short keeps what it measured:
 - own_attention: the rows' attention to their own tokens two ways (`cascade.own_part`: torch's fused
   kernel, the default, against `bmm`s), at the grid's rows and three cache lengths, then the
   generation grid with each, alternating: which one the engine should run on this device;
+- speculation: the generation grid with each decode forward queued before the host has its tokens
+  (`hf._decode`, the default on a GPU) and without, alternating, with the forwards kept and run again;
 - subset: the batched peer and the reference on a few cells of one instance against the fast
   engine on the same cells (speed and decisions);
 - overhead: `xtp bench --overhead` on the device: ms per decode step of a 32-layer model of negligible
@@ -239,26 +241,53 @@ def measure_own_attention(model, tokenizer, instances: int, device: str, rounds:
         key, value = (torch.randn(rows, kv_heads, own, dim, device=device, dtype=model.dtype, generator=generator)
                       for _ in range(2))
         calls[f"own_{own}"] = _time_own_kernels(query, key, value, dim ** -0.5)
-    donors, recipients = _bench_prompts(tokenizer, instances, PROMPT_TOKENS)
-    grid = parse_cells("full", layers)
     engine = HFEngine(model, tokenizer)  # one own-token store for both kernels (~21 GiB at the 7B shape)
-    seconds: dict[str, list[float]] = {kernel: [] for kernel in OWN_KERNELS}
-    for round_ in range(rounds + 1):  # round 0 warms each kernel up
-        for kernel in OWN_KERNELS:
-            engine.own_kernel = kernel
+    settings = {kernel: lambda kernel=kernel: setattr(engine, "own_kernel", kernel) for kernel in OWN_KERNELS}
+    return {"rows": rows, "calls": calls, **alternate_grids(engine, settings, instances, rounds),
+            "default": DEFAULT_OWN_KERNEL}
+
+
+def alternate_grids(engine: HFEngine, settings: dict, instances: int, rounds: int = 2) -> dict:
+    """The generation grid on `engine` under each setting (name -> a call that applies it), alternating
+    `rounds` times after a warm-up round: seconds per run and per instance, the faster setting and the
+    ratio, and how many cells' tokens the settings' last runs share with the first setting's."""
+    model, tokenizer = engine.model, engine.tokenizer
+    donors, recipients = _bench_prompts(tokenizer, instances, PROMPT_TOKENS)
+    grid = parse_cells("full", model.config.num_hidden_layers)
+    seconds: dict[str, list[float]] = {name: [] for name in settings}
+    tokens: dict[str, list] = {}
+    for round_ in range(rounds + 1):  # round 0 warms each setting up
+        for name, apply in settings.items():
+            apply()
             if round_ == 0:
                 engine.run_grid(donors, recipients, grid[:8], "ffn", 2)
                 continue
-            _, took = _timed(lambda: engine.run_grid(donors, recipients, grid, "ffn", NEW_TOKENS))
-            seconds[kernel].append(took)
-    per_instance = {kernel: statistics.median(times) / instances for kernel, times in seconds.items()}
+            out, took = _timed(lambda: engine.run_grid(donors, recipients, grid, "ffn", NEW_TOKENS))
+            seconds[name].append(took)
+            tokens[name] = [r.token_ids for row in out for r in row]
+    per_instance = {name: statistics.median(times) / instances for name, times in seconds.items()}
     faster = min(per_instance, key=per_instance.get)
     slower = max(per_instance, key=per_instance.get)
-    return {"rows": rows, "calls": calls,
-            "grid": {kernel: {"seconds": seconds[kernel], "s_per_instance": per_instance[kernel]}
-                     for kernel in OWN_KERNELS},
-            "faster": faster, "ratio": per_instance[slower] / per_instance[faster],
-            "default": DEFAULT_OWN_KERNEL}
+    first = tokens[next(iter(settings))]
+    return {"grid": {name: {"seconds": seconds[name], "s_per_instance": per_instance[name],
+                            "same_tokens_as_first": sum(a == b for a, b in zip(first, tokens[name]))}
+                     for name in settings},
+            "cells": len(first), "faster": faster, "ratio": per_instance[slower] / per_instance[faster]}
+
+
+def measure_speculation(model, tokenizer, instances: int, rounds: int = 2) -> dict:
+    """The generation grid with decode forwards queued ahead of the tokens (`hf._decode`, the default on a
+    GPU) and without, alternating: whether the device waited on the host between forwards, and how many
+    of the forwards run ahead were kept (the others ran again)."""
+    from ..engine.hf import SPECULATION
+
+    engine = HFEngine(model, tokenizer)
+    settings = {"ahead": lambda: setattr(engine, "speculate", True),
+                "in_turn": lambda: setattr(engine, "speculate", False)}
+    before = SPECULATION.snapshot()
+    out = alternate_grids(engine, settings, instances, rounds)
+    counts = SPECULATION.since(before)
+    return {**out, "forwards_kept": counts["kept"], "forwards_redone": counts["redone"]}
 
 
 def measure_subset(model, tokenizer, device: str, cells: int, reference_cells: int) -> dict:
@@ -314,6 +343,7 @@ def run_suite(small: bool = False, json_path: str = "bench-gpu.json", deadline_s
         ("generate", 120, lambda: measure_grid(*held["model"], "generate", instances, device)),
         ("score", 45, lambda: measure_grid(*held["model"], "score", instances, device)),
         ("own_attention", 45, lambda: measure_own_attention(*held["model"], instances, device)),
+        ("speculation", 30, lambda: measure_speculation(*held["model"], instances)),
         ("subset", 90, lambda: measure_subset(*held["model"], device, 16 if small else 64, 4 if small else 8)),
         ("overhead", 30, lambda: run_overhead(2 if small else 32, rows=64 if small else 1024, threads=None,
                                               log=lambda *_: None, device=device)),
@@ -324,7 +354,7 @@ def run_suite(small: bool = False, json_path: str = "bench-gpu.json", deadline_s
             result["skipped"][name] = f"at {elapsed:.0f} s its ~{estimate} s would pass the {deadline_s:.0f} s deadline"
             log(f"suite: {name} skipped ({result['skipped'][name]})")
             continue
-        if name in ("generate", "score", "own_attention", "subset") and "model" not in held:
+        if name in ("generate", "score", "own_attention", "speculation", "subset") and "model" not in held:
             result["skipped"][name] = "no model (the build phase did not run)"
             continue
         log(f"suite: {name} ...")
@@ -361,6 +391,11 @@ def summary(result: dict) -> dict:
         own = phases["own_attention"]
         line["own_attention_faster"] = own["faster"]
         line["own_attention_ratio"] = round(own["ratio"], 3)
+    if "speculation" in phases:
+        ahead = phases["speculation"]
+        line["speculation_faster"] = ahead["faster"]
+        line["speculation_ratio"] = round(ahead["ratio"], 3)
+        line["speculation_kept"] = [ahead["forwards_kept"], ahead["forwards_kept"] + ahead["forwards_redone"]]
     if "overhead" in phases:
         line["overhead_ms_per_step"] = round(phases["overhead"]["ms_per_step"], 3)
         line["overhead_ms_2_rows"] = round(phases["overhead"]["ms_per_step_2_rows"], 3)
