@@ -128,11 +128,14 @@ def test_bench_runs_as_carried_on_the_gpu_image(tmp_path, argv):
     assert "nnsight: not installed, skipped" in done.stdout or "--suite" in argv
 
 
-def test_overhead_reports_time_and_transfers_per_step(capsys):
-    assert main(["bench", "--overhead", "--layers", "4"]) == 0
+@pytest.mark.parametrize("ahead", ["auto", "on"])  # auto: in turn on a CPU; on: forwards queued ahead
+def test_overhead_reports_time_and_transfers_per_step(ahead, capsys):
+    assert main(["bench", "--overhead", "--layers", "4", "--ahead", ahead]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     head = [line for line in lines if line.startswith("host overhead: ")]
-    assert len(head) == 1 and "1.00 device->host syncs" in head[0], lines
+    assert len(head) == 1 and "1.00 device->host syncs" in head[0], lines  # one per step, ahead or not
+    kept = [line for line in lines if line.startswith("decode forwards run ahead of the tokens: ")]
+    assert len(kept) == (ahead == "on"), lines
     assert sum(line.startswith("at 2 rows (dispatch alone): ") for line in lines) == 1, lines
     planning = [line for line in lines if line.startswith("planning on the host: ")]
     assert len(planning) == 1 and "of 20)" in planning[0], lines

@@ -6,6 +6,8 @@ import sys
 
 from .names import DEFAULT_OWN_KERNEL, DTYPE_NAMES, MODULES, OWN_KERNELS, check_positive
 
+AHEAD = {"auto": None, "on": True, "off": False}  # --ahead: the hf engine's `speculate`
+
 
 def _add_grid(sub):
     p = sub.add_parser("grid", help="run a transplant grid on donor/recipient pairs")
@@ -48,6 +50,8 @@ def _add_bench(sub):
     p.add_argument("--own-kernel", default=DEFAULT_OWN_KERNEL, choices=OWN_KERNELS,
                    help="hf engine: how rows attend to their own tokens (default: torch's fused kernel; "
                         "matmul: bmm)")
+    p.add_argument("--ahead", default="auto", choices=["auto", "on", "off"],
+                   help="hf engine: queue each decode forward before the host has its tokens (auto: on a GPU)")
     p.add_argument("--engine", default="hf", choices=["hf", "vllm"],
                    help="the engine to time against the others (vllm: against hf and the reference)")
     p.add_argument("--sweep", help="instead: generation ms per cell at these cells per forward, e.g. 64,512 "
@@ -163,7 +167,7 @@ def _bench(args) -> int:
         from .tools.bench import run_overhead
 
         run_overhead(args.layers if args.layers != 16 else 32, share=not args.no_share, threads=args.threads or 1,
-                     own_kernel=args.own_kernel, device=args.device)
+                     own_kernel=args.own_kernel, device=args.device, speculate=AHEAD[args.ahead])
         return 0
     if args.sweep:
         try:
@@ -182,7 +186,8 @@ def _bench(args) -> int:
                   peer=not args.no_peer and args.engine == "hf", engine_name=args.engine,
                   share=not args.no_share, heads=args.heads, kv_heads=args.kv_heads,
                   intermediate=args.intermediate, vocab=args.vocab, dtype=args.dtype or "float32", device=args.device,
-                  reference_run=not args.no_reference, nnsight=not args.no_nnsight, own_kernel=args.own_kernel)
+                  reference_run=not args.no_reference, nnsight=not args.no_nnsight, own_kernel=args.own_kernel,
+                  speculate=AHEAD[args.ahead])
     return 0
 
 

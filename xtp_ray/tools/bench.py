@@ -172,7 +172,7 @@ def run_bench(mode: str = "generate", architecture: str = "LlamaForCausalLM", nu
               threads: int | None = None, peer: bool = True, engine_name: str = "hf", share: bool = True,
               log=print, heads: int | None = None, kv_heads: int | None = None, intermediate: int | None = None,
               vocab: int | None = None, dtype: str = "float32", device: str = "cpu", reference_run: bool = True,
-              nnsight: bool = True, own_kernel: str = DEFAULT_OWN_KERNEL) -> dict:
+              nnsight: bool = True, own_kernel: str = DEFAULT_OWN_KERNEL, speculate: bool | None = None) -> dict:
     if mode not in ("generate", "score"):
         raise ValueError("mode is generate or score")
     check_sizes(instances, prompt_tokens, max_new_tokens)
@@ -187,10 +187,11 @@ def run_bench(mode: str = "generate", architecture: str = "LlamaForCausalLM", nu
     log(f"bench {mode}: {architecture}, {num_layers} layers, hidden {hidden}, {len(recipients)} instances, "
         f"~{prompt_tokens}-token prompts, {len(grid)} cells + vanilla, module {module}, {dtype} on {device}, "
         f"threads {torch.get_num_threads()}" + ("" if share else ", no row sharing")
-        + ("" if own_kernel == DEFAULT_OWN_KERNEL else f", own-token attention {own_kernel}"))
+        + ("" if own_kernel == DEFAULT_OWN_KERNEL else f", own-token attention {own_kernel}")
+        + ("" if speculate is None else f", decode forwards {'ahead' if speculate else 'in turn'}"))
     strict = engine_name == "hf" and dtype == "float32"
 
-    fast_engine = hf.HFEngine(model, tokenizer, share=share, own_kernel=own_kernel)
+    fast_engine = hf.HFEngine(model, tokenizer, share=share, own_kernel=own_kernel, speculate=speculate)
     tested = fast_engine if engine_name == "hf" else _vllm_twin(model, tokenizer)
     # Warm every path up once (first calls pay one-off allocator and kernel set-up).
     tested.run_grid(donors[:1], recipients[:1], grid[:1], module, min(new_tokens, 2))
@@ -292,7 +293,7 @@ def run_sweep(chunks: list[int], num_layers: int = 32, hidden: int = 256, prompt
 
 def run_overhead(num_layers: int = 32, rows: int = 1024, max_new_tokens: int = 20, share: bool = True,
                  repeats: int = 3, threads: int | None = 1, log=print, own_kernel: str = DEFAULT_OWN_KERNEL,
-                 device: str = "cpu") -> dict:
+                 device: str = "cpu", speculate: bool | None = None) -> dict:
     """Host time per decode step where the arithmetic is negligible (hidden 8, one head, 1 instance x
     `rows` cells): (time of a grid with `max_new_tokens` - time with 1) / the extra decode steps, median of
     `repeats`, with the device<->host transfers per step that the engine made (`transfers.COUNTS`). The
@@ -307,7 +308,7 @@ def run_overhead(num_layers: int = 32, rows: int = 1024, max_new_tokens: int = 2
     model.generation_config.eos_token_id = None  # no row stops early: every step runs every row
     tokenizer.eos_token = None
     donors, recipients = _bench_prompts(tokenizer, 1, 32)
-    fast_engine = hf.HFEngine(model, tokenizer, share=share, own_kernel=own_kernel)
+    fast_engine = hf.HFEngine(model, tokenizer, share=share, own_kernel=own_kernel, speculate=speculate)
     steps = max_new_tokens - 1  # decode forwards after the first (patched) one
 
     def per_step(width: int) -> tuple[list[float], dict]:
@@ -316,9 +317,9 @@ def run_overhead(num_layers: int = 32, rows: int = 1024, max_new_tokens: int = 2
         seconds, counts = [], None
         for _ in range(repeats):
             _, short = _timed(lambda: fast_engine.run_grid(donors, recipients, grid, "ffn", 1))
-            before, planning = transfers.COUNTS.snapshot(), PLANNING.snapshot()
+            before, planning, ahead = transfers.COUNTS.snapshot(), PLANNING.snapshot(), hf.SPECULATION.snapshot()
             _, long = _timed(lambda: fast_engine.run_grid(donors, recipients, grid, "ffn", max_new_tokens))
-            counts = {**transfers.COUNTS.since(before), **PLANNING.since(planning)}
+            counts = {**transfers.COUNTS.since(before), **PLANNING.since(planning), **hf.SPECULATION.since(ahead)}
             seconds.append((long - short) / steps)
         return seconds, counts
 
@@ -332,7 +333,8 @@ def run_overhead(num_layers: int = 32, rows: int = 1024, max_new_tokens: int = 2
               "to_device_per_step": counts["to_device"] / steps, "layers": num_layers, "rows": rows,
               "share": share, "threads": torch.get_num_threads(), "device": device, "plain_hf_ms": floor,
               "planning_ms_per_step": 1000 * counts["seconds"] / max_new_tokens,
-              "planned": counts["planned"], "reused": counts["reused"]}
+              "planned": counts["planned"], "reused": counts["reused"],
+              "forwards_ahead": {"kept": counts["kept"], "redone": counts["redone"]}}
     log(f"host overhead: {ms:.2f} ms per decode step (median of {repeats}; range "
         f"{result['range_ms'][0]:.2f}-{result['range_ms'][1]:.2f}), {result['to_host_per_step']:.2f} device->host "
         f"syncs, {result['to_device_per_step']:.2f} host->device copies per step ({num_layers} layers, {rows} rows, "
@@ -340,6 +342,8 @@ def run_overhead(num_layers: int = 32, rows: int = 1024, max_new_tokens: int = 2
         + ("" if device == "cpu" else f", {device}") + ")")
     log(f"planning on the host: {result['planning_ms_per_step']:.2f} ms per step ({counts['planned']} forwards "
         f"planned, {counts['reused']} reusing the last plans, of {max_new_tokens})")
+    if counts["kept"] or counts["redone"]:
+        log(f"decode forwards run ahead of the tokens: {counts['kept']} kept, {counts['redone']} run again")
     log(f"at 2 rows (dispatch alone): {dispatch_ms:.2f} ms per decode step (range "
         f"{result['range_ms_2_rows'][0]:.2f}-{result['range_ms_2_rows'][1]:.2f})")
     log(f"plain HF decode step, same model (DynamicCache, no transplant): {floor[2]:.2f} ms at 2 rows, "
