@@ -12,7 +12,9 @@ Per batch of instances (B of them, left padded, recipient length T):
    value. Attention is `cascade.py`'s: each instance's rows' queries folded into one
    product against its prefix, plus each row against its own keys, merged exactly by
    log-sum-exp. A row's cache holds only its own tokens; the prefix is never copied;
-4. greedy decoding continues every row: each step adds one own token per row.
+4. greedy decoding continues every row: each step adds one own token per row. On a GPU each
+   forward is queued before the host has read the tokens it follows from, and kept when they
+   prove its row plans exact (`_decode`).
 
 The model's own HF modules do all the computing; the engine lays out rows, position
 ids and the shared prefix. Results equal `reference.py` (one donor forward + one
