@@ -62,6 +62,7 @@ def test_gpu_suite_small_writes_its_json(tmp_path, capsys):
         forwards = 1 + (phase["new_tokens"] - 1 if phase["new_tokens"] else 0)
         assert planning["planned"] >= 1 and planning["planned"] + planning["reused"] <= forwards
         assert planning["host_s"] > 0 and line[f"{mode}_planning_s"] == round(planning["host_s"], 4)
+        assert phase["forwards_ahead_per_run"] == {"kept": 0, "redone": 0}  # on a CPU decoding runs in turn
         top = phase["profile"]["top"]  # where the time goes: on a CPU, the host ops with the most self time
         assert top["of"] == "host ops" and 0 < len(top["by_self_time"]) <= 15
         seconds = [op["s"] for op in top["by_self_time"]]

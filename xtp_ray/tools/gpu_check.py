@@ -9,7 +9,8 @@ rewritten after every phase, so a run cut short keeps what it measured:
 - generate / score: the full grid on the big shape (default Llama-2-7B, bf16): seconds per
   instance, cells/s, rows per forward, peak memory against `chunk_bytes`, host time against
   GPU kernel time (torch profiler), fused-kernel fallbacks, host planning between forwards
-  (forwards planned afresh or reusing the last plans, and the host seconds: the device waits for it);
+  (forwards planned afresh or reusing the last plans, and the host seconds: the device waits for it),
+  and the decode forwards run ahead of the tokens, kept and run again (on a GPU by default);
 - own_attention: the rows' attention to their own tokens two ways (`cascade.own_part`: torch's fused
   kernel, the default, against `bmm`s), at the grid's rows and three cache lengths, then the
   generation grid with each, alternating: which one the engine should run on this device;
@@ -47,7 +48,7 @@ from ..engine.cascade import (
     padding_bias,
     prefix_part,
 )
-from ..engine.hf import HFEngine
+from ..engine.hf import SPECULATION, HFEngine
 from ..engine.sharing import PLANNING
 from ..names import DEFAULT_OWN_KERNEL, OWN_KERNELS
 from ..scoring import option_token_ids
@@ -184,12 +185,13 @@ def measure_grid(model, tokenizer, mode: str, instances: int, device: str, repea
     engine.run_grid(donors, recipients, grid[:8], "ffn", min(new_tokens, 2), option_token_ids=options)  # warm-up
     times, peak = [], None
     KERNELS.reset()
-    planning = PLANNING.snapshot()
+    planning, ahead = PLANNING.snapshot(), SPECULATION.snapshot()
     for _ in range(repeats):
         _, seconds, used = _peak(run, device)
         times.append(seconds)
         peak = used if peak is None else max(peak, used or 0)
     planning = {name: value / repeats for name, value in PLANNING.since(planning).items()}
+    ahead = {name: value / repeats for name, value in SPECULATION.since(ahead).items()}
     fused, fallbacks, error = KERNELS.fused, KERNELS.fallbacks, KERNELS.last_error
     median = statistics.median(times)
     cells = instances * (len(grid) + 1)
@@ -203,7 +205,7 @@ def measure_grid(model, tokenizer, mode: str, instances: int, device: str, repea
             "fallback_error": error, "planning_per_run": {"planned": planning["planned"],
                                                           "reused": planning["reused"],
                                                           "host_s": planning["seconds"]},
-            "profile": _profile(run, device)}
+            "forwards_ahead_per_run": ahead, "profile": _profile(run, device)}
 
 
 def _seconds_per_call(fn, repeats: int) -> float:
@@ -279,8 +281,6 @@ def measure_speculation(model, tokenizer, instances: int, rounds: int = 2) -> di
     """The generation grid with decode forwards queued ahead of the tokens (`hf._decode`, the default on a
     GPU) and without, alternating: whether the device waited on the host between forwards, and how many
     of the forwards run ahead were kept (the others ran again)."""
-    from ..engine.hf import SPECULATION
-
     engine = HFEngine(model, tokenizer)
     settings = {"ahead": lambda: setattr(engine, "speculate", True),
                 "in_turn": lambda: setattr(engine, "speculate", False)}
