@@ -69,7 +69,8 @@ def test_gpu_suite_small_writes_its_json(tmp_path, capsys):
         assert seconds == sorted(seconds, reverse=True) and seconds[0] > 0
         assert 0 < sum(op["share"] for op in top["by_self_time"]) <= 1 + 1e-9
         assert any(op["name"] in ("aten::mm", "aten::addmm", "aten::bmm") for op in top["by_self_time"])
-    assert result["phases"]["subset"]["reference"]["identical_decisions"] == result["phases"]["subset"]["reference"]["cells"]
+    subset = result["phases"]["subset"]["reference"]
+    assert subset["identical_decisions"] == subset["cells"]
     own = result["phases"]["own_attention"]  # both own-part kernels, timed and compared, then the grid with each
     assert own["rows"] == 2 * (2 ** 2 + 1) and set(own["calls"]) == {"own_1", "own_11", "own_21"}
     for entry in own["calls"].values():

@@ -278,8 +278,8 @@ def merge(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: 
     return torch.lerp(out_b.float(), out_a.float(), weight).to(out_a.dtype)
 
 
-def prefix_part(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None, scaling: float,
-                softcap: float | None, fused: bool, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+def prefix_part(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
+                scaling: float, softcap: float | None, fused: bool, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """query [R, H, q, D] (row r = c * B + b) against each instance's prefix:
     (out [n, B, K_h, G, q, D], lse [n, B, K_h, G, q]), views of one attention call's result.
 
@@ -396,8 +396,8 @@ def cascade_attention_forward(module, query, key, value, attention_mask, scaling
     batch, kv_heads = keys.shape[0], keys.shape[1]
     out_p, lse_p = prefix_part(query, keys, xtp_prefix.values[layer], xtp_prefix.key_mask(layer, sliding_window),
                                scaling, softcap, xtp_prefix.fused, batch)  # [n, B, K_h, G, q, D], [n, B, K_h, G, q]
-    out_o, lse_o = own_part(query, key, value, scaling, softcap,
-                            xtp_prefix.own_kernel if xtp_prefix.fused else "matmul")  # [R, K_h, G, q, D], [R, K_h, G, q]
+    kernel = xtp_prefix.own_kernel if xtp_prefix.fused else "matmul"
+    out_o, lse_o = own_part(query, key, value, scaling, softcap, kernel)  # [R, K_h, G, q, D], [R, K_h, G, q]
     grouped = (rows // batch, batch, kv_heads, heads // kv_heads, q_len)
     # `merge` lerps from the own part, so the output takes its layout: [R, H, q, D], HF's [R, q, H, D] where q == 1
     out = merge(out_p, lse_p, out_o.view(*grouped, -1), lse_o.view(grouped))  # [n, B, K_h, G, q, D]

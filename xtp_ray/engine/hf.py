@@ -118,7 +118,8 @@ def option_logprobs_all(logits: torch.Tensor, option_token_ids: list[list[list[i
     return [[row[:len(option_token_ids[b])] for row in table[b]] for b in range(batch)]
 
 
-def record_next_token(results: list[CellResult], logits: torch.Tensor, option_token_ids: list[list[int]] | None) -> None:
+def record_next_token(results: list[CellResult], logits: torch.Tensor,
+                      option_token_ids: list[list[int]] | None) -> None:
     """One instance's rows (results[r] is row r) from their next-token logits [R, V]: the logits on the
     host and, given the instance's options, each row's option log-probs."""
     table = option_logprobs_all(logits[None], [option_token_ids]) if option_token_ids else None
