@@ -335,11 +335,11 @@ def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: 
                     budget_bytes=budget, estimate_bytes=chunk_bytes(model, batch, prefix_len, largest, max_new_tokens))
     results = [[CellResult(cell) for cell in all_cells] for _ in recipients]
     stop = eos_ids(model, tokenizer)
+    speculate = device.type == "cuda" if speculate is None else speculate
     for start, end in spans:
         chunk = all_cells[start:end]
         logits, tokens = _run_chunk(model, module, chunk, donor_values, ids[:, -1], pos[:, -1], shared,
-                                    max_new_tokens, stop, share, store,
-                                    device.type == "cuda" if speculate is None else speculate)
+                                    max_new_tokens, stop, share, store, speculate)
         options = option_logprobs_all(logits, option_token_ids) if option_token_ids is not None else None
         kept = logits.float().cpu() if keep_logits else None
         for b, row in enumerate(results):
