@@ -16,14 +16,19 @@ def check_engine(name: str) -> None:
 
 def load_engine(name: str, model_path: str, dtype: str = "float32", attn_implementation: str | None = None,
                 gpus: float = 0, trust_remote_code: bool = False, revision: str | None = None,
-                max_model_len: int | None = None, device: str | None = None):
+                max_model_len: int | None = None, device: str | None = None,
+                tensor_parallel_size: int | None = None):
     """An engine over a `save_pretrained` directory (or a hub id where a hub is reachable).
 
-    gpus: the GPUs this actor holds. vllm runs tensor parallel over them; hf spreads the
-    model over them with `device_map="auto"` (accelerate) when there are several.
+    gpus: the GPUs this actor holds. vllm runs tensor parallel over them (tensor_parallel_size: as
+    many ranks, default one per GPU, at least 1; on a CPU build, ranks are processes). hf runs on one
+    device: its multi-device path has never run, so more than one GPU is refused.
     device: where hf puts the model (default: cuda where available); an actor passes what Ray gave it.
     """
     check_engine(name)
+    if name == "hf" and (int(gpus) > 1 or (tensor_parallel_size or 1) > 1):
+        raise ValueError("the hf engine runs on one device; for models beyond one GPU use the vllm engine "
+                         "(tensor parallel over the actor's GPUs)")
     if trust_remote_code:
         import logging
 
@@ -32,11 +37,12 @@ def load_engine(name: str, model_path: str, dtype: str = "float32", attn_impleme
     if name == "vllm":
         from .vllm import VllmEngine
 
-        return VllmEngine(model_path, dtype, tensor_parallel_size=max(1, int(gpus)), max_model_len=max_model_len,
+        return VllmEngine(model_path, dtype, tensor_parallel_size=tensor_parallel_size or max(1, int(gpus)),
+                          max_model_len=max_model_len,
                           revision=revision, trust_remote_code=trust_remote_code)
     from .hf import HFEngine
     from .models import load_model
 
     model, tokenizer = load_model(model_path, dtype, attn_implementation, device=device,
-                                  trust_remote_code=trust_remote_code, revision=revision, spread=int(gpus) > 1)
+                                  trust_remote_code=trust_remote_code, revision=revision)
     return HFEngine(model, tokenizer)

@@ -15,13 +15,12 @@ DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 def load_model(name_or_path: str, dtype: str = "float32", attn_implementation: str | None = None,
-               device: str | None = None, trust_remote_code: bool = False, revision: str | None = None,
-               spread: bool = False):
+               device: str | None = None, trust_remote_code: bool = False, revision: str | None = None):
     """(model, tokenizer) from a `save_pretrained` directory or a hub id (where a hub is reachable).
 
     Weights load from safetensors only. Attention defaults to eager for float32 so the
-    engine and the reference agree to 1e-4; sdpa otherwise. spread: place the layers
-    over every visible GPU (`device_map="auto"`, needs accelerate) for models beyond one.
+    engine and the reference agree to 1e-4; sdpa otherwise. One device: the engine keeps its
+    per-layer state on the model's device (no `device_map="auto"`; see README "Big models").
     """
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
@@ -32,19 +31,12 @@ def load_model(name_or_path: str, dtype: str = "float32", attn_implementation: s
                                                      trust_remote_code=trust_remote_code)
     lookup(config)  # fail fast, before loading any weights
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    placement = {}
-    if spread and torch.cuda.device_count() > 1:
-        try:
-            import accelerate  # noqa: F401
-        except ImportError:
-            raise ValueError("spreading a model over several GPUs needs accelerate: pip install accelerate") from None
-        placement = {"device_map": "auto"}
     model = AutoModelForCausalLM.from_pretrained(
         name_or_path, revision=revision, dtype=DTYPES[dtype], attn_implementation=attn_implementation,
         trust_remote_code=trust_remote_code, use_safetensors=True,
-        local_files_only=local or os.environ.get("HF_HUB_OFFLINE") == "1", **placement,
+        local_files_only=local or os.environ.get("HF_HUB_OFFLINE") == "1",
     )
-    model = (model if placement else model.to(device)).eval()
+    model = model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision,
                                               trust_remote_code=trust_remote_code)
     return model, tokenizer

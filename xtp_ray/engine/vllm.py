@@ -74,6 +74,11 @@ class VllmEngine:
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
         kwargs = {"max_model_len": max_model_len} if max_model_len else {}
+        if tensor_parallel_size > 1:
+            # ranks are processes of this node, on the GPUs this actor holds: under Ray, vLLM would otherwise
+            # ask Ray for a placement group of GPUs the actor already holds, and wait forever. Inside a Ray
+            # actor vLLM spawns them (never forks), and the caller needs a __main__ guard outside Ray.
+            kwargs["distributed_executor_backend"] = "mp"
         self.llm = LLM(model=model_path, dtype=dtype, tensor_parallel_size=tensor_parallel_size, seed=seed,
                        revision=revision, trust_remote_code=trust_remote_code,
                        enforce_eager=True,  # compiled graphs bypass forward hooks
@@ -86,8 +91,13 @@ class VllmEngine:
         self.module = None
         self.last_cached_tokens: list[list[int]] = []  # per instance, per cell: prefix-cache hits
 
+    def close(self) -> None:
+        """Stop vLLM's engine core (and its rank processes at tensor parallel > 1) now, not at exit."""
+        self.llm.llm_engine.engine_core.shutdown()
+
     def hook_count(self) -> int:
-        return self.llm.collective_rpc("xtp_hook_count")[0]
+        """The hooks left on the model, summed over every rank."""
+        return sum(self.llm.collective_rpc("xtp_hook_count"))
 
     def fetch_donors(self, keys: list[str]) -> dict[str, list[list[float]]]:
         return self.llm.collective_rpc("xtp_fetch", args=(keys,))[0]

@@ -13,7 +13,7 @@ from .. import __version__, storage
 from ..candidates import CANDIDATE_SCHEMA
 from ..cells import parse_cells
 from ..tasks import Instance
-from .config import TINY_PREFIX, TINY_RUN_SHAPE, RunConfig, coarse_setting, tiny_spec
+from .config import TINY_PREFIX, TINY_RUN_SHAPE, RunConfig, coarse_setting, tensor_parallel_size, tiny_spec
 from .shards import write_shard
 
 log = logging.getLogger("xtp_ray")
@@ -34,6 +34,7 @@ def load_for_run(config: RunConfig):
     from .placement import device_for_actor
 
     device = device_for_actor(config.num_gpus_per_actor)  # before anything touches CUDA
+    ranks = tensor_parallel_size(config) if config.engine == "vllm" else None
 
     if config.model.startswith(TINY_PREFIX):
         from ..engine.tiny import save_tiny_model
@@ -43,7 +44,8 @@ def load_for_run(config: RunConfig):
             save_tiny_model(path, architecture, num_layers=layers, **TINY_RUN_SHAPE)
             limit = config.max_prompt_tokens and config.max_prompt_tokens + config.max_new_tokens
             return load_engine(config.engine, path, config.dtype, config.attn_implementation,
-                               config.num_gpus_per_actor, max_model_len=limit, device=device), "tiny-seed0"
+                               config.num_gpus_per_actor, max_model_len=limit, device=device,
+                               tensor_parallel_size=ranks), "tiny-seed0"
     path = config.model
     if path.startswith("s3://"):
         import pyarrow.fs as pafs
@@ -54,10 +56,11 @@ def load_for_run(config: RunConfig):
             pafs.copy_files(remote, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
             engine = load_engine(config.engine, local, config.dtype, config.attn_implementation,
                                  config.num_gpus_per_actor, trust_remote_code=config.trust_remote_code,
-                                 revision=config.model_revision, device=device)
+                                 revision=config.model_revision, device=device, tensor_parallel_size=ranks)
             return engine, config.model_revision or _local_revision(local)
     engine = load_engine(config.engine, path, config.dtype, config.attn_implementation, config.num_gpus_per_actor,
-                         trust_remote_code=config.trust_remote_code, revision=config.model_revision, device=device)
+                         trust_remote_code=config.trust_remote_code, revision=config.model_revision, device=device,
+                         tensor_parallel_size=ranks)
     revision = config.model_revision or (_local_revision(path) if os.path.isdir(path) else None)
     return engine, revision or "unknown"
 

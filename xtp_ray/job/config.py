@@ -58,7 +58,12 @@ class RunConfig:
     run_id: str = _field("default", "the run's name under output (letters, digits, '.', '_', '-')")
     min_actors: int = _field(1, "smallest actor pool")
     max_actors: int = _field(1, "largest actor pool")
-    num_gpus_per_actor: float = _field(0.0, "GPUs each actor holds (vllm: tensor parallel over them)")
+    num_gpus_per_actor: float = _field(0.0, "GPUs each actor holds (vllm: tensor parallel over them; hf: at most "
+                                       "1)")
+    tensor_parallel_size: int | None = _field(None, "vllm: ranks per actor (default: the GPUs it holds, or 1; on "
+                                              "CPU actors it may exceed 1)")
+    gpu_memory_gb: float | None = _field(None, "memory of one GPU, for the fit check before launch (default: "
+                                         "read from the nodes' accelerator type where known)")
     num_cpus_per_actor: float = _field(1.0, "CPUs each actor holds")
     batch_size: int = _field(4, "instances per engine call")
     shard_size: int = _field(64, "instances per candidates file (the unit of resume)")
@@ -244,6 +249,7 @@ def validate(config: RunConfig, source: str | None = None) -> None:
         fail(f"lease_ttl_s must be at least 1 second, got {config.lease_ttl_s}")
     if config.num_gpus_per_actor < 0 or config.num_cpus_per_actor <= 0:
         fail("num_gpus_per_actor must be >= 0 and num_cpus_per_actor > 0")
+    _validate_devices(config, fail)
     if not is_name(config.run_id):
         fail(f"run_id {config.run_id!r}: letters, digits, '.', '_' and '-' only")
     for name in ("model", "data_root", "output"):
@@ -265,6 +271,32 @@ def validate(config: RunConfig, source: str | None = None) -> None:
             tiny_spec(config.model)
         except ValueError as exc:
             fail(str(exc))
+
+
+def tensor_parallel_size(config: RunConfig) -> int:
+    """The vllm engine's ranks per actor: as configured, else one per GPU held (at least 1)."""
+    return config.tensor_parallel_size or max(1, int(config.num_gpus_per_actor))
+
+
+def _validate_devices(config: RunConfig, fail) -> None:
+    """How an actor's devices are used: vLLM runs one rank per GPU it holds; the hf engine one device."""
+    if config.tensor_parallel_size is not None and config.tensor_parallel_size < 1:
+        fail(f"tensor_parallel_size must be positive, got {config.tensor_parallel_size}")
+    if config.gpu_memory_gb is not None and config.gpu_memory_gb <= 0:
+        fail(f"gpu_memory_gb must be positive, got {config.gpu_memory_gb}")
+    if config.engine == "hf":
+        if config.num_gpus_per_actor > 1:
+            # its per-layer state (row plans, own-token caches, donor values) would sit on the first GPU
+            # while device_map="auto" spreads the layers: a path never run, so refused
+            fail(f"the hf engine runs on one GPU per actor, not {config.num_gpus_per_actor:g}: for models "
+                 "beyond one GPU use engine: vllm with num_gpus_per_actor = its tensor-parallel size")
+        if config.tensor_parallel_size not in (None, 1):
+            fail(f"tensor_parallel_size {config.tensor_parallel_size} needs engine: vllm (the hf engine runs "
+                 "on one device)")
+    elif config.tensor_parallel_size is not None and config.num_gpus_per_actor > 0 and \
+            config.tensor_parallel_size != max(1, int(config.num_gpus_per_actor)):
+        fail(f"tensor_parallel_size {config.tensor_parallel_size} differs from num_gpus_per_actor "
+             f"{config.num_gpus_per_actor:g}: on GPUs vLLM runs one rank per GPU the actor holds")
 
 
 def tiny_spec(model: str) -> tuple[str, int]:

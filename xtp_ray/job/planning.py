@@ -8,7 +8,7 @@ import os
 from .. import storage
 from ..cells import parse_cells
 from ..tasks import RELEASE_SPLITS, Instance, InstanceError, check_root, list_languages, load_instances, task_splits
-from .config import TINY_PREFIX, RunConfig, tiny_spec
+from .config import TINY_PREFIX, RunConfig, tensor_parallel_size, tiny_spec
 
 
 def preflight(config: RunConfig) -> int | None:
@@ -45,7 +45,7 @@ def preflight(config: RunConfig) -> int | None:
         if config.engine == "vllm":
             from ..engine.vllm import check_model
 
-            check_model(model_config, max(1, int(config.num_gpus_per_actor)))
+            check_model(model_config, tensor_parallel_size(config))
     if layers and config.cells not in ("full", "target-first", "coarse"):
         parse_cells(config.cells, layers)
     return layers
