@@ -30,10 +30,28 @@ def _write(tmp_path, text):
     ("batch_size: many", "field 'batch_size': cannot read 'many'"),
     ("[1, 2]", "expected a mapping of fields"),
     ("model: tiny:NopeForCausalLM", "expected tiny:<architecture>"),
+    # the hf engine's multi-device path (device_map auto) has never run: refused, pointing to vllm
+    ("num_gpus_per_actor: 2", "the hf engine runs on one GPU per actor, not 2: for models beyond one GPU use "
+                              "engine: vllm"),
+    ("tensor_parallel_size: 2", "tensor_parallel_size 2 needs engine: vllm"),
+    ("engine: vllm\nnum_gpus_per_actor: 4\ntensor_parallel_size: 2",
+     "tensor_parallel_size 2 differs from num_gpus_per_actor 4: on GPUs vLLM runs one rank per GPU"),
+    ("tensor_parallel_size: 0", "tensor_parallel_size must be positive"),
+    ("gpu_memory_gb: -80", "gpu_memory_gb must be positive"),
 ])
 def test_bad_config_fields_are_refused(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         load_config(path=_write(tmp_path, text))
+
+
+def test_tensor_parallel_defaults_to_the_gpus_held_and_may_exceed_them_on_cpu_actors():
+    from xtp_ray.job.config import tensor_parallel_size
+
+    assert tensor_parallel_size(RunConfig(engine="vllm", num_gpus_per_actor=8)) == 8
+    assert tensor_parallel_size(RunConfig(engine="vllm")) == 1
+    cpu_tp2 = RunConfig(engine="vllm", tensor_parallel_size=2)  # CPU actors: ranks are processes
+    validate(cpu_tp2)
+    assert tensor_parallel_size(cpu_tp2) == 2
 
 
 def test_flags_override_the_file(tmp_path):

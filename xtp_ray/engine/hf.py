@@ -31,6 +31,7 @@ from transformers import DynamicCache
 
 from ..cells import VANILLA, Cell
 from ..names import DEFAULT_OWN_KERNEL
+from . import footprint
 from .architectures import num_layers
 from .capture import capture_last_token, replace_rows
 from .cascade import (
@@ -137,38 +138,14 @@ def sliding_window(model) -> int | None:
 
 
 def _dims(model) -> dict:
-    config = model.config
-    heads = getattr(config, "num_attention_heads", None) or config.n_head
-    hidden = getattr(config, "hidden_size", None) or config.n_embd
-    return {"heads": heads, "hidden": hidden,
-            "inter": getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * hidden,
-            "kv_heads": getattr(config, "num_key_value_heads", None) or heads,
-            "head_dim": getattr(config, "head_dim", None) or hidden // heads,
-            "vocab": config.vocab_size, "element": torch.finfo(model.dtype).bits // 8}
+    """`footprint.dims` of the model's config, its layers as the registry finds them, and its element size."""
+    return {**footprint.dims(model.config), "layers": num_layers(model), "element": torch.finfo(model.dtype).bits // 8}
 
 
 def chunk_bytes(model, batch: int, prefix_len: int, n: int, max_new_tokens: int) -> int:
-    """An upper estimate of the transient memory of one chunk of n cells for B instances.
-
-    At the last decoding step (the largest), rows R = B * n, s = steps + 1 own keys:
-    - the rows' own K/V in every layer (the only cache that grows with the cells);
-    - one layer's prefix attention: fp32 scores [B, H, n, P], four live copies
-      (product, scale, exp, and the allocator's reuse), plus the folded queries/outputs;
-    - one layer's own attention: fp32 scores [R, H, s], four copies;
-    - activations of R rows through the widest module (four live tensors);
-    - fp32 logits [R, V] and their log-softmax.
-    The sum is doubled for allocator fragmentation (growing caches), as measured in
-    tests/test_memory.py. The prefix KV itself is not counted: it exists once.
-    """
+    """`footprint.chunk_bytes` for this model: the upper estimate chunks are sized by."""
     d = _dims(model)
-    steps = max_new_tokens + 1
-    rows = batch * n
-    own_kv = num_layers(model) * 2 * rows * d["kv_heads"] * steps * d["head_dim"] * d["element"]
-    prefix_scores = 4 * batch * d["heads"] * n * prefix_len * 4 + 4 * rows * d["heads"] * d["head_dim"] * 4
-    own_scores = 4 * rows * d["heads"] * steps * 4
-    activations = 4 * rows * (d["hidden"] + 2 * d["inter"]) * d["element"]
-    logits = 2 * rows * d["vocab"] * 4
-    return int(2 * (own_kv + prefix_scores + own_scores + activations + logits))
+    return footprint.chunk_bytes(d, d["element"], batch, prefix_len, n, max_new_tokens)
 
 
 def cells_for_budget(model, batch: int, prefix_len: int, max_new_tokens: int, budget_bytes: int,

@@ -7,6 +7,7 @@
   run an actor: the driver writes a probe file into the output (and reads the model's config.json),
   one task pinned to each such node reads the same back.
   Nodes that do not see it are named, and `s3://` (or a shared filesystem) is suggested.
+- `gpu_memory_gb`: the memory of one GPU where an actor may run, from the nodes' accelerator type.
 - `device_for_actor`: an actor that holds GPUs must see CUDA (Ray sets CUDA_VISIBLE_DEVICES to
   exactly its GPUs) or fail loudly; one that holds none runs on the CPU and is kept off every GPU.
 """
@@ -80,6 +81,33 @@ def check_feasible(num_cpus: float, num_gpus: float) -> str:
     raise ValueError(f"no node can hold one actor {_show(request)}: the live nodes offer "
                      f"{', '.join(_show(n['Resources']) for n in alive)} and no autoscaler is running; lower "
                      "num_gpus_per_actor / num_cpus_per_actor or start a node that fits")
+
+
+def gpu_memory_gb(num_cpus: float, num_gpus: float, known: dict[str, float]) -> tuple[float | None, str]:
+    """(GB of one GPU, where from) over the live nodes and the autoscaler's node types that can hold one
+    actor (`smallest_gpu`); (None, why) where none of them names a known accelerator type."""
+    import ray
+
+    places = {f"node {n['NodeManagerAddress']}": n["Resources"] for n in ray.nodes() if n.get("Alive")}
+    places.update({f"node type {name}": r for name, r in (autoscaler_node_types() or {}).items()})
+    return smallest_gpu(places, actor_request(num_cpus, num_gpus), known)
+
+
+def smallest_gpu(places: dict[str, dict], request: dict, known: dict[str, float]) -> tuple[float | None, str]:
+    """The smallest GPU memory among the places that can hold `request`, from their
+    `accelerator_type:<T>` resource and `known` (type -> GB), so that a fit holds wherever Ray puts the
+    actor; places naming no known type are passed over."""
+    sizes = {}
+    for place, resources in places.items():
+        if not _fits(resources, request):
+            continue
+        types = [key.split(":", 1)[1] for key in resources if key.startswith("accelerator_type:")]
+        if types and types[0] in known:
+            sizes[place] = (known[types[0]], types[0])
+    if not sizes:
+        return None, "no node that can hold an actor names a known accelerator_type"
+    place, (gb, kind) = min(sizes.items(), key=lambda item: item[1][0])
+    return gb, f"{place}: {kind}"
 
 
 def _read_probe(path: str) -> str | None:

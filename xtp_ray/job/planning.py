@@ -3,6 +3,7 @@ each, `shard_size` instances, named deterministically) and the rows left out."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 from .. import storage
@@ -10,42 +11,57 @@ from ..cells import parse_cells
 from ..tasks import RELEASE_SPLITS, Instance, InstanceError, check_root, list_languages, load_instances, task_splits
 from .config import TINY_PREFIX, RunConfig, tensor_parallel_size, tiny_spec
 
+log = logging.getLogger("xtp_ray")
+
+
+def read_model_config(config: RunConfig) -> dict | None:
+    """The model's config.json as a dict, read without weights (None for a tiny model). A config-only
+    directory is enough: what needs only the shape (the memory fit, planning) runs from it."""
+    if config.model.startswith(TINY_PREFIX):
+        return None
+    config_uri = storage.join(config.model, "config.json")
+    if not config.model.startswith("s3://") and not os.path.isdir(config.model) and (
+            os.path.exists(config.model) or config.model.startswith((".", "/", "~"))
+            or config.model.count("/") > 1):
+        what = "is a file, not a save_pretrained directory" if os.path.exists(config.model) else "does not exist"
+        raise ValueError(f"model {config.model}: {what}")
+    if config.model.startswith("s3://") or os.path.isdir(config.model):
+        if not storage.exists(config_uri):
+            raise ValueError(f"model {config.model!r} has no config.json (expected a save_pretrained directory)")
+        try:
+            model_config = json.loads(storage.read_text(config_uri))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{config_uri}: not a JSON model config ({exc})") from None
+        return model_config
+    import transformers
+
+    return transformers.AutoConfig.from_pretrained(
+        config.model, revision=config.model_revision, trust_remote_code=config.trust_remote_code).to_dict()
+
 
 def preflight(config: RunConfig) -> int | None:
-    """Checks that need the model's config but no weights: architecture, layer indices.
+    """Checks that need the model's config but no weights: architecture, layer indices, the TP size,
+    and the memory fit where the GPUs' memory is given (`gpu_memory_gb`).
 
     Returns the number of layers where it can be known without loading weights.
     """
     from ..engine.architectures import lookup, num_layers_of_config
+    from .fit import check_fit
 
     if config.model.startswith(TINY_PREFIX):
         _, layers = tiny_spec(config.model)
     else:
-        config_uri = storage.join(config.model, "config.json")
-        if not config.model.startswith("s3://") and not os.path.isdir(config.model) and (
-                os.path.exists(config.model) or config.model.startswith((".", "/", "~"))
-                or config.model.count("/") > 1):
-            what = "is a file, not a save_pretrained directory" if os.path.exists(config.model) else "does not exist"
-            raise ValueError(f"model {config.model}: {what}")
-        if config.model.startswith("s3://") or os.path.isdir(config.model):
-            if not storage.exists(config_uri):
-                raise ValueError(f"model {config.model!r} has no config.json (expected a save_pretrained directory)")
-            check_tokenizer_files(config.model)
-            try:
-                model_config = json.loads(storage.read_text(config_uri))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise ValueError(f"{config_uri}: not a JSON model config ({exc})") from None
-        else:
-            import transformers
-
-            model_config = transformers.AutoConfig.from_pretrained(
-                config.model, revision=config.model_revision, trust_remote_code=config.trust_remote_code).to_dict()
+        model_config = read_model_config(config)
         lookup(model_config)
         layers = num_layers_of_config(model_config)
         if config.engine == "vllm":
             from ..engine.vllm import check_model
 
             check_model(model_config, tensor_parallel_size(config))
+        if config.gpu_memory_gb is not None:  # before the tokenizer: a config-only directory is enough
+            log.info("%s", check_fit(config, model_config, config.gpu_memory_gb, "gpu_memory_gb"))
+        if config.model.startswith("s3://") or os.path.isdir(config.model):
+            check_tokenizer_files(config.model)
     if layers and config.cells not in ("full", "target-first", "coarse"):
         parse_cells(config.cells, layers)
     return layers
