@@ -1,7 +1,7 @@
 """Ray's fake autoscaler on this machine: a head with no CPU for actors and a GPU-typed node type (1 CPU,
 1 GPU, 0 to 1 nodes). A 0-GPU pool scales the cluster from 0 and completes on the CPU; a request no node
-type can hold fails within pool_start_timeout_s, naming the request; an actor given a GPU where CUDA is
-absent fails loudly. The head is started as `AutoscalingCluster` starts it (its example config is
+type can hold is refused within a minute, naming the request and the node types (read from the
+autoscaling config the head's monitor was given); an actor given a GPU where CUDA is absent fails loudly. The head is started as `AutoscalingCluster` starts it (its example config is
 shipped in tests/data), and stopped by PID."""
 import json
 import os
@@ -62,14 +62,34 @@ def test_a_cpu_pool_scales_a_gpu_typed_node_from_zero_and_completes(autoscaling,
     assert len(list((tmp_path / "out" / "default" / "candidates").glob("*.parquet"))) == 1
 
 
-def test_a_request_no_node_type_can_hold_fails_within_the_bound(autoscaling, tmp_path):
-    done, seconds = _run(autoscaling, tmp_path, "--num-gpus-per-actor", "2", "--pool-start-timeout-s", "20")
+def test_a_request_no_node_type_can_hold_is_refused_within_a_minute(autoscaling, tmp_path):
+    # the GPU node type has 1 CPU: {CPU 2, GPU 1} fits no node type. The node types are read from the
+    # autoscaling config the head's v1 monitor was given (as `ray up` gives it ~/ray_bootstrap_config.yaml),
+    # so the refusal comes at once, long before the 30-minute pool bound
+    done, seconds = _run(autoscaling, tmp_path, "--num-cpus-per-actor", "2", "--num-gpus-per-actor", "1",
+                         "--pool-start-timeout-s", "1800")
     assert done.returncode == 2, done.stderr[-3000:]
     [line] = [line for line in done.stderr.splitlines() if line.startswith("xtp run: error:")]
-    assert "2 GPU" in line and ("pool_start_timeout_s = 20 s" in line or "no node can hold one actor" in line), line
-    assert seconds < 20 + 60  # the bound, plus starting Ray's driver and planning
+    assert "no node can hold one actor {CPU: 2, GPU: 1}" in line, line
+    assert "the autoscaler's node types gpu_node {CPU: 1, GPU: 1}" in line, line
+    assert seconds < 60, seconds  # starting Ray's driver and planning included
     lease = tmp_path / "out" / "default" / "lease.json"
     assert not lease.exists()  # given back: a rerun needs no --take-over
+
+
+def test_the_monitor_is_found_by_its_command_line_and_this_clusters_address(tmp_path):
+    from xtp_ray.job.placement import monitor_autoscaling_config
+
+    for pid, args in (("7", ["python", "/x/ray/autoscaler/_private/monitor.py", "--gcs-address=10.0.0.1:6379",
+                             "--autoscaling-config=/home/ray/ray_bootstrap_config.yaml"]),
+                      ("8", ["python", "monitor.py", "--gcs-address=10.0.0.2:6379", "--autoscaling-config", "/b.yaml"]),
+                      ("9", ["python", "other.py", "--gcs-address=10.0.0.3:6379", "--autoscaling-config=/c.yaml"])):
+        (tmp_path / pid).mkdir()
+        (tmp_path / pid / "cmdline").write_bytes(b"\0".join(a.encode() for a in args) + b"\0")
+    assert monitor_autoscaling_config("10.0.0.1:6379", str(tmp_path)) == "/home/ray/ray_bootstrap_config.yaml"
+    assert monitor_autoscaling_config("10.0.0.2:6379", str(tmp_path)) == "/b.yaml"
+    assert monitor_autoscaling_config("10.0.0.3:6379", str(tmp_path)) is None  # not a monitor
+    assert monitor_autoscaling_config("10.0.0.4:6379", str(tmp_path)) is None  # another cluster's
 
 
 def test_an_actor_given_a_gpu_without_cuda_fails_loudly(autoscaling, tmp_path):

@@ -1,8 +1,9 @@
 """Where actors run, checked on the live cluster before any work, and the device an actor uses.
 
-- `check_feasible`: one actor's request (CPU, GPU) against the live nodes and, where Ray holds the
-  autoscaler's node types (`get_cluster_config`), against those too; what none can hold is refused
-  at once instead of pending forever.
+- `check_feasible`: one actor's request (CPU, GPU) against the live nodes and the autoscaler's node
+  types where they can be read (`get_cluster_config` under autoscaler v2; under the cluster
+  launcher's v1 autoscaler, the autoscaling config of the head's monitor process, read on the head);
+  what none can hold is refused at once instead of pending forever.
 - `check_shared`: a local output or model directory must be the same place on every node that may
   run an actor: the driver writes a probe file into the output (and reads the model's config.json),
   one task pinned to each such node reads the same back.
@@ -13,8 +14,11 @@
 """
 from __future__ import annotations
 
+import logging
 import os
 import uuid
+
+log = logging.getLogger("xtp_ray")
 
 
 def actor_request(num_cpus: float, num_gpus: float) -> dict[str, float]:
@@ -31,17 +35,66 @@ def _show(resources: dict) -> str:
 
 
 def autoscaler_node_types() -> dict[str, dict] | None:
-    """Node type -> resources of one node, where Ray holds the autoscaler's cluster config; else None."""
+    """Node type -> resources of one node: from the cluster config Ray holds (autoscaler v2), else from
+    the autoscaling config the cluster launcher gave this head's monitor (v1); None where neither is
+    readable here."""
     import ray._private.state
 
     try:
         config = ray._private.state.state.get_cluster_config()
     except Exception:  # noqa: BLE001 - an older GCS without the key: no node types known
+        config = None
+    if config and config.node_group_configs:
+        return {group.name or f"type{k}": dict(group.resources)
+                for k, group in enumerate(config.node_group_configs) if group.max_count != 0}
+    return launcher_node_types()
+
+
+def launcher_node_types() -> dict[str, dict] | None:
+    """Node type -> resources from the autoscaling config of this cluster's v1 monitor, where this
+    process runs on the head (as a `ray job submit` entrypoint does): `ray up` starts the head with
+    `ray start --autoscaling-config=~/ray_bootstrap_config.yaml`, which Ray passes to the monitor
+    process and keeps nowhere a driver can ask. The monitor is found by its command line, and must
+    name this cluster's GCS address; node types with max_workers 0 are left out."""
+    import ray
+    import yaml
+
+    path = monitor_autoscaling_config(ray.get_runtime_context().gcs_address)
+    if path is None:
         return None
-    if not config or not config.node_group_configs:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            config = yaml.safe_load(handle)  # JSON is YAML too
+        types = config["available_node_types"]
+        head = config.get("head_node_type")
+        return {name: dict(spec.get("resources") or {}) for name, spec in types.items()
+                if name != head and spec.get("max_workers", config.get("max_workers", 1)) != 0}
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("cannot read the autoscaler's node types from %s: %s", path, exc)
         return None
-    return {group.name or f"type{k}": dict(group.resources) for k, group in enumerate(config.node_group_configs)
-            if group.max_count != 0}
+
+
+def monitor_autoscaling_config(gcs_address: str, proc: str = "/proc") -> str | None:
+    """The --autoscaling-config path of the Ray monitor process of the cluster at `gcs_address`
+    visible on this host, or None."""
+    try:
+        pids = [p for p in os.listdir(proc) if p.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            with open(os.path.join(proc, pid, "cmdline"), "rb") as handle:
+                args = [a.decode(errors="replace") for a in handle.read().split(b"\0") if a]
+        except OSError:
+            continue
+        if not any(a.endswith("monitor.py") for a in args) or f"--gcs-address={gcs_address}" not in args:
+            continue
+        for k, arg in enumerate(args):
+            if arg.startswith("--autoscaling-config="):
+                return os.path.expanduser(arg.split("=", 1)[1])
+            if arg == "--autoscaling-config" and k + 1 < len(args):
+                return os.path.expanduser(args[k + 1])
+    return None
 
 
 def autoscaler_present() -> bool:
