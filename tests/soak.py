@@ -50,7 +50,7 @@ def main() -> int:
                        limit=args.limit, shard_size=10, output="s3://soak/runs", run_id="soak", scoring="generate",
                        max_new_tokens=20, batch_size=5, min_actors=2, max_actors=2, write_retries=8)
     validate(config)
-    shards, _ = plan(config)
+    shards = plan(config).shards
     expected_instances = sum(len(v) for v in shards.values())
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
 

@@ -44,13 +44,9 @@ def train_tokenizer(texts: list[str], vocab_size: int = 512) -> PreTrainedTokeni
                                    pad_token="<pad>", padding_side="left")
 
 
-def build_tiny_model(architecture: str, vocab_size: int, num_layers: int = 4, hidden: int = 64,
-                     heads: int = 4, kv_heads: int = 2, seed: int = 0,
-                     initializer_range: float = 0.2, dtype: torch.dtype = torch.float32,
-                     device: str | torch.device = "cpu", attn_implementation: str = "eager",
-                     **overrides) -> torch.nn.Module:
-    """A randomly initialised model of a registered architecture (default fp32, eager attention),
-    built directly on `device` in `dtype` (a 7B shape never passes through host memory)."""
+def tiny_config(architecture: str, vocab_size: int, num_layers: int = 4, hidden: int = 64, heads: int = 4,
+                kv_heads: int = 2, initializer_range: float = 0.2, **overrides):
+    """The transformers config of a tiny model of a registered architecture."""
     if architecture not in TINY_CONFIGS:
         raise ValueError(f"no tiny config for {architecture!r}; known: {', '.join(TINY_CONFIGS)}")
     config_name, extra = TINY_CONFIGS[architecture]
@@ -66,6 +62,18 @@ def build_tiny_model(architecture: str, vocab_size: int, num_layers: int = 4, hi
     config = config_cls(**{**kwargs, **extra, "initializer_range": initializer_range, **overrides})
     config.architectures = [architecture]
     lookup(config)
+    return config
+
+
+def build_tiny_model(architecture: str, vocab_size: int, num_layers: int = 4, hidden: int = 64,
+                     heads: int = 4, kv_heads: int = 2, seed: int = 0,
+                     initializer_range: float = 0.2, dtype: torch.dtype = torch.float32,
+                     device: str | torch.device = "cpu", attn_implementation: str = "eager",
+                     **overrides) -> torch.nn.Module:
+    """A randomly initialised model of a registered architecture (default fp32, eager attention),
+    built directly on `device` in `dtype` (a 7B shape never passes through host memory)."""
+    config = tiny_config(architecture, vocab_size, num_layers, hidden, heads, kv_heads, initializer_range,
+                         **overrides)
     torch.manual_seed(seed)
     with torch.device(device):
         model = getattr(transformers, architecture)._from_config(config, attn_implementation=attn_implementation,

@@ -79,12 +79,24 @@ def _local_revision(path: str) -> str:
     return "local-" + digest.hexdigest()[:12]
 
 
+def _where() -> tuple[str, str]:
+    """(actor id, node id) of this process under Ray (the manifest's per-shard timings), else the pid."""
+    try:
+        import ray
+
+        context = ray.get_runtime_context()
+        return context.get_actor_id() or f"pid-{os.getpid()}", context.get_node_id()
+    except Exception:  # noqa: BLE001 - outside Ray (direct use of the callable)
+        return f"pid-{os.getpid()}", "local"
+
+
 class GridSearch:
     """Ray Data callable: one transplant-ready model per actor, one shard per call."""
 
     def __init__(self, config: dict):
         self.config = RunConfig(**config)
         self.engine, self.revision = load_for_run(self.config)
+        self.actor_id, self.node_id = _where()
         self.tokenizer = self.engine.tokenizer
         self.num_layers = self.engine.num_layers
         self.max_tokens = self.config.max_prompt_tokens or self.engine.context_length
@@ -98,9 +110,11 @@ class GridSearch:
         missing = [c for c in INPUT_COLUMNS if c not in batch]
         if missing:
             raise ValueError(f"GridSearch input lacks column(s) {missing}; expected {list(INPUT_COLUMNS)}")
-        out = {"shard": [], "rows": [], "instances": [], "cells": [], "skipped": [], "seconds": [], "revision": []}
+        out = {"shard": [], "rows": [], "instances": [], "cells": [], "skipped": [], "seconds": [], "revision": [],
+               "started": [], "finished": [], "actor": [], "node": []}
         for shard, payload in zip(batch["shard"], batch["instances"]):
             start = time.perf_counter()
+            out["started"].append(time.time())
             instances = [Instance.from_row(r) for r in json.loads(payload)]
             table, skipped, cells = self.run_shard(instances)
             write_shard(self.config, str(shard), table, skipped)
@@ -111,6 +125,9 @@ class GridSearch:
             out["skipped"].append(json.dumps(skipped))
             out["seconds"].append(time.perf_counter() - start)
             out["revision"].append(self.revision)
+            out["finished"].append(time.time())
+            out["actor"].append(self.actor_id)
+            out["node"].append(self.node_id)
             log.info("shard %s: %d instances, %d rows in %.1f s", shard, len(instances), table.num_rows,
                      out["seconds"][-1])
         return out
@@ -134,8 +151,10 @@ class GridSearch:
                 kept.append(inst)
         rows, cells_run = [], 0
         new_tokens = self.config.max_new_tokens if self.config.scoring == "generate" else 0
-        for start in range(0, len(kept), self.config.batch_size):
-            batch = kept[start:start + self.config.batch_size]
+        by_task = [[i for i in kept if i.task == task] for task in dict.fromkeys(i.task for i in kept)]
+        batches = [group[k:k + self.config.batch_size] for group in by_task
+                   for k in range(0, len(group), self.config.batch_size)]  # one task per engine call
+        for batch in batches:
             options = [option_token_ids(self.tokenizer, i.options) if i.options else [] for i in batch]
             for module, cells in self.settings(batch[0].task):
                 results = self.engine.run_grid(

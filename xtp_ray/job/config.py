@@ -21,6 +21,7 @@ from ..tasks import FAMILY, TASKS
 
 SCORING = ("generate", "logprobs")
 CELL_SPECS = ("full", "target-first", "coarse")
+SHARDINGS = ("cost", "size")
 TINY_PREFIX = "tiny:"  # tiny:<Architecture>[:<layers>] builds a seeded tiny model in every actor
 TINY_RUN_SHAPE = {"hidden": 128, "heads": 4, "kv_heads": 2}  # head size 32: what vLLM's CPU attention needs
 
@@ -66,7 +67,10 @@ class RunConfig:
                                          "read from the nodes' accelerator type where known)")
     num_cpus_per_actor: float = _field(1.0, "CPUs each actor holds")
     batch_size: int = _field(4, "instances per engine call")
-    shard_size: int = _field(64, "instances per candidates file (the unit of resume)")
+    shard_size: int = _field(64, "at most this many instances per candidates file (the unit of resume)")
+    sharding: str = _field("cost", "cost: shards of about equal predicted cost for max_actors, costliest first, "
+                           "the last wave cut finer; size: shard_size instances per task/split/language, in name "
+                           "order", SHARDINGS)
     cells_per_chunk: int | None = _field(None, "cells per forward; bounds peak memory")
     memory_budget_mb: float | None = _field(None, "if set, chunks shrink until their estimated memory fits")
     max_prompt_tokens: int | None = _field(None, "longer prompts are reported and skipped (default: the "
@@ -221,6 +225,8 @@ def validate(config: RunConfig, source: str | None = None) -> None:
     for module in config.modules:
         if module not in MODULES:
             fail(f"module {module!r} unknown; modules: {', '.join(MODULES)}")
+    if config.sharding not in SHARDINGS:
+        fail(f"sharding {config.sharding!r} unknown; choose cost or size")
     if config.scoring not in SCORING:
         fail(f"scoring {config.scoring!r} unknown; choose generate or logprobs")
     if config.scoring == "logprobs":

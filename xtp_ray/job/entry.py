@@ -55,6 +55,9 @@ def _grid_search(args, aggregate: bool) -> int:
     if summary["instances"]:
         print(f"throughput: {summary['instances'] / summary['seconds']:.2f} instances/s, "
               f"{summary['cells'] / summary['seconds']:.1f} cells/s")
+    if summary.get("busy_share") is not None:
+        print(f"actors busy: {100 * summary['busy_share']:.0f}% of their time from the first shard to the last "
+              "(per-shard timings in the manifest)")
     if aggregate and not args.no_aggregate:
         from ..results.aggregation import aggregate_run
 

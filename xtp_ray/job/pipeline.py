@@ -118,31 +118,69 @@ def run_job(config: RunConfig, ray_address: str | None = None, take_over: bool =
     return summary
 
 
+def busy_share(timings: list[dict]) -> float | None:
+    """The share of actor time spent running shards: each actor counted from the start of its first
+    shard (its model loaded) to the end of the run's last shard, so idle ends show, and a late start
+    (an autoscaler adding a node) does not."""
+    if not timings:
+        return None
+    end = max(t["end"] for t in timings)
+    first = {}
+    for t in timings:
+        first[t["actor"]] = min(first.get(t["actor"], t["start"]), t["start"])
+    up = sum(end - start for start in first.values())
+    return sum(t["end"] - t["start"] for t in timings) / up if up > 0 else 1.0
+
+
+def resumed_plan(config: RunConfig, manifest: dict, planned) -> dict[str, list]:
+    """The shards to run: the run's own plan where its manifest holds one (a rerun keeps its shards
+    whatever the pool or the sharding now, so nothing is lost or duplicated), else the fresh plan.
+    A run planned before plans were kept resumes under the plan by size that made it, where its
+    digest says so; anything else is refused in one line."""
+    from .schedule import cut_by_size
+
+    stale = (f"run {config.run_id!r} in {config.output} was planned over other instances (tasks, langs, splits, "
+             "limit or the data changed); use a new run_id")
+    stored = manifest.get("plan")
+    if stored is not None:
+        by_id = {i.id: i for instances in planned.shards.values() for i in instances}
+        ids = [i for names in stored.values() for i in names]
+        if len(ids) != len(set(ids)) or set(ids) != set(by_id):
+            raise ValueError(stale)
+        return {name: [by_id[i] for i in names] for name, names in stored.items()}
+    if manifest.get("plan_digest") is None:  # a new run
+        return planned.shards
+    # a shard name must always mean the same instances, or resuming would lose or duplicate rows
+    for shards in (planned.shards, cut_by_size(planned.groups, config.shard_size)[0]):
+        if digest_plan(shards) == manifest["plan_digest"]:
+            return shards
+    raise ValueError(stale.replace("limit or", "limit, shard_size or"))
+
+
 def _run_planned(config: RunConfig, ray_address: str | None) -> dict:
     import ray
     from ray.data import ActorPoolStrategy
 
-    shards, load_errors = plan(config)
+    planned = plan(config)
+    load_errors = planned.errors
     for error in load_errors:
         log.warning("left out: %s", error)
     manifest = _read_manifest(config) or {"run_id": config.run_id, "attempts": []}
     if manifest.get("config_digest") not in (None, config.digest()):
         raise ValueError(f"run {config.run_id!r} in {config.output} was made with another model/cells/scoring "
                          "configuration; use a new run_id")
+    shards = resumed_plan(config, manifest, planned)
     plan_digest = digest_plan(shards)
-    if manifest.get("plan_digest") not in (None, plan_digest):
-        # a shard name must always mean the same instances, or resuming would lose or duplicate rows
-        raise ValueError(f"run {config.run_id!r} in {config.output} was planned over other instances (tasks, "
-                         "langs, splits, limit, shard_size or the data changed); use a new run_id")
     for earlier in manifest["attempts"]:
         if earlier.get("status") == "running":  # its driver died without a word (we hold the lease)
             earlier["status"] = "interrupted"
     done = _resumable_shards(config)
-    todo = sorted(set(shards) - done)
+    todo = [name for name in shards if name not in done]  # the plan's order: costliest first
     attempt = {"started": time.time(), "status": "running", "shards_total": len(shards),
                "shards_skipped_as_done": len(set(shards) & done), "shards_todo": len(todo)}
     manifest.update({"config": config.to_json(), "config_digest": config.digest(), "xtp_ray_version": __version__,
-                     "status": "running", "shards": sorted(shards), "plan_digest": plan_digest})
+                     "status": "running", "shards": sorted(shards), "plan_digest": plan_digest,
+                     "plan": {name: [i.id for i in instances] for name, instances in shards.items()}})
     manifest["attempts"].append(attempt)
     _write_manifest(config, manifest)
     storage.write_text(storage.join(run_dir(config), "errors.jsonl"),
@@ -156,14 +194,20 @@ def _run_planned(config: RunConfig, ray_address: str | None) -> dict:
                 ray.init(address=ray_address, include_dashboard=False, log_to_driver=True)
             _check_cluster(config)
             # a Dataset takes a copy of the current DataContext when it is made: set it first
-            ray.data.DataContext.get_current().wait_for_min_actors_s = config.pool_start_timeout_s
+            context = ray.data.DataContext.get_current()
+            context.wait_for_min_actors_s = config.pool_start_timeout_s
+            # Ray Data grows a pool while its actors' tasks in flight reach this share of their slots. Its
+            # default (1.75) is out of reach with two in flight per actor, and with one it would never
+            # grow past min_actors; at 1.0 the pool doubles while every actor has a shard queued.
+            context.autoscaling_config.actor_pool_util_upscaling_threshold = 1.0
             items = [{"shard": s, "instances": json.dumps([i.to_row() for i in shards[s]])} for s in todo]
             dataset = ray.data.from_items(items, override_num_blocks=len(items))
             results = dataset.map_batches(
                 GridSearch, fn_constructor_kwargs={"config": config.to_json()}, batch_size=1,
-                # one shard in flight per actor: a dead actor strands no queued shard
+                # one shard running and one queued per actor: the queue is what lets the pool grow (above);
+                # the plan's last wave is cut fine, so a shard queued behind another at the end is short
                 compute=ActorPoolStrategy(min_size=config.min_actors, max_size=config.max_actors,
-                                          max_tasks_in_flight_per_actor=1),
+                                          max_tasks_in_flight_per_actor=2),
                 # Ray Data's actor pools restart lost actors and retry their tasks by default.
                 num_gpus=config.num_gpus_per_actor, num_cpus=config.num_cpus_per_actor)
             with without_noise():
@@ -192,9 +236,12 @@ def _run_planned(config: RunConfig, ray_address: str | None) -> dict:
     instances = sum(s["instances"] for s in summaries)
     cells = sum(s["cells"] for s in summaries)
     skipped = [e for s in summaries for e in json.loads(s["skipped"])]
+    timings = [{"shard": s["shard"], "start": s["started"], "end": s["finished"], "actor": s["actor"],
+                "node": s["node"], "predicted_s": planned.costs.get(s["shard"])} for s in summaries]
     attempt.update({"status": "complete", "finished": time.time(), "seconds": seconds, "instances": instances,
                     "cells": cells, "instances_per_s": instances / seconds if instances else 0.0,
-                    "cells_per_s": cells / seconds if cells else 0.0, "skipped": skipped})
+                    "cells_per_s": cells / seconds if cells else 0.0, "skipped": skipped, "shards": timings,
+                    "busy_share": busy_share(timings)})
     manifest["status"] = "complete"
     manifest["model_revision"] = summaries[0].get("revision") if summaries else manifest.get("model_revision")
     _write_manifest(config, manifest)
@@ -202,4 +249,5 @@ def _run_planned(config: RunConfig, ray_address: str | None) -> dict:
         log.info("grid search: %d instances, %d cells in %.1f s: %.2f instances/s, %.1f cells/s",
                  instances, cells, seconds, instances / seconds, cells / seconds)
     return {"run_dir": run_dir(config), "shards": len(shards), "shards_run": len(todo), "instances": instances,
+            "busy_share": attempt["busy_share"],
             "cells": cells, "seconds": seconds, "skipped": skipped, "left_out": [str(e) for e in load_errors]}

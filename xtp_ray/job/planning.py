@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 
 from .. import storage
 from ..cells import parse_cells
@@ -80,9 +81,19 @@ def check_tokenizer_files(model: str) -> None:
                          "the tokenizer into the model directory (tokenizer.save_pretrained(directory))")
 
 
-def plan(config: RunConfig) -> tuple[dict[str, list[Instance]], list[InstanceError]]:
-    """Shard name -> instances, and the rows left out, for every (task, split, lang)."""
-    shards: dict[str, list[Instance]] = {}
+@dataclass
+class Plan:
+    """A run's shards in dispatch order, with what they are predicted to cost."""
+    shards: dict[str, list[Instance]]  # name -> instances, in the order the pool gets them
+    costs: dict[str, float]  # name -> predicted GPU-seconds (`cost.CALIBRATION`'s device)
+    instance_costs: list[float]  # every instance's, for the schedule's lower bound
+    groups: dict[tuple[str, str, str], list[Instance]]  # (task, split, lang) -> instances
+    errors: list[InstanceError]  # rows and files left out
+
+
+def load_groups(config: RunConfig) -> tuple[dict[tuple[str, str, str], list[Instance]], list[InstanceError]]:
+    """(task, split, lang) -> its instances (after `limit`), and the rows left out."""
+    groups: dict[tuple[str, str, str], list[Instance]] = {}
     errors: list[InstanceError] = []
     if config.data_root:
         check_root(config.data_root)
@@ -106,12 +117,46 @@ def plan(config: RunConfig) -> tuple[dict[str, list[Instance]], list[InstanceErr
                 instances, row_errors = load_instances(task, lang, split, config.data_root)
                 errors.extend(row_errors)
                 instances = instances[:config.limit] if config.limit else instances
-                for k in range(0, len(instances), config.shard_size):
-                    shards[f"{task}-{split}-{lang}-{k // config.shard_size:05d}"] = instances[k:k + config.shard_size]
-    if not shards:
+                if instances:
+                    groups[(task, split, lang)] = instances
+    if not groups:
         raise ValueError(f"empty dataset: no instances for tasks {config.tasks}, languages {config.langs}, "
                          f"splits {config.splits} in {config.data_root or 'the bundled samples'}")
-    return shards, errors
+    return groups, errors
+
+
+def model_shape(config: RunConfig) -> tuple[dict, int]:
+    """(config.json as a dict, parameters) of the run's model, without weights."""
+    from ..engine.footprint import parameter_count
+
+    if config.model.startswith(TINY_PREFIX):
+        from ..engine.tiny import tiny_config
+        from .config import TINY_RUN_SHAPE
+
+        architecture, layers = tiny_spec(config.model)
+        model_config = tiny_config(architecture, 512, num_layers=layers, **TINY_RUN_SHAPE).to_dict()
+    else:
+        model_config = read_model_config(config)
+    return model_config, parameter_count(model_config, config.trust_remote_code)
+
+
+def plan(config: RunConfig, shape: tuple[dict, int] | None = None) -> Plan:
+    """Every (task, split, lang)'s instances cut into shards: by predicted cost for the pool
+    (`schedule.cut_by_cost`, costliest first) or, with `sharding: size`, by instance count.
+    shape: `model_shape(config)` where the caller has it."""
+    from .cost import Shape, instance_costs
+    from .schedule import cut_by_cost, cut_by_size
+
+    groups, errors = load_groups(config)
+    model_config, parameters = shape or model_shape(config)
+    shapes = {task: Shape.of_run(config, model_config, parameters, task) for task in config.tasks}
+    costs = {key: instance_costs(instances, shapes.__getitem__) for key, instances in groups.items()}
+    if config.sharding == "size" or config.max_actors == 1:  # one actor: any cut takes as long
+        shards, shard_costs = cut_by_size(groups, config.shard_size, costs)
+    else:
+        shards, shard_costs = cut_by_cost(groups, costs, config.max_actors, config.shard_size)
+    every = [c for key in groups for c in costs[key]]
+    return Plan(shards, shard_costs, every, groups, errors)
 
 
 def digest_plan(shards: dict[str, list[Instance]]) -> str:
