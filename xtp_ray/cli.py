@@ -70,10 +70,13 @@ def _add_bench(sub):
     p.add_argument("--overhead", action="store_true",
                    help="instead: host time per decode step and transfers per step (32 layers of negligible "
                         "width, 1024 rows, one thread)")
-    p.add_argument("--suite", choices=["gpu", "results"],
+    p.add_argument("--suite", choices=["gpu", "results", "schedule"],
                    help="gpu: the one-shot GPU check (kernels, parity, 7B-shape grid, scoring, peer), one JSON file; "
                         "results: aggregation of a synthetic nightly run (--rows, --dir) from partials, from "
-                        "candidates and the pandas definition, side by side")
+                        "candidates and the pandas definition, side by side; schedule: jobs/paper.yaml and "
+                        "jobs/llama70b.yaml planned by size and by cost on 8, 32 and 128 actors (--data-root)")
+    p.add_argument("--data-root", help="with --suite schedule: the data (default ../shared/data, else the bundled "
+                                       "samples)")
     p.add_argument("--rows", type=int, default=20_000_000, help="with --suite results: candidate rows")
     p.add_argument("--dir", default="bench-results-run", help="with --suite results: where its shards go (reused)")
     p.add_argument("--no-before", action="store_true", help="with --suite results: skip the pandas definition")
@@ -145,6 +148,11 @@ def _bench(args) -> int:
         check_positive(rows=args.rows)
         run_scale_bench(args.dir, args.rows, before=not args.no_before)
         return 0
+    if args.suite == "schedule":
+        from .tools.schedule_bench import GOAL, run_schedule_bench
+
+        rows = run_schedule_bench(args.data_root)
+        return 0 if max(r["by_cost"] for r in rows) <= GOAL else 1
     if args.suite:
         import json
 

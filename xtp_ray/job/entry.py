@@ -28,6 +28,10 @@ def grid_search_main(argv: list[str] | None = None, aggregate: bool = True) -> i
     add_flags(parser)
     parser.add_argument("--no-aggregate", action="store_true", help="only write the candidates")
     parser.add_argument("--compare-with", help="an earlier run id (under the same output) to report deltas against")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="plan only: shards, instances, cells, rows, tokens, feasibility, memory fit and the "
+                             "predicted GPU-seconds and wall time; no Ray work, nothing written")
+    parser.add_argument("--json", action="store_true", help="with --dry-run: print JSON instead of the table")
     parser.add_argument("--take-over", action="store_true",
                         help="if another driver holds the run's lease, wait for it to expire and take the run")
     _debug(parser)
@@ -41,6 +45,13 @@ def grid_search_main(argv: list[str] | None = None, aggregate: bool = True) -> i
 
 def _grid_search(args, aggregate: bool) -> int:
     config = load_config(args)
+    if args.dry_run:
+        from .dryrun import dry_run, print_dry_run
+
+        result = dry_run(config)
+        print_dry_run(result, args.json)
+        refused = [key for key in ("feasibility", "memory_fit") if str(result[key]).startswith("REFUSED")]
+        return USER_ERROR_EXIT if refused or result["left_out"] else 0
     if args.compare_with:
         from ..results.aggregation import earlier_report_uri
 

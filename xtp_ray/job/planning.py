@@ -40,9 +40,10 @@ def read_model_config(config: RunConfig) -> dict | None:
         config.model, revision=config.model_revision, trust_remote_code=config.trust_remote_code).to_dict()
 
 
-def preflight(config: RunConfig) -> int | None:
+def preflight(config: RunConfig, tokenizer: bool = True, fit: bool = True) -> int | None:
     """Checks that need the model's config but no weights: architecture, layer indices, the TP size,
-    and the memory fit where the GPUs' memory is given (`gpu_memory_gb`).
+    the memory fit where the GPUs' memory is given (`gpu_memory_gb`; fit=False leaves it to the
+    caller), and a model directory's tokenizer files (tokenizer=False: a config-only directory).
 
     Returns the number of layers where it can be known without loading weights.
     """
@@ -59,9 +60,9 @@ def preflight(config: RunConfig) -> int | None:
             from ..engine.vllm import check_model
 
             check_model(model_config, tensor_parallel_size(config))
-        if config.gpu_memory_gb is not None:  # before the tokenizer: a config-only directory is enough
+        if fit and config.gpu_memory_gb is not None:  # before the tokenizer: a config-only directory is enough
             log.info("%s", check_fit(config, model_config, config.gpu_memory_gb, "gpu_memory_gb"))
-        if config.model.startswith("s3://") or os.path.isdir(config.model):
+        if tokenizer and (config.model.startswith("s3://") or os.path.isdir(config.model)):
             check_tokenizer_files(config.model)
     if layers and config.cells not in ("full", "target-first", "coarse"):
         parse_cells(config.cells, layers)
@@ -140,21 +141,21 @@ def model_shape(config: RunConfig) -> tuple[dict, int]:
     return model_config, parameter_count(model_config, config.trust_remote_code)
 
 
-def plan(config: RunConfig, shape: tuple[dict, int] | None = None) -> Plan:
+def plan(config: RunConfig, shape: tuple[dict, int] | None = None, loaded: tuple | None = None) -> Plan:
     """Every (task, split, lang)'s instances cut into shards: by predicted cost for the pool
     (`schedule.cut_by_cost`, costliest first) or, with `sharding: size`, by instance count.
-    shape: `model_shape(config)` where the caller has it."""
+    shape: `model_shape(config)`, loaded: `load_groups(config)`, where the caller has them."""
     from .cost import Shape, instance_costs
     from .schedule import cut_by_cost, cut_by_size
 
-    groups, errors = load_groups(config)
+    groups, errors = loaded or load_groups(config)
     model_config, parameters = shape or model_shape(config)
     shapes = {task: Shape.of_run(config, model_config, parameters, task) for task in config.tasks}
     costs = {key: instance_costs(instances, shapes.__getitem__) for key, instances in groups.items()}
     if config.sharding == "size" or config.max_actors == 1:  # one actor: any cut takes as long
         shards, shard_costs = cut_by_size(groups, config.shard_size, costs)
     else:
-        shards, shard_costs = cut_by_cost(groups, costs, config.max_actors, config.shard_size)
+        shards, shard_costs = cut_by_cost(groups, costs, config.max_actors, config.shard_size, config.batch_size)
     every = [c for key in groups for c in costs[key]]
     return Plan(shards, shard_costs, every, groups, errors)
 

@@ -1,8 +1,9 @@
 """Shards cut for the pool by predicted cost, dispatched costliest first; and the schedule they give.
 
 `cut_by_cost`: every (task, split, lang) is cut into runs of consecutive instances of about
-`target` = total / (actors x WAVES) predicted seconds (at most `shard_size` instances, never
-splitting a group of instances that are scored together), so every actor has several shards;
+`target` = total / (actors x WAVES) predicted seconds (but at least a batch of instances'
+worth; at most `shard_size` instances; never splitting a group of instances that are scored
+together), so every actor has several shards;
 the shards dispatched last, one wave's worth, are cut again into parts of target / TAIL_PARTS,
 so the last wave is short and no actor works alone at the end. Shards are ordered costliest
 first: the order the pipeline dispatches them in.
@@ -76,10 +77,12 @@ def _named(pieces: list[Piece], groups: dict) -> dict[str, list]:
 
 
 def cut_by_cost(groups: dict[tuple, list], costs: dict[tuple, list[float]], actors: int,
-                shard_size: int) -> tuple[dict[str, list], dict[str, float]]:
-    """(shard name -> instances, shard name -> predicted seconds), costliest first."""
+                shard_size: int, batch_size: int = 1) -> tuple[dict[str, list], dict[str, float]]:
+    """(shard name -> instances, shard name -> predicted seconds), costliest first. Outside the last
+    wave a shard holds about `batch_size` instances or more, so the engine's calls stay full."""
     total = sum(sum(c) for c in costs.values())
-    target = total / (max(1, actors) * WAVES) if total > 0 else float("inf")
+    count = sum(len(c) for c in costs.values())
+    target = max(total / (max(1, actors) * WAVES), total / max(1, count) * batch_size) if total > 0 else float("inf")
     pieces = _ordered([p for key in sorted(groups) for p in _pieces(key, groups[key], costs[key], target,
                                                                          shard_size)])
     tail, tail_cost = [], 0.0

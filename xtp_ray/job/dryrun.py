@@ -1,0 +1,139 @@
+"""`xtp run --dry-run`: what a night would run and cost, planned without doing Ray work.
+
+It plans as the run would (the same shards, in the same order), counts shards, instances,
+cells, candidate rows and tokens, checks the request against the cluster at RAY_ADDRESS
+where it answers (as under `ray job submit`), checks the memory fit, and
+predicts GPU-seconds and wall time with the cost model (`cost.py`). Nothing is written and
+nothing runs; a config-only model directory is enough.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from .config import RunConfig
+
+
+def reachable(address: str, timeout_s: float = 3.0) -> bool:
+    """Whether a Ray GCS address (host:port, or ray://host:port) accepts a TCP connection now: Ray's
+    own connect would wait minutes for an address that does not answer."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return False
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+def _cluster_checks(config: RunConfig, model_config: dict | None) -> tuple[str, str | None]:
+    """(feasibility, memory fit from the nodes) on a reachable cluster, without starting one."""
+    import ray
+
+    address = os.environ.get("RAY_ADDRESS", "")
+    if ray.is_initialized():  # a caller's own session (tests, notebooks): use it, leave it running
+        return _checks_on_cluster(config, model_config)
+    if not reachable(address):
+        return (f"not checked: no cluster reachable (RAY_ADDRESS {address or 'unset'}; `ray job submit` sets "
+                "it)"), None
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        return f"not checked: cluster at {address} did not answer ({exc})", None
+    try:
+        return _checks_on_cluster(config, model_config)
+    finally:
+        ray.shutdown()
+
+
+def _checks_on_cluster(config: RunConfig, model_config: dict | None) -> tuple[str, str | None]:
+    """The run's feasibility and, for GPU actors without gpu_memory_gb, the memory fit on the nodes'
+    GPUs: each a line, "REFUSED: ..." where the run would be refused."""
+    from .fit import GPU_MEMORY_GB, check_fit
+    from .placement import check_feasible, gpu_memory_gb
+
+    try:
+        feasible = check_feasible(config.num_cpus_per_actor, config.num_gpus_per_actor)
+    except ValueError as exc:
+        feasible = f"REFUSED: {exc}"
+    fit = None
+    if config.num_gpus_per_actor > 0 and config.gpu_memory_gb is None:
+        gb, where = gpu_memory_gb(config.num_cpus_per_actor, config.num_gpus_per_actor, GPU_MEMORY_GB)
+        try:
+            fit = check_fit(config, model_config, gb, where) if gb else f"not checked: {where}"
+        except ValueError as exc:
+            fit = f"REFUSED: {exc}"
+    return feasible, fit
+
+
+def dry_run(config: RunConfig) -> dict:
+    """The plan's figures and predictions (see the module docstring)."""
+    from .cost import CALIBRATION, Shape, estimate_tokens
+    from .fit import check_fit
+    from .planning import model_shape, plan, preflight
+    from .schedule import makespan
+
+    preflight(config, tokenizer=False, fit=False)  # the fit is shown below, refused or not
+    shape = model_shape(config)
+    model_config = None if config.model.startswith("tiny:") else shape[0]
+    planned = plan(config, shape)
+    instances = [i for shard in planned.shards.values() for i in shard]
+    shapes = {task: Shape.of_run(config, shape[0], shape[1], task) for task in config.tasks}
+    rows = sum(shapes[i.task].cells for i in instances)
+    prompt_tokens = sum(estimate_tokens(i.donor) + estimate_tokens(i.recipient) for i in instances)
+    new_tokens = sum(shapes[i.task].cells * shapes[i.task].new_tokens for i in instances)
+    if config.num_gpus_per_actor > 0 or config.gpu_memory_gb:
+        try:
+            fit = (check_fit(config, model_config, config.gpu_memory_gb, "gpu_memory_gb")
+                   if config.gpu_memory_gb else None)
+        except ValueError as exc:
+            fit = f"REFUSED: {exc}"
+    else:
+        fit = "not checked: CPU actors"
+    feasible, cluster_fit = _cluster_checks(config, model_config)
+    gpu_s = sum(planned.costs.values())
+    wall_s = makespan(list(planned.costs.values()), config.max_actors)
+    basis = (f"cost model (xtp_ray/job/cost.py) calibrated on an {CALIBRATION['device']} ({CALIBRATION['source']}: "
+             f"{CALIBRATION['engine']} engine, Llama-2-7B shape, bfloat16), scaled by FLOPs to this model"
+             + ("; the vllm engine is not calibrated: the hf engine's figures are used" if config.engine == "vllm"
+                else ""))
+    return {"config": config.to_json(), "shards": len(planned.shards),
+            "sharding": "by size" if config.sharding == "size" or config.max_actors == 1 else
+            f"by cost for {config.max_actors} actors, costliest first",
+            "instances": len(instances), "cells": rows, "rows": rows,
+            "cells_per_instance": {task: s.cells for task, s in shapes.items()},
+            "prompt_tokens_estimate": prompt_tokens, "new_tokens_at_most": new_tokens,
+            "left_out": [str(e) for e in planned.errors],
+            "feasibility": feasible, "memory_fit": cluster_fit or fit or "not checked: give gpu_memory_gb",
+            "predicted_gpu_s": gpu_s, "predicted_wall_s": wall_s, "actors": config.max_actors,
+            "prediction_basis": basis, "prediction_device": CALIBRATION["device"]}
+
+
+def print_dry_run(result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    lines = [
+        ("shards", f"{result['shards']:,} ({result['sharding']})"),
+        ("instances", f"{result['instances']:,}"),
+        ("cells per instance", ", ".join(f"{t} {n:,}" for t, n in result["cells_per_instance"].items())
+         + " (vanilla included, all modules)"),
+        ("candidate rows", f"{result['rows']:,} (one per cell)"),
+        ("prompt tokens", f"~{result['prompt_tokens_estimate']:,} (estimated from characters)"),
+        ("new tokens", f"at most {result['new_tokens_at_most']:,}"),
+        ("left out", f"{len(result['left_out'])} row(s) or file(s)"),
+        ("feasibility", result["feasibility"]),
+        ("memory fit", result["memory_fit"]),
+        ("predicted GPU time", f"{result['predicted_gpu_s']:,.0f} GPU-s (a prediction, on an "
+                               f"{result['prediction_device']})"),
+        ("predicted wall time", f"{result['predicted_wall_s']:,.0f} s on {result['actors']} actor(s) (the plan's "
+                                "makespan; model loading and scale-up not included)"),
+        ("prediction basis", result["prediction_basis"]),
+    ]
+    print("dry run: planned only; nothing ran and nothing was written")
+    width = max(len(name) for name, _ in lines)
+    for name, value in lines:
+        print(f"  {name:<{width}}  {value}")
