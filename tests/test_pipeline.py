@@ -52,7 +52,7 @@ def _direct_aggregates(rows):
 
 
 def test_two_actors_complete_aggregated_and_resumed(tmp_path):
-    config = _config(tmp_path)
+    config = _config(tmp_path, sharding="size")  # shard_size instances per task and language
     summary = run_job(config)
     assert summary["shards"] == 8 and summary["instances"] == 24  # 2 tasks x 2 langs x 6 instances
     rows = candidate_rows(config)
@@ -92,7 +92,51 @@ def test_two_actors_complete_aggregated_and_resumed(tmp_path):
 
     # the same run id over other instances would make shard names mean other rows: refused
     with pytest.raises(ValueError, match="planned over other instances"):
-        run_job(_config(tmp_path, limit=5))
+        run_job(_config(tmp_path, limit=5, sharding="size"))
+
+
+def test_a_plan_by_cost_records_its_shards_and_resumes_under_itself(tmp_path):
+    config = _config(tmp_path, run_id="bycost", limit=8)
+    summary = run_job(config)
+    manifest = json.loads((Path(config.output) / "bycost" / "manifest.json").read_text())
+    plan = manifest["plan"]
+    assert summary["shards"] == len(plan) > 8  # 32 instances: 8 pieces of 3-4, the last wave cut finer
+    ids = [i for names in plan.values() for i in names]
+    assert len(ids) == len(set(ids)) == 32
+    timings = manifest["attempts"][0]["shards"]
+    assert sorted(t["shard"] for t in timings) == sorted(plan)
+    assert all(t["start"] < t["end"] and t["actor"] and t["node"] and t["predicted_s"] > 0 for t in timings)
+    assert 0 < manifest["attempts"][0]["busy_share"] <= 1
+    rows = candidate_rows(config)
+
+    # rerun on another pool: the stored plan, not a new one (a new cut would rename the instances' shards)
+    shard_files = sorted((Path(config.output) / "bycost" / "candidates").glob("*.parquet"))
+    for f in shard_files[:3]:
+        f.unlink()
+    again = run_job(_config(tmp_path, run_id="bycost", limit=8, max_actors=3, min_actors=1))
+    assert again["shards"] == len(plan) and again["shards_run"] == 3
+    assert Counter(map(_key, candidate_rows(config))) == Counter(map(_key, rows))
+    assert json.loads((Path(config.output) / "bycost" / "manifest.json").read_text())["plan"] == plan
+
+
+def test_a_run_planned_before_plans_were_kept_resumes_under_its_plan_by_size(tmp_path):
+    old = _config(tmp_path, run_id="old", sharding="size")
+    run_job(old)
+    rows = candidate_rows(old)
+    manifest_path = Path(old.output) / "old" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["plan"]  # as a run planned by an earlier version left it: names and their digest only
+    manifest_path.write_text(json.dumps(manifest))
+    for f in sorted((Path(old.output) / "old" / "candidates").glob("*.parquet"))[:2]:
+        f.unlink()
+    again = run_job(_config(tmp_path, run_id="old"))  # today's default plans by cost: the old plan is kept
+    assert again["shards"] == 8 and again["shards_run"] == 2
+    assert Counter(map(_key, candidate_rows(old))) == Counter(map(_key, rows))
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["plan"]
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="planned over other instances.*shard_size"):  # neither plan: refused
+        run_job(_config(tmp_path, run_id="old", shard_size=4))
 
 
 def test_generate_mode_scores_text_and_reports_bad_rows(tmp_path):
