@@ -1,4 +1,4 @@
-"""The `xtp` command: grid (direct probing), bench, tasks, run, aggregate, history."""
+"""The `xtp` command: grid (direct probing), bench, tasks, run, aggregate, nightly, history."""
 from __future__ import annotations
 
 import argparse
@@ -210,11 +210,17 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("run", help="the distributed job: grid search + aggregation (see `xtp run --help`)",
                    add_help=False)
     sub.add_parser("aggregate", help="tables, upper bound and heatmaps of a run", add_help=False)
+    sub.add_parser("nightly", help="one night: a grid search per model, then each model's history; never two "
+                   "nights at once (see `xtp nightly --help`)", add_help=False)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("run", "aggregate"):
         from .job.entry import aggregate_main, grid_search_main
 
         return grid_search_main(argv[1:]) if argv[0] == "run" else aggregate_main(argv[1:])
+    if argv and argv[0] == "nightly":
+        from .job.nightly import nightly_main
+
+        return nightly_main(argv[1:])
     debug = "--debug" in argv
     args = parser.parse_args([a for a in argv if a != "--debug"])
     try:

@@ -48,9 +48,9 @@ def _now() -> float:
     return time.time()
 
 
-def _record(ttl_s: float, started: float | None = None) -> dict:
+def _record(ttl_s: float, started: float | None = None, label: str | None = None) -> dict:
     now = _now()
-    return {"holder": {"host": socket.gethostname(), "pid": os.getpid()},
+    return {"holder": {"host": socket.gethostname(), "pid": os.getpid()}, **({"label": label} if label else {}),
             "token": uuid.uuid4().hex, "started": started or now, "refreshed": now,
             "expires": now + ttl_s, "ttl_s": ttl_s}
 
@@ -60,7 +60,8 @@ def describe(record: dict) -> str:
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(record.get("started", 0)))
     left = record.get("expires", 0) - _now()
     state = f"expires in {left:.0f} s" if left > 0 else f"expired {-left:.0f} s ago"
-    return f"host {holder.get('host')!r}, pid {holder.get('pid')}, started {started} ({state})"
+    what = f"{record['label']} on " if record.get("label") else ""
+    return f"{what}host {holder.get('host')!r}, pid {holder.get('pid')}, started {started} ({state})"
 
 
 # ---------------------------------------------------------------- the two stores
@@ -177,18 +178,20 @@ def _store(uri: str):
 
 # ---------------------------------------------------------------- taking, keeping, giving back
 
-def acquire(run_uri: str, ttl_s: float, take_over: bool = False, poll_s: float = 1.0) -> Lease:
+def acquire(run_uri: str, ttl_s: float, take_over: bool = False, poll_s: float = 1.0,
+            label: str | None = None) -> Lease:
     """Take the run's lease, or raise LeaseHeldError naming its holder.
 
     A lease whose holder stopped refreshing it (expired) is taken over. A live one
     is refused; with take_over, the driver waits until it expires (at most its time
-    to live, as long as nobody refreshes it) and takes it then.
+    to live, as long as nobody refreshes it) and takes it then. label: what holds it (named to
+    whoever is refused).
     """
     uri = storage.join(run_uri, LEASE_NAME)
     store = _store(uri)
     deadline = None
     while True:
-        record = _record(ttl_s)
+        record = _record(ttl_s, label=label)
         version = store.create(record)
         if version is not None:
             return Lease(uri, record, version)
@@ -216,6 +219,12 @@ def acquire(run_uri: str, ttl_s: float, take_over: bool = False, poll_s: float =
         time.sleep(max(0.05, min(poll_s, held["expires"] - _now() + 0.05)))
 
 
+def holder_of(run_uri: str) -> str | None:
+    """Who holds the run's lease (`describe`), or None where nobody does."""
+    current = _store(storage.join(run_uri, LEASE_NAME)).read()
+    return describe(current[0]) if current else None
+
+
 def refresh(lease: Lease, store=None) -> bool:
     """Push the expiry forward; False (and lease.lost) if someone else holds it now."""
     store = store or _store(lease.uri)
@@ -233,9 +242,9 @@ def release(lease: Lease) -> None:
 
 
 @contextmanager
-def held(run_uri: str, ttl_s: float, take_over: bool = False) -> Iterator[Lease]:
+def held(run_uri: str, ttl_s: float, take_over: bool = False, label: str | None = None) -> Iterator[Lease]:
     """Hold the run's lease for the block: refreshed in a thread, given back on every exit."""
-    lease = acquire(run_uri, ttl_s, take_over)
+    lease = acquire(run_uri, ttl_s, take_over, label=label)
     stop = threading.Event()
 
     def keep():
