@@ -75,6 +75,8 @@ def _add_bench(sub):
                         "results: aggregation of a synthetic nightly run (--rows, --dir) from partials, from "
                         "candidates and the pandas definition, side by side; schedule: jobs/paper.yaml and "
                         "jobs/llama70b.yaml planned by size and by cost on 8, 32 and 128 actors (--data-root)")
+    p.add_argument("--manifest", help="with --suite schedule: instead, a run's manifest.json: its shards' measured "
+                                      "seconds per instance by task against the cost model's")
     p.add_argument("--data-root", help="with --suite schedule: the data (default ../shared/data, else the bundled "
                                        "samples)")
     p.add_argument("--rows", type=int, default=20_000_000, help="with --suite results: candidate rows")
@@ -151,6 +153,11 @@ def _bench(args) -> int:
     if args.suite == "schedule":
         from .tools.schedule_bench import GOAL, run_schedule_bench
 
+        if args.manifest:
+            from .tools.schedule_bench import shard_costs_measured
+
+            print("\n".join(shard_costs_measured(args.manifest)))
+            return 0
         rows = run_schedule_bench(args.data_root)
         return 0 if max(r["by_cost"] for r in rows) <= GOAL else 1
     if args.suite:

@@ -72,3 +72,31 @@ def run_schedule_bench(data_root: str | None = None, actors: tuple[int, ...] = A
     worst = max(r["by_cost"] for r in rows)
     print(f"schedule: worst {worst:.3f} ({'within' if worst <= GOAL else 'above'} the goal of {GOAL:.2f})")
     return rows
+
+
+def shard_costs_measured(manifest_uri: str) -> list[str]:
+    """How a run's shards really differed: per task, measured seconds per instance against the cost
+    model's prediction, each relative to the run's mean (from the manifest's per-shard timings)."""
+    import json
+
+    from .. import storage
+
+    manifest = json.loads(storage.read_text(manifest_uri))
+    attempt = manifest["attempts"][-1]
+    plan = manifest["plan"]
+    per_task = {}
+    for t in attempt["shards"]:
+        task = t["shard"].split("-")[0]
+        row = per_task.setdefault(task, [0, 0.0, 0.0])
+        row[0] += len(plan[t["shard"]])
+        row[1] += t["end"] - t["start"]
+        row[2] += t["predicted_s"] or 0.0
+    count = sum(r[0] for r in per_task.values())
+    measured_mean = sum(r[1] for r in per_task.values()) / count
+    predicted_mean = sum(r[2] for r in per_task.values()) / count
+    lines = [f"shards: {manifest_uri}: {len(attempt['shards'])} shards, {count} instances, busy share "
+             f"{attempt.get('busy_share') or 0:.3f}, {attempt['seconds']:.1f} s"]
+    for task, (n, measured, predicted) in sorted(per_task.items()):
+        lines.append(f"shards: {task}: {n} instances, measured {measured / n / measured_mean:.2f}x the mean s/instance, "
+                     f"predicted {predicted / n / predicted_mean:.2f}x")
+    return lines
