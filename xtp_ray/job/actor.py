@@ -81,13 +81,12 @@ def _local_revision(path: str) -> str:
 
 def _where() -> tuple[str, str]:
     """(actor id, node id) of this process under Ray (the manifest's per-shard timings), else the pid."""
-    try:
-        import ray
+    import ray
 
-        context = ray.get_runtime_context()
-        return context.get_actor_id() or f"pid-{os.getpid()}", context.get_node_id()
-    except Exception:  # noqa: BLE001 - outside Ray (direct use of the callable)
+    if not ray.is_initialized():  # direct use of the callable: asking Ray's context would start a session
         return f"pid-{os.getpid()}", "local"
+    context = ray.get_runtime_context()
+    return context.get_actor_id() or f"pid-{os.getpid()}", context.get_node_id()
 
 
 class GridSearch:
