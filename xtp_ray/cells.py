@@ -11,15 +11,6 @@ class Cell(NamedTuple):
 
 VANILLA = Cell(None, None)
 
-# The paper's fixed coarse settings (SPEC 2): (module, cell) per task family.
-# "last" stands for L - 1.
-COARSE = {
-    "understanding": ("attn", ("last", 0)),  # XNLI, XCOPA
-    "generation": ("ffn", (0, 0)),  # XQuAD
-    "culture": ("ffn", (0, 0)),  # GlobalOpinionQA
-}
-
-
 def parse_cells(spec: str, num_layers: int) -> list[Cell]:
     """`full` (all L x L), `target-first` (j = 0, all i), or `I:J,I:J,...`.
 

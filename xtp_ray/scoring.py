@@ -1,4 +1,4 @@
-"""Scoring of answers (SPEC 3), reference-compatible.
+"""Scoring of answers (SPEC 3), reference-compatible: the rules the task modules (`tasks/`) use.
 
 Generated text, as the release's evaluation scripts do it:
 - XNLI, XCOPA: full-width brackets normalised first; correct when the text contains
@@ -19,8 +19,10 @@ import math
 import re
 import string
 from collections import Counter
+from typing import TYPE_CHECKING
 
-from .tasks import Instance
+if TYPE_CHECKING:
+    from .tasks import Instance
 
 
 def normalise_brackets(text: str) -> str:
@@ -115,37 +117,12 @@ def option_probabilities(option_logprobs: list[float]) -> list[float]:
 
 def score(instance: Instance, text: str | None = None,
           option_logprobs: list[float] | None = None) -> dict:
-    """{"correct": bool, "score": float, ...task metrics} for one answer.
+    """{"correct": bool, "score": float, ...task metrics} for one answer, by the instance's task (its
+    module in `tasks/` owns the rule). With text the answer is the generated text; otherwise the argmax
+    of option_logprobs (option tasks only)."""
+    from .tasks import get
 
-    With text the answer is the generated text; otherwise the argmax of
-    option_logprobs (option tasks only).
-    """
-    task = instance.task
-    if text is None:
-        if not instance.options or option_logprobs is None:
-            raise ValueError(f"{task} needs generated text: it has no options to score by log-probs")
-        best = max(range(len(instance.options)), key=option_logprobs.__getitem__)
-        result = {"correct": instance.options[best] == instance.gold, "prediction": instance.options[best]}
-    elif task in ("xnli", "xcopa"):
-        words = instance.label_words if task == "xnli" else None
-        result = {"correct": match_option(text, instance.gold, instance.options, words)}
-    elif task == "globalopinionqa":
-        result = {"correct": match_letter(text, instance.gold)}
-    elif task == "xquad":
-        answers = instance.extra.get("answers") or [instance.gold]
-        em, f1 = squad_em_f1(text, answers)
-        contained = any(a.lower() in text.lower() for a in answers)
-        result = {"correct": contained, "em": em, "f1": f1}
-    elif task == "mgsm":
-        predicted = last_number(text)
-        result = {"correct": predicted is not None and abs(predicted - float(instance.gold.replace(",", ""))) < 1e-6}
-    else:
-        raise ValueError(f"no scorer for task {task!r}")
-    if task == "globalopinionqa" and option_logprobs is not None:
-        result["js_similarity"] = js_similarity(option_probabilities(option_logprobs),
-                                                instance.extra["distribution"])
-    result["score"] = float(result["correct"])
-    return result
+    return get(instance.task).score(instance, text, option_logprobs)
 
 
 def option_variants(label: str) -> list[str]:

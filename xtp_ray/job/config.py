@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from ..names import DTYPE_NAMES, MODULES, is_name
-from ..tasks import FAMILY, TASKS
+from ..tasks import TASKS, get
 
 SCORING = ("generate", "logprobs")
 CELL_SPECS = ("full", "target-first", "coarse")
@@ -230,7 +230,7 @@ def validate(config: RunConfig, source: str | None = None) -> None:
     if config.scoring not in SCORING:
         fail(f"scoring {config.scoring!r} unknown; choose generate or logprobs")
     if config.scoring == "logprobs":
-        open_tasks = [t for t in config.tasks if t in ("xquad", "mgsm")]
+        open_tasks = [t for t in config.tasks if t in TASKS and get(t).open_answer]
         if open_tasks:
             fail(f"scoring logprobs needs option tasks; {', '.join(open_tasks)} have open answers (use generate)")
     if config.cells not in CELL_SPECS and not re.fullmatch(r"\s*-?\d+:-?\d+(\s*,\s*-?\d+:-?\d+)*\s*", config.cells):
@@ -318,7 +318,5 @@ def tiny_spec(model: str) -> tuple[str, int]:
 
 def coarse_setting(task: str) -> tuple[str, str]:
     """(module, cell spec) of the paper's fixed coarse setting for a task."""
-    from ..cells import COARSE
-
-    module, (i, j) = COARSE[FAMILY[task]]
+    module, (i, j) = get(task).coarse
     return module, f"{-1 if i == 'last' else i}:{j}"

@@ -1,0 +1,60 @@
+"""XNLI (CC BY-NC 4.0): premise/hypothesis entailment, three options, En -> non-En.
+
+Splits: the release's `sample`/`unseen` (prompt-ready, with label words per language) and the
+original `dev` (`xnli/dev/dev-<lang>.tsv`: premise, hypothesis, label). Scoring: the option
+named in the text, brackets normalised, label words accepted (`scoring.match_option`).
+"""
+from __future__ import annotations
+
+from .. import storage
+from ..scoring import match_option
+from . import readers
+from .base import Task
+from .instance import RowError
+from .registry import register
+from .release import load_option_release
+
+LABELS = {"entailment": "1", "neutral": "2", "contradiction": "3"}
+WORDS_EN = {"1": "Entail", "2": "Neutral", "3": "Contradict"}
+OPTIONS = ["1", "2", "3"]
+TEMPLATE = ("Human: What do you think is the relationship between the premise and the hypothesis?\n\n"
+            "Premise: {premise}\nHypothesis: {hypothesis}\n\n(1) Entail \n(2) Neutral\n(3) Contradict\n\n"
+            "Assistant: If I had to select one of the options, my answer would be:")
+
+
+class XNLI(Task):
+    name = "xnli"
+    family = "understanding"
+    release_dir = "XNLI"
+    original_splits = ("dev",)
+    template = TEMPLATE
+    coarse = ("attn", ("last", 0))
+
+    def load_release(self, root, split, lang, errors):
+        return load_option_release(self, root, split, lang, OPTIONS, errors, with_label_words=True)
+
+    def original_languages(self, split, root):
+        return readers.languages_in(storage.join(root, "xnli", "dev"), "dev-", ".tsv")
+
+    def read_records(self, root, split, lang, errors):
+        return readers.tsv_records(storage.join(root, "xnli", "dev", f"dev-{lang}.tsv"),
+                                   ("premise", "hypothesis", "label"), errors)
+
+    def build(self, record, lang):
+        if not isinstance(record, dict):
+            raise RowError(None, f"malformed row: expected the fields of a {self.name} record, got {record!r:.80}")
+        label = readers.need_str(record.get("label"), "label")
+        if label not in LABELS:
+            raise RowError("label", f"{label!r} is not one of {sorted(LABELS)}")
+        return (TEMPLATE.format(premise=readers.need_str(record.get("premise"), "premise"),
+                                hypothesis=readers.need_str(record.get("hypothesis"), "hypothesis")),
+                LABELS[label], list(OPTIONS), {})
+
+    def label_words(self, lang):
+        return WORDS_EN if lang == "en" else {}
+
+    def score_text(self, instance, text):
+        return {"correct": match_option(text, instance.gold, instance.options, instance.label_words)}
+
+
+TASK = register(XNLI())

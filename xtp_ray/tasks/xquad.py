@@ -1,0 +1,108 @@
+"""XQuAD (CC BY-SA 4.0): extractive questions on a context, open answers, En -> non-En.
+
+Splits: the release's `sample`/`unseen` (`split/xquad.<lang>.json`, `ans/xquad.<lang>.json`) and the
+original `test` (`xquad/xquad.<lang>.json`, SQuAD layout; pairs by question id). Scoring: a gold
+answer contained in the text, case-insensitive, plus SQuAD exact match and F1.
+"""
+from __future__ import annotations
+
+import json
+
+from .. import storage
+from ..scoring import squad_em_f1
+from . import readers
+from .base import Task
+from .instance import Instance, InstanceError, RowError
+from .registry import register
+
+TEMPLATE = ("Human: Please answer these questions only based on the given context.\n\n"
+            "Context: {context}\nQuestion: {question}\n\nAssistant: My answer would be:")
+
+
+class XQuAD(Task):
+    name = "xquad"
+    family = "generation"
+    release_dir = "XQuAD"
+    original_splits = ("test",)
+    template = TEMPLATE
+    coarse = ("ffn", (0, 0))
+    metrics = ("em", "f1")
+    open_answer = True
+    align_by_gold = False  # pairs by question id; answers differ by language
+
+    def languages(self, split, root):
+        if split in ("sample", "unseen"):
+            return readers.languages_in(storage.join(self.release_base(root, split), "split"), "xquad.")
+        return super().languages(split, root)
+
+    def load_release(self, root, split, lang, errors):
+        base = self.release_base(root, split)
+        donor_file = storage.join(base, "split", "xquad.en.json")
+        recipient_file = storage.join(base, "split", f"xquad.{lang}.json")
+        files = {"recipient": recipient_file, "donor": donor_file,
+                 "gold": storage.join(base, "ans", f"xquad.{lang}.json")}
+        by_line = readers.parallel(files, "recipient", errors)
+        if by_line is None:
+            return []
+        donors, golds = by_line["donor"], by_line["gold"]
+        out = []
+        for line, recipient in sorted(by_line["recipient"].items()):
+            try:
+                recipient = readers.need_str(recipient, "prompt")
+                donor = readers.need_str(donors.get(line), "prompt (donor)")
+                gold = readers.need_str(golds.get(line), "gold")
+            except RowError as exc:
+                errors.append(InstanceError(recipient_file, line, exc.field, str(exc)))
+                continue
+            out.append(Instance(f"xquad/{split}/{lang}/{line - 1}", "xquad", split, lang, f"en->{lang}", donor,
+                                recipient, gold, [], {}, {"template": "release", "answers": [gold]}))
+        return out
+
+    def original_languages(self, split, root):
+        return readers.languages_in(storage.join(root, "xquad"), "xquad.", ".json")
+
+    def read_records(self, root, split, lang, errors):
+        uri = storage.join(root, "xquad", f"xquad.{lang}.json")
+        text = readers.read_file_text(uri, errors)
+        if text is None:
+            return uri, None
+        try:
+            document = json.loads(text)
+            records = []
+            for article in document["data"]:
+                for paragraph in article["paragraphs"]:
+                    for qa in paragraph["qas"]:
+                        records.append((len(records) + 1, {"id": qa["id"], "context": paragraph["context"],
+                                                           "question": qa["question"],
+                                                           "answers": [a["text"] for a in qa["answers"]]}))
+            return uri, records
+        except json.JSONDecodeError as exc:
+            reason = f"bad JSON ({exc.msg}, line {exc.lineno})"
+        except KeyError as exc:
+            reason = f"no field {exc.args[0]!r} where the SQuAD layout (data/paragraphs/qas/answers) has one"
+        except TypeError:
+            reason = "not in the SQuAD layout (data/paragraphs/qas/answers)"
+        errors.append(InstanceError(uri, None, None, f"malformed {self.name} file: {reason}; its instances are "
+                                                     "left out"))
+        return uri, None
+
+    def build(self, record, lang):
+        if not isinstance(record, dict):
+            raise RowError(None, f"malformed row: expected the fields of a {self.name} record, got {record!r:.80}")
+        answers = record.get("answers")
+        if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
+            raise RowError("answers", "expected a non-empty list of strings")
+        prompt = TEMPLATE.format(context=readers.need_str(record.get("context"), "context"),
+                                 question=readers.need_str(record.get("question"), "question"))
+        return prompt, answers[0], [], {"answers": answers, "qa_id": record.get("id")}
+
+    def pair_key(self, line, extra):
+        return extra.get("qa_id")
+
+    def score_text(self, instance, text):
+        answers = instance.extra.get("answers") or [instance.gold]
+        em, f1 = squad_em_f1(text, answers)
+        return {"correct": any(a.lower() in text.lower() for a in answers), "em": em, "f1": f1}
+
+
+TASK = register(XQuAD())
