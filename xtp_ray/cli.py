@@ -145,7 +145,7 @@ def _bench(args) -> int:
     if args.max_new_tokens < 0:
         raise ValueError(f"--max-new-tokens must be at least 0, got {args.max_new_tokens}")
     if args.suite == "results":
-        from .results.scale_bench import run_scale_bench
+        from .tools.scale_bench import run_scale_bench
 
         check_positive(rows=args.rows)
         run_scale_bench(args.dir, args.rows, before=not args.no_before)

@@ -26,7 +26,7 @@ def generate(directory: str, rows: int) -> int:
     """Shards for about `rows` candidate rows under <directory>/scale (kept if already there)."""
     from ..job.config import RunConfig
     from ..job.shards import committed_shards, write_shard
-    from .synthetic import synthetic_shard
+    from ..results.synthetic import synthetic_shard
 
     per_instance = LAYERS * LAYERS + 1
     per_lang = max(1, rows // per_instance // len(LANGS))
