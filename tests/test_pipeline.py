@@ -160,3 +160,23 @@ def test_generate_mode_scores_text_and_reports_bad_rows(tmp_path):
     rows = candidate_rows(config)
     assert len(rows) == 2 * (LAYERS + 1)
     assert all(1 <= len(r["token_ids"]) <= 3 and isinstance(r["prediction"], str) for r in rows)
+
+
+def test_mkqa_runs_from_the_datasets_own_file(tmp_path):
+    import shutil
+
+    (tmp_path / "data" / "mkqa").mkdir(parents=True)
+    shutil.copy(Path(__file__).parent / "data" / "mkqa" / "mkqa_sample6.jsonl.gz",
+                tmp_path / "data" / "mkqa" / "mkqa.jsonl.gz")
+    config = _config(tmp_path, tasks=["mkqa"], splits=["train"], langs=["de", "zh"], limit=None,
+                     data_root=str(tmp_path / "data"), scoring="generate", max_new_tokens=3, cells="coarse",
+                     min_actors=1, max_actors=1, run_id="mkqa")
+    summary = run_job(config)
+    assert summary["instances"] == 6 and summary["left_out"] == []  # 3 answerable of 6 per language
+    rows = candidate_rows(config)
+    assert len(rows) == 6 * 2 and {r["module"] for r in rows} == {"ffn"}  # the coarse setting: FFN 0 -> 0
+    assert all(set(json.loads(r["metrics"])) == {"em", "f1"} for r in rows)
+    report = aggregate_run(config.output, config.run_id)
+    table = report["tables"]["mkqa/train/ffn"]["by_lang"]
+    assert table["de"]["instances"] == table["zh"]["instances"] == 3
+    assert set(table["zh"]["vanilla_metrics"]) == {"em", "f1"}

@@ -151,7 +151,7 @@ def test_hf_datasets_saved_to_disk(tmp_path):
 def test_describe_lists_bundled_splits():
     found, errors = describe()
     assert errors == []  # the bundled samples are clean
-    assert {"task": "xnli", "split": "sample", "lang": "sw", "instances": 50, "errors": 0} in found
+    assert {"task": "xnli", "split": "sample", "lang": "sw", "instances": 50, "errors": 0, "notes": 0} in found
     assert len({(f["task"], f["lang"]) for f in found}) == 15 + 12 + 12 + 24
 
 

@@ -85,10 +85,14 @@ def list_names(uri: str) -> list[str]:
     return sorted(info.base_name for info in infos)
 
 
-def read_text(uri: str) -> str:
+def read_bytes(uri: str) -> bytes:
     fs, path = resolve(uri)
     with fs.open_input_stream(path) as stream:
-        return stream.read().decode("utf-8")
+        return stream.read()
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8")
 
 
 def write_text(uri: str, text: str) -> None:

@@ -1,6 +1,6 @@
 """The tasks floor: benchmarks as registered tasks behind one interface.
 
-One module per benchmark (`xnli`, `xcopa`, `xquad`, `globalopinionqa`, `mgsm`) owns its splits and
+One module per benchmark (`xnli`, `xcopa`, `xquad`, `globalopinionqa`, `mgsm`, `mkqa`) owns its splits and
 formats, direction, template, family and coarse setting, and scoring; `registry.get(name)` finds it.
 The shared parts: `instance` (Instance, InstanceError), `readers` (files, parallel files, `hf:`
 datasets), `alignment` (drifted parallel files), `release` (the release's option files), `base`
@@ -21,6 +21,7 @@ from . import xcopa  # noqa: F401
 from . import xquad  # noqa: F401
 from . import globalopinionqa  # noqa: F401
 from . import mgsm  # noqa: F401
+from . import mkqa  # noqa: F401
 from .base import RELEASE_SPLITS, Task
 from .instance import Instance, InstanceError, MissingSplit, RowError
 from .readers import bundled_root, hf_split
@@ -63,7 +64,8 @@ def task_splits(task: str) -> tuple[str, ...]:
 
 def load_instances(task: str, lang: str | None, split: str = "sample",
                    data_root: str | None = None) -> tuple[list[Instance], list[InstanceError]]:
-    """Instances of one (task, language, split) and the errors of the rows left out."""
+    """Instances of one (task, language, split) and the errors of the rows left out (with notes:
+    `InstanceError.note`, left out by the task's rule, counted but no error)."""
     definition = get(task)
     splits = definition.splits()
     if split not in splits:
@@ -90,7 +92,8 @@ def check_root(data_root: str | None) -> str:
 
 def describe(data_root: str | None = None) -> tuple[list[dict], list[InstanceError]]:
     """Tasks, splits, languages and sizes found in a data location (for `xtp tasks`), and what was left
-    out (bad files, rows and language names)."""
+    out (bad files, rows and language names; notes, `InstanceError.note`, are left out by a task's own
+    rule and are no error)."""
     root = check_root(data_root)
     found, errors = [], []
     for task in TASKS:
@@ -109,5 +112,6 @@ def describe(data_root: str | None = None) -> tuple[list[dict], list[InstanceErr
                     continue
                 errors.extend(row_errors)
                 found.append({"task": task, "split": split, "lang": lang, "instances": len(instances),
-                              "errors": len(row_errors)})
+                              "errors": sum(1 for e in row_errors if not e.note),
+                              "notes": sum(1 for e in row_errors if e.note)})
     return found, errors

@@ -40,6 +40,7 @@ class InstanceError:
     line: int | None  # 1-based; None for a whole-file problem
     field: str | None
     message: str
+    note: bool = False  # counted and reported, but no error (a record a task leaves out by its own rule)
 
     def __str__(self) -> str:
         where = self.file + (f":{self.line}" if self.line else "")

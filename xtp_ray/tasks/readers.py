@@ -113,13 +113,13 @@ def distribution(value, name: str) -> list[float]:
     return [float(p) for p in value]
 
 
-def hf_split(name: str, split: str):
+def hf_split(name: str, split: str, need_lang: bool = True):
     import datasets
 
     data = datasets.load_from_disk(name) if storage.is_dir(name) else datasets.load_dataset(name)
     if split not in data:
         raise MissingSplit(f"hf:{name} has no split {split!r}; it has {', '.join(data)}")
-    if "lang" not in data[split].column_names:
+    if need_lang and "lang" not in data[split].column_names:
         raise ValueError(f"hf:{name}[{split}] has no 'lang' column (each row names its language)")
     return data[split]
 

@@ -97,6 +97,9 @@ def run_probe(args) -> int:
         from ..tasks import load_instances
 
         instances, left_out = load_instances(args.task, args.lang, args.split, args.data_root)
+        for note in (e for e in left_out if e.note):
+            print(f"note: {note}", file=sys.stderr)
+        left_out = [e for e in left_out if not e.note]
         pairs = [{"id": i.id, "donor": i.donor, "recipient": i.recipient} for i in instances]
     else:
         raise ValueError("give --input FILE or --task NAME --lang LANG")
