@@ -180,3 +180,17 @@ def test_mkqa_runs_from_the_datasets_own_file(tmp_path):
     table = report["tables"]["mkqa/train/ffn"]["by_lang"]
     assert table["de"]["instances"] == table["zh"]["instances"] == 3
     assert set(table["zh"]["vanilla_metrics"]) == {"em", "f1"}
+
+
+def test_an_own_task_runs_through_the_job_and_the_report(tmp_path):
+    from test_custom_task import write_own_task
+
+    root = write_own_task(tmp_path / "data")
+    config = _config(tmp_path, tasks=["mybench"], splits=["test"], langs=["all"], limit=None, data_root=str(root),
+                     min_actors=1, max_actors=1, run_id="own")
+    summary = run_job(config)
+    assert summary["instances"] == 4 and summary["left_out"] == []
+    rows = candidate_rows(config)
+    assert len(rows) == 4 * (LAYERS * LAYERS + 1) and {r["task"] for r in rows} == {"mybench"}
+    report = aggregate_run(config.output, config.run_id)
+    assert set(report["tables"]["mybench/test/ffn"]["by_lang"]) == {"en", "sw"}

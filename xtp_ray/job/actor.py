@@ -94,6 +94,9 @@ class GridSearch:
 
     def __init__(self, config: dict):
         self.config = RunConfig(**config)
+        from ..tasks import discover
+
+        discover(self.config.data_root)  # the run's own tasks, as the driver found them
         self.engine, self.revision = load_for_run(self.config)
         self.actor_id, self.node_id = _where()
         self.tokenizer = self.engine.tokenizer

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from ..names import DTYPE_NAMES, MODULES, is_name
-from ..tasks import TASKS, get
+from ..tasks import TASKS, discover, get, names
 
 SCORING = ("generate", "logprobs")
 CELL_SPECS = ("full", "target-first", "coarse")
@@ -215,9 +215,6 @@ def validate(config: RunConfig, source: str | None = None) -> None:
     for name in ("tasks", "langs", "splits", "modules"):
         if not getattr(config, name):
             fail(f"{name} is empty: name at least one")
-    for task in config.tasks:
-        if task not in TASKS:
-            fail(f"task {task!r} unknown; tasks: {', '.join(TASKS)}")
     for kind, values in (("language", config.langs), ("split", config.splits)):
         for value in values:
             if not is_name(value):
@@ -229,10 +226,6 @@ def validate(config: RunConfig, source: str | None = None) -> None:
         fail(f"sharding {config.sharding!r} unknown; choose cost or size")
     if config.scoring not in SCORING:
         fail(f"scoring {config.scoring!r} unknown; choose generate or logprobs")
-    if config.scoring == "logprobs":
-        open_tasks = [t for t in config.tasks if t in TASKS and get(t).open_answer]
-        if open_tasks:
-            fail(f"scoring logprobs needs option tasks; {', '.join(open_tasks)} have open answers (use generate)")
     if config.cells not in CELL_SPECS and not re.fullmatch(r"\s*-?\d+:-?\d+(\s*,\s*-?\d+:-?\d+)*\s*", config.cells):
         fail(f"cells {config.cells!r}: expected full, target-first, coarse or I:J,I:J,...")
     for name in ("batch_size", "shard_size", "min_actors", "max_actors", "max_new_tokens", "write_retries"):
@@ -277,6 +270,23 @@ def validate(config: RunConfig, source: str | None = None) -> None:
             tiny_spec(config.model)
         except ValueError as exc:
             fail(str(exc))
+    _validate_tasks(config, fail)  # after the paths: an own task is read from under the data root
+    if config.scoring == "logprobs":
+        open_tasks = [t for t in config.tasks if get(t).open_answer]
+        if open_tasks:
+            fail(f"scoring logprobs needs option tasks; {', '.join(open_tasks)} have open answers (use generate)")
+
+
+def _validate_tasks(config: RunConfig, fail) -> None:
+    """Every task built in, or a lab's own under the data root (tasks/custom.py)."""
+    if not all(task in names() for task in config.tasks) and config.data_root:
+        try:
+            discover(config.data_root)
+        except ValueError as exc:
+            fail(str(exc))
+    for task in config.tasks:
+        if task not in names():
+            fail(f"task {task!r} unknown; tasks: {', '.join(names())}")
 
 
 def tensor_parallel_size(config: RunConfig) -> int:

@@ -22,6 +22,7 @@ from . import xquad  # noqa: F401
 from . import globalopinionqa  # noqa: F401
 from . import mgsm  # noqa: F401
 from . import mkqa  # noqa: F401
+from .custom import CustomTask, discover
 from .base import RELEASE_SPLITS, Task
 from .instance import Instance, InstanceError, MissingSplit, RowError
 from .readers import bundled_root, hf_split
@@ -31,8 +32,17 @@ TASKS = names()
 TEMPLATES = {name: get(name).template for name in TASKS}
 
 __all__ = ["RELEASE_SPLITS", "TASKS", "TEMPLATES", "Instance", "InstanceError", "MissingSplit", "RowError", "Task",
-           "bundled_root", "check_root", "describe", "get", "list_languages", "load_instances", "names",
-           "task_splits"]
+           "bundled_root", "check_root", "describe", "discover", "find", "get", "list_languages", "load_instances",
+           "names", "task_splits"]
+
+
+def find(task: str, data_root: str | None = None) -> Task:
+    """A built-in task, or an own task of the data root (`custom.discover`; read again where another
+    root's task of that name was read before)."""
+    known = task in names()
+    if data_root and (not known or (isinstance(get(task), CustomTask) and get(task).root != data_root)):
+        discover(data_root)
+    return get(task)
 
 
 def list_languages(task: str, split: str, data_root: str | None = None,
@@ -40,7 +50,7 @@ def list_languages(task: str, split: str, data_root: str | None = None,
     """Languages of (task, split) found in a data location. A language that is not a safe name
     (`names.NAME`: it becomes part of shard and figure paths) is left out, and reported into `errors`."""
     root = data_root or bundled_root()
-    found = get(task).languages(split, root)
+    found = find(task, data_root).languages(split, root)
     bad = [lang for lang in found if not is_name(lang)]
     if bad and errors is not None:
         if root.startswith("hf:"):
@@ -66,7 +76,7 @@ def load_instances(task: str, lang: str | None, split: str = "sample",
                    data_root: str | None = None) -> tuple[list[Instance], list[InstanceError]]:
     """Instances of one (task, language, split) and the errors of the rows left out (with notes:
     `InstanceError.note`, left out by the task's rule, counted but no error)."""
-    definition = get(task)
+    definition = find(task, data_root)
     splits = definition.splits()
     if split not in splits:
         raise ValueError(f"unknown split {split!r} for {task}; splits: {', '.join(splits)}")
@@ -95,8 +105,9 @@ def describe(data_root: str | None = None) -> tuple[list[dict], list[InstanceErr
     out (bad files, rows and language names; notes, `InstanceError.note`, are left out by a task's own
     rule and are no error)."""
     root = check_root(data_root)
+    own = discover(data_root)
     found, errors = [], []
-    for task in TASKS:
+    for task in (*TASKS, *own):
         for split in task_splits(task):
             try:
                 languages = list_languages(task, split, root, errors)
