@@ -194,3 +194,41 @@ def test_an_own_task_runs_through_the_job_and_the_report(tmp_path):
     assert len(rows) == 4 * (LAYERS * LAYERS + 1) and {r["task"] for r in rows} == {"mybench"}
     report = aggregate_run(config.output, config.run_id)
     assert set(report["tables"]["mybench/test/ffn"]["by_lang"]) == {"en", "sw"}
+
+
+def test_the_coarse_settings_give_the_papers_offline_scaling_table(tmp_path):
+    import shutil
+
+    from xtp_ray.tasks import bundled_root
+
+    root = tmp_path / "data"
+    shutil.copytree(Path(bundled_root()) / "xtransplant_release", root / "xtransplant_release")
+    (root / "mkqa").mkdir()
+    shutil.copy(Path(__file__).parent / "data" / "mkqa" / "mkqa_sample6.jsonl.gz", root / "mkqa" / "mkqa.jsonl.gz")
+    config = _config(tmp_path, tasks=["xnli", "xcopa", "xquad", "mkqa"], splits=["sample", "train"],
+                     langs=["all"], limit=2, data_root=str(root), scoring="generate", max_new_tokens=3,
+                     cells="coarse", min_actors=1, max_actors=1, run_id="coarse")
+    run_job(config)
+    report = aggregate_run(config.output, config.run_id)
+    rows = candidate_rows(config)
+    [understanding, generation] = report["offline_scaling"]
+    assert (understanding["task_type"], understanding["granularity"], understanding["setting"]) == \
+        ("understanding", "attn", "(last, first)")
+    assert (generation["task_type"], generation["granularity"], generation["setting"]) == \
+        ("generation", "ffn", "(first, first)")
+    assert (understanding["ID"]["task"], understanding["OOD"]["task"]) == ("xnli", "xcopa")
+    assert (generation["ID"]["task"], generation["OOD"]["task"]) == ("xquad", "mkqa")
+    for row in (understanding, generation):  # against the plain definition, from the rows
+        for side in ("ID", "OOD"):
+            entry = row[side]
+            for lang, v in entry["by_lang"].items():
+                mine = [r for r in rows if r["task"] == entry["task"] and r["lang"] == lang]
+                cell = [r["correct"] for r in mine if r["source_layer"] is not None]
+                vanilla = [r["correct"] for r in mine if r["source_layer"] is None]
+                assert v["transplanted"] == pytest.approx(sum(cell) / len(cell))
+                assert v["vanilla"] == pytest.approx(sum(vanilla) / len(vanilla))
+    report_dir = Path(config.output) / "coarse" / "report"
+    assert "## Offline scaling" in (report_dir / "report.md").read_text()
+    assert "Offline scaling" in (report_dir / "report.html").read_text()
+    assert json.loads((report_dir / "report.json").read_text())["offline_scaling"] == report["offline_scaling"]
+    assert not (report_dir / "heatmaps").exists() and report["figures"] == ["overview.png"]  # single cells

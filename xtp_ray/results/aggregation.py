@@ -23,6 +23,7 @@ from ..candidates import intact_footers
 from ..names import check_name
 from .lmeval import results_json
 from .partials import COLUMNS, KEY, Merged, applied_first_column, from_footer, shard_partials, summarise
+from .scaling import offline_scaling
 from .tables import build_tables, target_first
 
 log = logging.getLogger("xtp_ray")
@@ -103,7 +104,8 @@ def aggregate_merged(merged: Merged) -> dict:
         unseen = merged.groups.get(f"{task}/unseen/{module}/{lang}")
         return applied_first_column(unseen, choice) if unseen else None
 
-    return {"tables": build_tables(groups), "target_first": target_first(groups, applied_of)}
+    tables = build_tables(groups)
+    return {"tables": tables, "target_first": target_first(groups, applied_of), "offline_scaling": offline_scaling(tables)}
 
 
 def compare(report: dict, earlier: dict) -> list[dict]:

@@ -15,6 +15,7 @@ import math
 import re
 
 from ..names import is_name
+from .scaling import single_cell
 
 PAGE_STYLE = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
@@ -155,7 +156,7 @@ def render_figures(report: dict) -> dict[str, bytes]:
     figures = {}
     for key, table in report["tables"].items():
         for lang, summary in table["by_lang"].items():
-            if "heatmap" in summary:
+            if "heatmap" in summary and single_cell(summary) is None:  # one cell: nothing to map
                 figures[figure_name("heatmaps", key, lang)] = heatmap_delta(key, lang, summary)
                 figures[figure_name("marginals", key, lang)] = marginals_plot(key, lang, summary)
     if report["tables"]:
@@ -186,6 +187,27 @@ def render_markdown(report: dict) -> str:
                      f"{pct(table.get('best_cell_std'))} | | |")
         lines.append(f"| **overall (micro)** | | {pct(table['vanilla_overall'])} | "
                      f"{pct(table.get('upper_bound_overall'))} | | | |")
+        lines.append("")
+    if report.get("offline_scaling"):
+        lines += ["## Offline scaling (the paper's coarse settings on ID and OOD data)", "",
+                  "Accuracy in %, vanilla -> transplanted under the fixed setting, mean ± std across languages.", "",
+                  "| task type | granularity | (source, target) | ID data | ID vanilla | ID transplanted | OOD data | "
+                  "OOD vanilla | OOD transplanted |", "|---|---|---|---|---|---|---|---|---|"]
+        for row in report["offline_scaling"]:
+            sides = []
+            for side in ("ID", "OOD"):
+                e = row.get(side)
+                sides += ([f"{md(e['task'])} ({md(e['split'])}, {len(e['by_lang'])} langs)",
+                           f"{pct(e['vanilla_mean'])} ± {pct(e['vanilla_std'])}",
+                           f"{pct(e['transplanted_mean'])} ± {pct(e['transplanted_std'])}"] if e else ["-", "-", "-"])
+            lines.append(f"| {row['task_type']} | {row['granularity']} | {row['setting']} | " + " | ".join(sides) + " |")
+        lines.append("")
+        for row in report["offline_scaling"]:
+            for side in ("ID", "OOD"):
+                e = row.get(side)
+                if e:
+                    lines.append(f"{row['task_type']} {side} ({md(e['task'])}) per language: " + ", ".join(
+                        f"{md(lang)} {pct(v['vanilla'])} -> {pct(v['transplanted'])}" for lang, v in e["by_lang"].items()))
         lines.append("")
     if report["target_first"]:
         lines += ["## Target-first selection (sample -> unseen)", "",
@@ -271,6 +293,25 @@ def render_html(report: dict, figures: dict[str, bytes]) -> str:
             + html_table(["lang", "n", "vanilla", "upper bound", "best cell", "best - vanilla", "best (i, j)",
                           "target-first i*"], rows, summary_rows=2)
             + f"<div class=\"figures\">{''.join(figs)}</div>")
+    if report.get("offline_scaling"):
+        rows = []
+        for row in report["offline_scaling"]:
+            for side in ("ID", "OOD"):
+                e = row.get(side)
+                if not e:
+                    continue
+                for lang, v in e["by_lang"].items():
+                    rows.append([row["task_type"], row["granularity"], row["setting"], side,
+                                 html.escape(f"{e['task']} ({e['split']})"), html.escape(lang), pct(v["vanilla"]),
+                                 pct(v["transplanted"]), _delta_cell(v["transplanted"] - v["vanilla"])])
+                rows.append([row["task_type"], row["granularity"], row["setting"], side,
+                             html.escape(f"{e['task']} ({e['split']})"), "mean ± std",
+                             f"{pct(e['vanilla_mean'])} ± {pct(e['vanilla_std'])}",
+                             f"{pct(e['transplanted_mean'])} ± {pct(e['transplanted_std'])}",
+                             _delta_cell(e["transplanted_mean"] - e["vanilla_mean"])])
+        sections.append("<h2>Offline scaling (the paper's coarse settings on ID and OOD data)</h2>"
+                        + html_table(["task type", "granularity", "(source, target)", "data", "task", "lang",
+                                      "vanilla", "transplanted", "transplanted - vanilla"], rows))
     if report["target_first"]:
         rows = [[html.escape(e["task"]), html.escape(e["module"]), html.escape(e["lang"]),
                  f"({e['source_layer']}, 0)", str(e.get("unseen_instances", "-")), pct(e.get("unseen_vanilla")),

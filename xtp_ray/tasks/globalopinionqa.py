@@ -30,6 +30,7 @@ class GlobalOpinionQA(Task):
     original_splits = ("eval",)
     template = TEMPLATE
     coarse = ("ffn", (0, 0))
+    offline_scaling = "ID"  # its data in the paper's offline scaling table (release Asset/settings.png)
     metrics = ("js_similarity",)
 
     def load_release(self, root, split, lang, errors):

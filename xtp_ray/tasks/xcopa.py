@@ -27,6 +27,7 @@ class XCOPA(Task):
     original_splits = ("test", "val")
     template = TEMPLATE
     coarse = ("attn", ("last", 0))
+    offline_scaling = "OOD"  # its data in the paper's offline scaling table (release Asset/settings.png)
 
     def load_release(self, root, split, lang, errors):
         return load_option_release(self, root, split, lang, OPTIONS, errors)

@@ -29,6 +29,7 @@ class XNLI(Task):
     original_splits = ("dev",)
     template = TEMPLATE
     coarse = ("attn", ("last", 0))
+    offline_scaling = "ID"  # its data in the paper's offline scaling table (release Asset/settings.png)
 
     def load_release(self, root, split, lang, errors):
         return load_option_release(self, root, split, lang, OPTIONS, errors, with_label_words=True)
