@@ -205,20 +205,29 @@ def test_the_coarse_settings_give_the_papers_offline_scaling_table(tmp_path):
     shutil.copytree(Path(bundled_root()) / "xtransplant_release", root / "xtransplant_release")
     (root / "mkqa").mkdir()
     shutil.copy(Path(__file__).parent / "data" / "mkqa" / "mkqa_sample6.jsonl.gz", root / "mkqa" / "mkqa.jsonl.gz")
-    config = _config(tmp_path, tasks=["xnli", "xcopa", "xquad", "mkqa"], splits=["sample", "train"],
-                     langs=["all"], limit=2, data_root=str(root), scoring="generate", max_new_tokens=3,
-                     cells="coarse", min_actors=1, max_actors=1, run_id="coarse")
+    from test_culturalbench import write_culturalbench
+
+    write_culturalbench(root, translations=("de", "ar"))
+    config = _config(tmp_path, tasks=["xnli", "xcopa", "xquad", "mkqa", "globalopinionqa", "culturalbench"],
+                     splits=["sample", "train", "test"], langs=["all"], limit=2, data_root=str(root),
+                     scoring="generate", max_new_tokens=3, cells="coarse", min_actors=1, max_actors=2, run_id="coarse")
     run_job(config)
     report = aggregate_run(config.output, config.run_id)
     rows = candidate_rows(config)
-    [understanding, generation] = report["offline_scaling"]
+    [understanding, generation, culture] = report["offline_scaling"]
+    assert (culture["task_type"], culture["setting"], culture["ID"]["task"], culture["OOD"]["task"]) == \
+        ("culture", "(first, first)", "globalopinionqa", "culturalbench")
+    # limit 2 takes question 0 whole (its four rows): a question is scored whole or not at all
+    bench = report["tables"]["culturalbench/test/ffn"]["by_lang"]
+    assert set(bench) == {"ar", "de", "en"}
+    assert all(v["instances"] == 1 and v["row_instances"] == 4 for v in bench.values())
     assert (understanding["task_type"], understanding["granularity"], understanding["setting"]) == \
         ("understanding", "attn", "(last, first)")
     assert (generation["task_type"], generation["granularity"], generation["setting"]) == \
         ("generation", "ffn", "(first, first)")
     assert (understanding["ID"]["task"], understanding["OOD"]["task"]) == ("xnli", "xcopa")
     assert (generation["ID"]["task"], generation["OOD"]["task"]) == ("xquad", "mkqa")
-    for row in (understanding, generation):  # against the plain definition, from the rows
+    for row in (understanding, generation):  # against the plain definition, from the rows (not grouped)
         for side in ("ID", "OOD"):
             entry = row[side]
             for lang, v in entry["by_lang"].items():

@@ -50,11 +50,12 @@ def test_no_instance_is_lost_or_duplicated_and_shards_hold_one_language(seed, ac
 def test_groups_are_never_split(seed):
     groups, costs = _groups(seed, grouped=True)
     for actors in (2, 16, 128):
-        shards, _ = cut_by_cost(groups, costs, actors, shard_size=6, batch_size=1)
-        where = {}
-        for name, instances in shards.items():
-            for i in instances:
-                assert where.setdefault((i.task, i.lang, i.extra["group"]), name) == name, i.id
+        for shards, _ in (cut_by_cost(groups, costs, actors, shard_size=6, batch_size=1),
+                          cut_by_size(groups, 6, costs)):
+            where = {}
+            for name, instances in shards.items():
+                for i in instances:
+                    assert where.setdefault((i.task, i.lang, i.extra["group"]), name) == name, i.id
 
 
 def test_costliest_first_and_the_last_wave_finer():

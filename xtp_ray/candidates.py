@@ -23,6 +23,7 @@ CANDIDATE_SCHEMA = pa.schema([
     ("option_logprobs", pa.list_(pa.float64())),  # null for open-answer tasks
     ("metrics", pa.string()),  # JSON: em / f1 (XQuAD), js_similarity (GlobalOpinionQA)
     ("num_layers", pa.int32()), ("config", pa.string()),  # JSON: what reproduces the row
+    ("group", pa.string()),  # the instances scored together (CulturalBench's question); null: alone
 ])
 
 

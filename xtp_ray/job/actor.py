@@ -151,6 +151,12 @@ class GridSearch:
                 skipped.append({"instance_id": inst.id, "reason": too_long})
             else:
                 kept.append(inst)
+        lost = {i.extra.get("group") for i in instances if i.id in {s["instance_id"] for s in skipped}} - {None}
+        if lost:  # a group is scored whole or not at all
+            for inst in [i for i in kept if i.extra.get("group") in lost]:
+                skipped.append({"instance_id": inst.id, "reason": f"its group {inst.extra['group']} lost a member "
+                                                                  "to the length limit"})
+            kept = [i for i in kept if i.extra.get("group") not in lost]
         rows, cells_run = [], 0
         new_tokens = self.config.max_new_tokens if self.config.scoring == "generate" else 0
         by_task = [[i for i in kept if i.task == task] for task in dict.fromkeys(i.task for i in kept)]
@@ -192,4 +198,4 @@ class GridSearch:
                 "prediction": text if text is not None else scored.get("prediction"),
                 "token_ids": result.token_ids, "correct": bool(scored["correct"]), "score": scored["score"],
                 "option_logprobs": result.option_logprobs, "metrics": json.dumps(metrics),
-                "num_layers": self.num_layers, "config": self.row_config}
+                "num_layers": self.num_layers, "config": self.row_config, "group": inst.extra.get("group")}

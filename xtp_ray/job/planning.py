@@ -123,13 +123,25 @@ def load_groups(config: RunConfig) -> tuple[dict[tuple[str, str, str], list[Inst
                 errors.extend(e for e in row_errors if not e.note)
                 for note in (e for e in row_errors if e.note):  # a task's own rule: counted, no error
                     log.info("note: %s", note)
-                instances = instances[:config.limit] if config.limit else instances
+                instances = limited(instances, config.limit)
                 if instances:
                     groups[(task, split, lang)] = instances
     if not groups:
         raise ValueError(f"empty dataset: no instances for tasks {config.tasks}, languages {config.langs}, "
                          f"splits {config.splits} in {config.data_root or 'the bundled samples'}")
     return groups, errors
+
+
+def limited(instances: list[Instance], limit: int | None) -> list[Instance]:
+    """The first `limit` instances, and the rest of the group the last one belongs to (a group of
+    instances scored together is taken whole or not at all)."""
+    if not limit or limit >= len(instances):
+        return instances
+    end = limit
+    group = instances[end - 1].extra.get("group")
+    while group is not None and end < len(instances) and instances[end].extra.get("group") == group:
+        end += 1
+    return instances[:end]
 
 
 def model_shape(config: RunConfig) -> tuple[dict, int]:

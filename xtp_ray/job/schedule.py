@@ -100,15 +100,22 @@ def cut_by_cost(groups: dict[tuple, list], costs: dict[tuple, list[float]], acto
 
 def cut_by_size(groups: dict[tuple, list], shard_size: int,
                 costs: dict[tuple, list[float]] | None = None) -> tuple[dict[str, list], dict[str, float]]:
-    """The plan by instance count: `shard_size` per (task, split, lang), in name order; with each
-    shard's predicted seconds where `costs` are given."""
+    """The plan by instance count: `shard_size` per (task, split, lang) (a group of instances scored
+    together is never split: a shard ends before the group that would overflow it), in name order;
+    with each shard's predicted seconds where `costs` are given."""
     shards, shard_costs = {}, {}
     for key in groups:
         instances = groups[key]
-        for k in range(0, len(instances), shard_size):
-            name = f"{'-'.join(key)}-{k // shard_size:05d}"
-            shards[name] = instances[k:k + shard_size]
-            shard_costs[name] = sum(costs[key][k:k + shard_size]) if costs else 0.0
+        bounds, start = [], 0
+        for a, b in _units(instances):
+            if b - start > shard_size and a > start:
+                bounds.append((start, a))
+                start = a
+        bounds.append((start, len(instances)))
+        for k, (a, b) in enumerate(bounds):
+            name = f"{'-'.join(key)}-{k:05d}"
+            shards[name] = instances[a:b]
+            shard_costs[name] = sum(costs[key][a:b]) if costs else 0.0
     names = sorted(shards)
     return {n: shards[n] for n in names}, {n: shard_costs[n] for n in names}
 

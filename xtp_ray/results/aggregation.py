@@ -22,7 +22,7 @@ from .. import storage
 from ..candidates import intact_footers
 from ..names import check_name
 from .lmeval import results_json
-from .partials import COLUMNS, KEY, Merged, applied_first_column, from_footer, shard_partials, summarise
+from .partials import KEY, Merged, applied_first_column, columns_of, from_footer, shard_partials, summarise
 from .scaling import offline_scaling
 from .tables import build_tables, target_first
 
@@ -60,7 +60,9 @@ def collect_partials(run_uri: str, from_candidates: bool = False, manifest: dict
     unsummarised = [name for name in names if stored[name] is None and int(footers[name]["num_rows"])]
 
     def summarise_rows(name: str) -> dict:
-        return shard_partials(pq.read_table(f"{path}/{name}.parquet", columns=COLUMNS, filesystem=fs), name)
+        file = f"{path}/{name}.parquet"
+        columns = columns_of(pq.read_schema(file, filesystem=fs))
+        return shard_partials(pq.read_table(file, columns=columns, filesystem=fs), name)
 
     waiting = set(unsummarised)
     results = in_order(unsummarised, summarise_rows)  # yields in the order of `names` too

@@ -10,6 +10,10 @@ whole with the shard or not at all. Per (task, split, module, lang) group:
   width): source layers i with a correct cell (i, *), target layers j with a correct
   cell (*, j), and source layers i with (i, 0) correct (the target-first column).
 
+Where a task groups its instances (CulturalBench: a question is right only when its four rows are),
+the rows are first reduced to one per (group, cell) (`by_group`), so every figure counts groups;
+the rows' own vanilla accuracy is kept beside (`row_level`). Shards never split a group.
+
 `merge` adds shards' partials (refusing an instance seen in two shards); `summarise`
 turns a merged group into exactly the numbers `summarise_rows` (the plain pandas
 definition, kept for tests) gives on the same rows.
@@ -25,6 +29,43 @@ VERSION = 1
 METRICS = ("em", "f1", "js_similarity")
 COLUMNS = ["task", "split", "lang", "instance_id", "module", "source_layer", "target_layer", "correct", "metrics",
            "num_layers"]
+GROUP = "group"  # optional column (shards written before groups lack it): the instances scored together
+
+
+def columns_of(schema) -> list[str]:
+    """The columns a summary reads from a shard of this schema: COLUMNS, and the group where it is."""
+    return COLUMNS + ([GROUP] if GROUP in schema.names else [])
+
+
+def group_id(task: str, split: str, lang: str, group: str) -> str:
+    """The instance id a group of instances is counted under."""
+    return f"{task}/{split}/{lang}/group-{group}"
+
+
+def by_group(rows):
+    """Rows of instances scored together (CulturalBench's four per question) as one row per (group,
+    cell): correct only when every member is, under the group's id; metrics dropped. Rows without a
+    group stay as they are. Returns (rows, (row-level instances, row-level vanilla correct) or None)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if GROUP not in rows.column_names or rows.column(GROUP).null_count == rows.num_rows:
+        return rows, None
+    if rows.column(GROUP).null_count:
+        raise ValueError("a task's rows are grouped in part only: every instance of a grouped task needs its group")
+    vanilla = rows.filter(pc.is_null(rows.column("source_layer")))
+    row_level = (len(pc.unique(rows.column("instance_id"))), int(pc.sum(vanilla.column("correct")).as_py() or 0))
+    reduced = rows.group_by([GROUP, "source_layer", "target_layer"], use_threads=False).aggregate(
+        [("correct", "min"), ("num_layers", "max")])
+    first = {name: rows.column(name)[0].as_py() for name in ("task", "split", "lang", "module")}
+    n = reduced.num_rows
+    ids = [group_id(first["task"], first["split"], first["lang"], g) for g in reduced.column(GROUP).to_pylist()]
+    table = pa.table({"task": [first["task"]] * n, "split": [first["split"]] * n, "lang": [first["lang"]] * n,
+                      "instance_id": ids, "module": [first["module"]] * n,
+                      "source_layer": reduced.column("source_layer"), "target_layer": reduced.column("target_layer"),
+                      "correct": reduced.column("correct_min"), "metrics": ["{}"] * n,
+                      "num_layers": reduced.column("num_layers_max")})
+    return table, row_level
 
 
 class DuplicateError(ValueError):
@@ -51,7 +92,10 @@ def shard_partials(table, source: str = "shard") -> dict:
     keys = sorted(pc.unique(key_column).to_pylist())
     for key in keys:
         rows = table.filter(pc.equal(key_column, key)) if len(keys) > 1 else table
+        rows, row_level = by_group(rows)
         groups[key] = _group_partials(rows, f"{source} {key}")
+        if row_level is not None:
+            groups[key]["row_level"] = list(row_level)
     return {"version": VERSION, "groups": groups}
 
 
@@ -135,6 +179,10 @@ class Merged:
             for i, j, correct, rows in part["cells"]:
                 group["correct"][i, j] += correct
                 group["rows"][i, j] += rows
+            if "row_level" in part:  # a grouped task: its rows' own figures beside the groups'
+                totals = group.setdefault("row_level", [0, 0])
+                totals[0] += part["row_level"][0]
+                totals[1] += part["row_level"][1]
             for instance, outcome in part["instances"].items():
                 earlier = self.owner.setdefault((key, instance), shard)
                 if earlier != shard:
@@ -159,6 +207,9 @@ def summarise(group: dict) -> dict:
         if values:
             metric_means[name] = mean(values)
     out["vanilla_metrics"] = metric_means
+    if "row_level" in group:  # counted by group above; the rows' own vanilla accuracy beside it
+        out["row_instances"], correct = group["row_level"]
+        out["row_vanilla_accuracy"] = correct / out["row_instances"] if out["row_instances"] else float("nan")
     out["outcomes"] = {"vanilla": encode(vanilla)}
     searched = group["rows"] > 0
     if not searched.any():

@@ -15,7 +15,8 @@ import pyarrow.dataset as pads
 from .. import storage
 from ..candidates import intact_footers
 from .paired import encode
-from .partials import COLUMNS
+from .partials import GROUP, columns_of, group_id
+from .scaling import offline_scaling
 from .stats import mean
 from .tables import build_tables, target_first
 
@@ -26,15 +27,30 @@ def read_rows(run_uri: str):
     fs, path = storage.resolve(directory)
     names = [f"{n}.parquet" for n in sorted(intact_footers(directory))]
     dataset = pads.dataset([f"{path}/{n}" for n in names], filesystem=fs, format="parquet")
-    frame = dataset.to_table(columns=COLUMNS).to_pandas()
+    frame = dataset.to_table(columns=columns_of(dataset.schema)).to_pandas()
     duplicated = frame.duplicated(["task", "split", "lang", "instance_id", "module", "source_layer", "target_layer"])
     if duplicated.any():
         raise ValueError(f"{int(duplicated.sum())} duplicate candidate rows under {directory}")
     return frame
 
 
+def by_group(frame):
+    """The plain definition of a grouped task's figures: per (group, cell) correct only when every
+    member row is, under the group's id; (frame, (row-level instances, vanilla correct) or None)."""
+    if GROUP not in frame or frame[GROUP].isna().all():
+        return frame, None
+    first = frame.iloc[0]
+    row_level = (frame["instance_id"].nunique(), int(frame[frame["source_layer"].isna()]["correct"].sum()))
+    reduced = frame.groupby([GROUP, "source_layer", "target_layer"], dropna=False).agg(
+        correct=("correct", "all"), num_layers=("num_layers", "max")).reset_index()
+    reduced["instance_id"] = [group_id(first["task"], first["split"], first["lang"], g) for g in reduced[GROUP]]
+    reduced["metrics"] = "{}"
+    return reduced, row_level
+
+
 def summarise_group(frame) -> dict:
     """One (task, split, module, lang): vanilla, upper bound, best cell, marginals, heatmap."""
+    frame, row_level = by_group(frame)
     vanilla = frame[frame["source_layer"].isna()]
     cells = frame[frame["source_layer"].notna()].astype({"source_layer": int, "target_layer": int})
     instances = sorted(frame["instance_id"].unique())
@@ -48,6 +64,9 @@ def summarise_group(frame) -> dict:
         if any(v is not None for v in values):
             metric_means[name] = mean(v for v in values if v is not None)
     out["vanilla_metrics"] = metric_means
+    if row_level is not None:
+        out["row_instances"], correct = row_level
+        out["row_vanilla_accuracy"] = correct / out["row_instances"]
     # per-instance outcomes the accuracies are made of, for paired tests across runs (`xtp history`)
     out["outcomes"] = {"vanilla": encode({str(i): bool(c) for i, c in zip(vanilla["instance_id"], vanilla["correct"])})}
     if cells.empty:
@@ -80,7 +99,9 @@ def aggregate_frame(frame) -> dict:
     groups = {}
     for (task, split, module, lang), group in frame.groupby(["task", "split", "module", "lang"], sort=True):
         groups.setdefault(f"{task}/{split}/{module}", {})[lang] = summarise_group(group)
-    return {"tables": build_tables(groups), "target_first": target_first_selection(frame, groups)}
+    tables = build_tables(groups)
+    return {"tables": tables, "target_first": target_first_selection(frame, groups),
+            "offline_scaling": offline_scaling(tables)}
 
 
 def target_first_selection(frame, groups) -> list[dict]:

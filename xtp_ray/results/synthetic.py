@@ -16,9 +16,9 @@ METRICS_OF = {"xquad": ("em", "f1"), "mgsm": ("em",), "globalopinionqa": ("js_si
 
 def synthetic_shard(task: str, split: str, lang: str, instances: range, layers: int, modules=("ffn",),
                     cells: list[tuple[int, int]] | None = None, seed: int = 0, run_id: str = "synthetic",
-                    config: str = '{"digest": "synthetic"}') -> pa.Table:
+                    config: str = '{"digest": "synthetic"}', group_size: int | None = None) -> pa.Table:
     """Rows of `instances` (indices) of one (task, split, lang): vanilla + `cells` (default: the full
-    grid) per module."""
+    grid) per module; group_size: instances k // group_size are scored together (CulturalBench's four)."""
     rng = np.random.default_rng(seed)
     if cells is None:
         cells = [(i, j) for i in range(layers) for j in range(layers)]
@@ -46,5 +46,7 @@ def synthetic_shard(task: str, split: str, lang: str, instances: range, layers: 
         "prediction": ["Entail"] * n, "token_ids": [[17, 42, 9]] * n, "correct": correct,
         "score": correct.astype(float), "option_logprobs": options, "metrics": metrics,
         "num_layers": np.full(n, layers, dtype=np.int32), "config": [config] * n,
+        "group": (np.repeat([str(k // group_size) for k in instances], per_instance).tolist() * len(modules)
+                  if group_size else [None] * n),
     }
     return pa.table(table, schema=CANDIDATE_SCHEMA)

@@ -22,6 +22,7 @@ from . import xquad  # noqa: F401
 from . import globalopinionqa  # noqa: F401
 from . import mgsm  # noqa: F401
 from . import mkqa  # noqa: F401
+from . import culturalbench  # noqa: F401
 from .custom import CustomTask, discover
 from .base import RELEASE_SPLITS, Task
 from .instance import Instance, InstanceError, MissingSplit, RowError
