@@ -11,7 +11,6 @@ import pyarrow as pa
 
 from ..candidates import CANDIDATE_SCHEMA
 
-METRICS_OF = {"xquad": ("em", "f1"), "mgsm": ("em",), "globalopinionqa": ("js_similarity",)}
 
 
 def synthetic_shard(task: str, split: str, lang: str, instances: range, layers: int, modules=("ffn",),
@@ -33,9 +32,12 @@ def synthetic_shard(task: str, split: str, lang: str, instances: range, layers: 
     ease = np.repeat(rng.random(len(instances) * len(modules)), per_instance)
     helpful = np.where(vanilla, 0.0, 0.3 * np.exp(-np.abs(source - target) / 4.0))
     correct = rng.random(n) < np.clip(0.2 + 0.5 * ease + helpful, 0, 1)
-    names = METRICS_OF.get(task, ())
+    from ..tasks import get, names as task_names
+
+    known = get(task) if task in task_names() else None  # the task's own metrics and answers
+    names = known.metrics if known else ()
     metrics = [json.dumps({m: float(round(rng.random(), 6)) for m in names}) if names else "{}" for _ in range(n)]
-    options = [None] * n if task in ("xquad", "mgsm") else [list(rng.normal(size=3).round(4)) for _ in range(n)]
+    options = [None] * n if known and known.open_answer else [list(rng.normal(size=3).round(4)) for _ in range(n)]
     table = {
         "run_id": [run_id] * n, "model": ["synthetic"] * n, "model_revision": ["synthetic"] * n,
         "dtype": ["bfloat16"] * n, "task": [task] * n, "split": [split] * n, "lang": [lang] * n,
