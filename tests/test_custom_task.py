@@ -56,7 +56,7 @@ def test_bad_lines_are_reported_one_by_one_and_the_rest_goes_on(tmp_path):
         {"id": "q1", "donor": "d", "recipient": "r", "gold": "1"},
         {"id": "q2", "donor": "d", "recipient": "r"},
         {"id": "q3", "donor": "d", "recipient": "r", "gold": "3"},
-        {"id": "q4", "donor": "d", "recipient": "r", "gold": "1", "group": "g1"},
+        {"id": "q4", "donor": "d", "recipient": "r", "gold": "1", "group": ["g1"]},
         {"id": "../q5", "donor": "d", "recipient": "r", "gold": "1"},
         {"id": "q1", "donor": "d", "recipient": "r", "gold": "2"},
         "{broken\n"]})
@@ -67,7 +67,7 @@ def test_bad_lines_are_reported_one_by_one_and_the_rest_goes_on(tmp_path):
         f"{file}:7: bad JSON (Expecting property name enclosed in double quotes)",
         f"{file}:2: field 'gold': expected a string, got NoneType",
         f"{file}:3: field 'gold': label '3' is not one of the options ['1', '2']",
-        f"{file}:4: field 'group': groups of instances scored together are not supported yet for own tasks",
+        f"{file}:4: field 'group': expected a name or a number",
         f"{file}:5: field 'id': expected a name (letters, digits, '.', '_', '-')",
         f"{file}:6: field 'id': 'q1' appears twice"]
 
@@ -108,3 +108,14 @@ def test_a_bad_task_yaml_is_one_line_and_exit_2(tmp_path, capsys, spec, message)
     err = capsys.readouterr().err
     [line] = [line for line in err.splitlines() if ": error:" in line]
     assert code == 2 and message in line and "task.yaml" in line, line
+
+
+def test_groups_in_an_own_task_stay_together_in_file_order(tmp_path):
+    lines = [{"id": f"q{k}", "donor": "d", "recipient": "r", "gold": "1", "group": group}
+             for k, group in enumerate(["a", "b", "a", 7, "b"])] + [{"id": "solo", "donor": "d", "recipient": "r",
+                                                                     "gold": "2"}]
+    root = write_own_task(tmp_path / "data", {"en": lines})
+    instances, errors = load_instances("mybench", "en", "test", str(root))
+    assert errors == []
+    assert [(i.id.rsplit("/", 1)[1], i.extra.get("group")) for i in instances] == [
+        ("q0", "a"), ("q2", "a"), ("q1", "b"), ("q4", "b"), ("q3", "7"), ("solo", None)]

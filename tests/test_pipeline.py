@@ -180,6 +180,8 @@ def test_mkqa_runs_from_the_datasets_own_file(tmp_path):
     table = report["tables"]["mkqa/train/ffn"]["by_lang"]
     assert table["de"]["instances"] == table["zh"]["instances"] == 3
     assert set(table["zh"]["vanilla_metrics"]) == {"em", "f1"}
+    results = json.loads((Path(config.output) / "mkqa" / "report" / "results.json").read_text())["results"]
+    assert {"exact_match,none", "f1,none"} <= set(results["xtp_mkqa_train_ffn_zh"])
 
 
 def test_an_own_task_runs_through_the_job_and_the_report(tmp_path):

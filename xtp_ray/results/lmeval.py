@@ -3,7 +3,8 @@
 One lm-eval "task" per (task, split, module, language): `xtp_<task>_<split>_<module>_<lang>`, with
 - `results[name]`: `acc,none` (vanilla accuracy) and `acc_stderr,none`, `acc_best_cell,none` (the
   best (source, target) layer pair) and its stderr, `upper_bound,none` (instance-aware: any searched
-  cell right), and `em,none` / `f1,none` / `js_similarity,none` where the task has them (vanilla);
+  cell right), and `em,none` / `f1,none` / `js_similarity,none` where the task has them (vanilla; a
+  task may name them its own way: MKQA's `exact_match,none`);
   stderrs as lm-eval computes a mean's: the sample standard deviation over sqrt(n);
 - `configs[name]`: the task, split, module, language and best cell; `versions[name]`: the package version;
 - `n-samples[name]`: `original` and `effective` instance counts;
@@ -38,6 +39,13 @@ def git_hash() -> str | None:
     return done.stdout.strip() or None
 
 
+def metric_names(task: str) -> dict[str, str]:
+    """A task's names for its metrics in results.json (MKQA's `exact_match`, as its evaluation names it)."""
+    from ..tasks import get, names
+
+    return get(task).results_names if task in names() else {}
+
+
 def results_json(report: dict, run_config: dict | None = None) -> dict:
     results, configs, versions, samples = {}, {}, {}, {}
     for key, table in report["tables"].items():
@@ -52,7 +60,7 @@ def results_json(report: dict, run_config: dict | None = None) -> dict:
                 entry.update({"acc_best_cell,none": best, "acc_best_cell_stderr,none": stderr_of_mean(best, n),
                               "upper_bound,none": g["upper_bound"]})
             for metric, value in (g.get("vanilla_metrics") or {}).items():
-                entry[f"{metric},none"] = value
+                entry[f"{metric_names(task).get(metric, metric)},none"] = value
             results[name] = entry
             configs[name] = {"task": task, "split": split, "module": module, "lang": lang,
                              "best_cell": g.get("best_cell"), "num_layers": g.get("num_layers")}

@@ -9,12 +9,13 @@ task.yaml:
     template: "Q: {prompt}\nA:"   # optional: applied to each donor and recipient prompt
     options: ["1", "2"]       # optional: the option labels (choice), unless each line gives its own
 
-Each JSONL line is one instance: {"id", "donor", "recipient", "gold", "options"?}. `gold` is an option
+Each JSONL line is one instance: {"id", "donor", "recipient", "gold", "options"?, "group"?}. `gold` is an option
 label (choice), an answer or a list of answers (contains), a number (number), or the probabilities of
 the options, labelled A, B, ... (distribution). Bad lines are reported one by one; the rest runs.
 Scoring uses the built-in tasks' rules: choice as XCOPA's, contains as XQuAD's (with SQuAD EM/F1),
 number as MGSM's, distribution as GlobalOpinionQA's (with the JS similarity from option log-probs).
-Groups of instances scored together are not supported yet: a line with `group` is refused.
+A `group` names instances scored together, as CulturalBench's questions: a group is right only when
+all its instances are, and every figure counts groups (`results/partials.py`).
 """
 from __future__ import annotations
 
@@ -84,13 +85,15 @@ class CustomTask(Task):
                 continue
             seen.add(instance.id)
             out.append(instance)
-        return out
+        order = {}  # a group's members side by side (shards cut between groups), groups in file order
+        keys = [instance.extra.get("group", f"\0{k}") for k, instance in enumerate(out)]
+        for key in keys:
+            order.setdefault(key, len(order))
+        return [instance for _, _, instance in sorted(zip((order[key] for key in keys), range(len(out)), out))]
 
     def _instance(self, row, split: str, lang: str) -> Instance:
         if not isinstance(row, dict):
             raise RowError(None, "expected a JSON object")
-        if "group" in row:
-            raise RowError("group", "groups of instances scored together are not supported yet for own tasks")
         ident = row.get("id")
         if not isinstance(ident, (str, int)) or isinstance(ident, bool) or not is_name(str(ident)):
             raise RowError("id", "expected a name (letters, digits, '.', '_', '-')")
@@ -101,6 +104,11 @@ class CustomTask(Task):
         if not isinstance(options, list) or not all(isinstance(o, str) and o for o in options):
             raise RowError("options", "expected a list of option labels")
         gold, extra = row.get("gold"), {"template": "own"}
+        if "group" in row:
+            group = row["group"]
+            if isinstance(group, bool) or not isinstance(group, (str, int)) or not str(group).strip():
+                raise RowError("group", "expected a name or a number")
+            extra["group"] = str(group)
         if self.kind == "choice":
             if len(options) < 2:
                 raise RowError("options", "a choice task needs at least two options (in task.yaml or the line)")
