@@ -74,9 +74,19 @@ class Task:
             return readers.hf_records(root[3:], split, lang)
         return self.read_records(root, split, lang, errors)
 
-    def build(self, record, lang: str) -> tuple[str, str, list[str], dict]:
+    def build(self, record: dict, lang: str) -> tuple[str, str, list[str], dict]:
         """(prompt, gold, options, extra) from one original-format record; RowError names the field."""
         raise NotImplementedError
+
+    def build_record(self, record, lang: str) -> tuple[str, str, list[str], dict]:
+        if not isinstance(record, dict):
+            raise RowError(None, f"malformed row: expected the fields of a {self.name} record, got {record!r:.80}")
+        return self.build(record, lang)
+
+    def malformed(self, uri: str, reason: str, errors: list[InstanceError]) -> tuple[str, None]:
+        """A data file that cannot be read as its format: one error, no records."""
+        errors.append(InstanceError(uri, None, None, f"malformed {self.name} file: {reason}; its instances are left out"))
+        return uri, None
 
     def pair_key(self, line: int, extra: dict):
         """What pairs a recipient record with its English donor record: the line, by default."""
@@ -108,7 +118,7 @@ class Task:
         built = []
         for line, record in recipient_records:
             try:
-                prompt, gold, options, extra = self.build(record, lang)
+                prompt, gold, options, extra = self.build_record(record, lang)
                 key = self.pair_key(line, extra)
                 if lang == donor_lang:
                     donor, donor_gold = prompt, gold
@@ -135,7 +145,7 @@ class Task:
         donors = {}
         for line, record in donor_records:
             try:
-                prompt, gold, _, extra = self.build(record, "en")
+                prompt, gold, _, extra = self.build_record(record, "en")
             except RowError as exc:
                 errors.append(InstanceError(source, line, exc.field, str(exc)))
                 continue

@@ -92,13 +92,9 @@ class GlobalOpinionQA(Task):
             reason = f"bad JSON ({exc.msg}, line {exc.lineno})"
         except TypeError as exc:
             reason = str(exc)
-        errors.append(InstanceError(uri, None, None, f"malformed {self.name} file: {reason}; its instances are "
-                                                     "left out"))
-        return uri, None
+        return self.malformed(uri, reason, errors)
 
     def build(self, record, lang):
-        if not isinstance(record, dict):
-            raise RowError(None, f"malformed row: expected the fields of a {self.name} record, got {record!r:.80}")
         options = record.get("options")
         # Scale questions mix words and numbers: ["Not important at all", 1.0, 2.0, ...]
         if (not isinstance(options, list) or len(options) < 2

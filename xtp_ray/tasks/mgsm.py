@@ -30,8 +30,6 @@ class MGSM(Task):
         return readers.tsv_records(storage.join(root, "mgsm", f"mgsm_{lang}.tsv"), ("question", "answer"), errors)
 
     def build(self, record, lang):
-        if not isinstance(record, dict):
-            raise RowError(None, f"malformed row: expected the fields of a {self.name} record, got {record!r:.80}")
         answer = readers.need_str(record.get("answer"), "answer").strip()
         try:
             float(answer.replace(",", ""))

@@ -42,8 +42,6 @@ class XCOPA(Task):
         return uri, readers.json_lines(uri, errors)
 
     def build(self, record, lang):
-        if not isinstance(record, dict):
-            raise RowError(None, f"malformed row: expected the fields of a {self.name} record, got {record!r:.80}")
         relation = {"cause": "cause", "effect": "result"}.get(record.get("question"))
         if relation is None:
             raise RowError("question", "expected 'cause' or 'effect'")

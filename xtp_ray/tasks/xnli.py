@@ -42,8 +42,6 @@ class XNLI(Task):
                                    ("premise", "hypothesis", "label"), errors)
 
     def build(self, record, lang):
-        if not isinstance(record, dict):
-            raise RowError(None, f"malformed row: expected the fields of a {self.name} record, got {record!r:.80}")
         label = readers.need_str(record.get("label"), "label")
         if label not in LABELS:
             raise RowError("label", f"{label!r} is not one of {sorted(LABELS)}")

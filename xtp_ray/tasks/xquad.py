@@ -83,13 +83,9 @@ class XQuAD(Task):
             reason = f"no field {exc.args[0]!r} where the SQuAD layout (data/paragraphs/qas/answers) has one"
         except TypeError:
             reason = "not in the SQuAD layout (data/paragraphs/qas/answers)"
-        errors.append(InstanceError(uri, None, None, f"malformed {self.name} file: {reason}; its instances are "
-                                                     "left out"))
-        return uri, None
+        return self.malformed(uri, reason, errors)
 
     def build(self, record, lang):
-        if not isinstance(record, dict):
-            raise RowError(None, f"malformed row: expected the fields of a {self.name} record, got {record!r:.80}")
         answers = record.get("answers")
         if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
             raise RowError("answers", "expected a non-empty list of strings")
