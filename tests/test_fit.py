@@ -36,6 +36,16 @@ def test_parameters_are_counted_on_the_models_own_modules():
     assert parameter_count(read_model_config(_config("llama70b.yaml", model=LLAMA_70B))) == 68_976_648_192
 
 
+def test_a_shape_transformers_cannot_build_is_estimated_within_a_few_percent():
+    from xtp_ray.engine.footprint import estimate_parameters
+
+    for name, exact in (("Llama-2-7b-chat-hf", 6_738_415_616), ("Llama-2-70b-chat-hf", 68_976_648_192)):
+        model_config = read_model_config(_config("paper.yaml", model=str(MODELS / name)))
+        assert estimate_parameters(model_config) == pytest.approx(exact, rel=0.001)
+        unknown = {**model_config, "model_type": "no-such-model"}  # e.g. remote code
+        assert parameter_count(unknown) == estimate_parameters(model_config)
+
+
 def test_llama70b_is_refused_on_one_80gb_gpu_in_one_line(tmp_path, capsys):
     code = main(["run", "--config", str(ROOT / "jobs" / "llama70b.yaml"), "--model", LLAMA_70B,
                  "--num-gpus-per-actor", "1", "--gpu-memory-gb", "80", "--output", str(tmp_path / "out")])

@@ -62,18 +62,34 @@ def chunk_bytes(d: dict, element: int, batch: int, prefix_len: int, n: int, max_
 
 
 def parameter_count(model_config: dict, trust_remote_code: bool = False) -> int:
-    """The model's parameters, from HF's own modules built on the meta device (tied weights once)."""
+    """The model's parameters, from HF's own modules built on the meta device (tied weights once); where
+    transformers cannot build them from the config alone (a model type it does not know, remote code),
+    `estimate_parameters`, logged."""
     import torch
     import transformers
 
     config_dict = dict(model_config)
     model_type = config_dict.pop("model_type", None)
-    if model_type is None:
-        raise ValueError("the model config has no model_type: cannot build its modules to count parameters")
-    config = transformers.AutoConfig.for_model(model_type, **config_dict)
-    with torch.device("meta"):
-        model = transformers.AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    try:
+        config = transformers.AutoConfig.for_model(model_type, **config_dict)
+        with torch.device("meta"):
+            model = transformers.AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except (ValueError, KeyError, TypeError, ImportError, AttributeError) as exc:
+        import logging
+
+        estimate = estimate_parameters(model_config)
+        logging.getLogger("xtp_ray").warning("parameters of %s estimated from its shape (%.2fB): its modules cannot "
+                                             "be built from the config alone (%s)", model_type, estimate / 1e9, exc)
+        return estimate
     return sum(p.numel() for p in model.parameters())
+
+
+def estimate_parameters(model_config: dict) -> int:
+    """A decoder's parameters from its shape: per layer the attention projections (grouped K/V) and a gated
+    MLP, plus untied input and output embeddings (Llama's layout; within a few % for dense decoders)."""
+    d = dims(model_config)
+    attention = d["hidden"] * d["heads"] * d["head_dim"] * 2 + d["hidden"] * d["kv_heads"] * d["head_dim"] * 2
+    return int(d["layers"] * (attention + 3 * d["hidden"] * d["inter"] + 2 * d["hidden"]) + 2 * d["vocab"] * d["hidden"])
 
 
 @dataclass(frozen=True)
