@@ -89,7 +89,8 @@ def estimate_parameters(model_config: dict) -> int:
     MLP, plus untied input and output embeddings (Llama's layout; within a few % for dense decoders)."""
     d = dims(model_config)
     attention = d["hidden"] * d["heads"] * d["head_dim"] * 2 + d["hidden"] * d["kv_heads"] * d["head_dim"] * 2
-    return int(d["layers"] * (attention + 3 * d["hidden"] * d["inter"] + 2 * d["hidden"]) + 2 * d["vocab"] * d["hidden"])
+    per_layer = attention + 3 * d["hidden"] * d["inter"] + 2 * d["hidden"]
+    return int(d["layers"] * per_layer + 2 * d["vocab"] * d["hidden"])
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,8 @@ def refuse_unless_fits(config: RunConfig, need, gpu_gb: float, where: str) -> st
     remedy = ("raise num_gpus_per_actor (the vllm engine runs tensor parallel over them), use larger GPUs or "
               "lower max_prompt_tokens" if config.engine == "vllm" else
               "lower batch_size or max_prompt_tokens, use larger GPUs, or engine: vllm over several GPUs")
-    raise ValueError(f"{size}; one actor needs {per_gpu}, more than the {usable / GB:.1f} GB usable of a {gpu_gb:g} GB GPU "
-                     f"({where}): {remedy}")
+    raise ValueError(f"{size}; one actor needs {per_gpu}, more than the {usable / GB:.1f} GB usable of a "
+                     f"{gpu_gb:g} GB GPU ({where}): {remedy}")
 
 
 def check_fit(config: RunConfig, model_config: dict | None, gpu_gb: float | None, where: str) -> str:

@@ -107,7 +107,8 @@ def aggregate_merged(merged: Merged) -> dict:
         return applied_first_column(unseen, choice) if unseen else None
 
     tables = build_tables(groups)
-    return {"tables": tables, "target_first": target_first(groups, applied_of), "offline_scaling": offline_scaling(tables)}
+    return {"tables": tables, "target_first": target_first(groups, applied_of),
+            "offline_scaling": offline_scaling(tables)}
 
 
 def compare(report: dict, earlier: dict) -> list[dict]:

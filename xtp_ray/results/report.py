@@ -200,14 +200,16 @@ def render_markdown(report: dict) -> str:
                 sides += ([f"{md(e['task'])} ({md(e['split'])}, {len(e['by_lang'])} langs)",
                            f"{pct(e['vanilla_mean'])} ± {pct(e['vanilla_std'])}",
                            f"{pct(e['transplanted_mean'])} ± {pct(e['transplanted_std'])}"] if e else ["-", "-", "-"])
-            lines.append(f"| {row['task_type']} | {row['granularity']} | {row['setting']} | " + " | ".join(sides) + " |")
+            lines.append(f"| {row['task_type']} | {row['granularity']} | {row['setting']} | "
+                         + " | ".join(sides) + " |")
         lines.append("")
         for row in report["offline_scaling"]:
             for side in ("ID", "OOD"):
                 e = row.get(side)
                 if e:
-                    lines.append(f"{row['task_type']} {side} ({md(e['task'])}) per language: " + ", ".join(
-                        f"{md(lang)} {pct(v['vanilla'])} -> {pct(v['transplanted'])}" for lang, v in e["by_lang"].items()))
+                    shown = ", ".join(f"{md(lang)} {pct(v['vanilla'])} -> {pct(v['transplanted'])}"
+                                      for lang, v in e["by_lang"].items())
+                    lines.append(f"{row['task_type']} {side} ({md(e['task'])}) per language: {shown}")
         lines.append("")
     if report["target_first"]:
         lines += ["## Target-first selection (sample -> unseen)", "",

@@ -29,8 +29,8 @@ class Task:
     template: str | None = None  # the English template of the original format
     coarse: tuple[str, tuple] = ("ffn", (0, 0))  # (module, (source, target)) the paper fixes; "last" = L - 1
     offline_scaling: str | None = None  # "ID" or "OOD": its place in the paper's offline scaling table
-    metrics: tuple[str, ...] = ()
-    results_names: dict[str, str] = {}  # a metric's name in results.json where the task's own evaluation names it  # per-row metrics beside `correct` (in the tables, report and results.json)
+    metrics: tuple[str, ...] = ()  # per-row metrics beside `correct` (in the tables, report and results.json)
+    results_names: dict[str, str] = {}  # a metric's name in results.json, where the task's own evaluation names it
     open_answer: bool = False  # no options: scored from generated text only
     align_by_gold: bool = True  # parallel original files are checked for drift by their gold labels
 
@@ -85,7 +85,8 @@ class Task:
 
     def malformed(self, uri: str, reason: str, errors: list[InstanceError]) -> tuple[str, None]:
         """A data file that cannot be read as its format: one error, no records."""
-        errors.append(InstanceError(uri, None, None, f"malformed {self.name} file: {reason}; its instances are left out"))
+        errors.append(InstanceError(uri, None, None,
+                                    f"malformed {self.name} file: {reason}; its instances are left out"))
         return uri, None
 
     def pair_key(self, line: int, extra: dict):
