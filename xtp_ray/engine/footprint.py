@@ -14,6 +14,8 @@ Figures are decimal gigabytes (1e9 bytes), as GPUs are sold.
 """
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
 
 GB = 1e9
@@ -64,10 +66,16 @@ def chunk_bytes(d: dict, element: int, batch: int, prefix_len: int, n: int, max_
 def parameter_count(model_config: dict, trust_remote_code: bool = False) -> int:
     """The model's parameters, from HF's own modules built on the meta device (tied weights once); where
     transformers cannot build them from the config alone (a model type it does not know, remote code),
-    `estimate_parameters`, logged."""
+    `estimate_parameters`, logged. Counted once per config (planning, the fit and the dry run ask)."""
+    return _parameter_count(json.dumps(model_config, sort_keys=True, default=str), trust_remote_code)
+
+
+@functools.lru_cache(maxsize=8)
+def _parameter_count(config_json: str, trust_remote_code: bool) -> int:
     import torch
     import transformers
 
+    model_config = json.loads(config_json)
     config_dict = dict(model_config)
     model_type = config_dict.pop("model_type", None)
     try:

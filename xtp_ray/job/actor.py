@@ -151,7 +151,8 @@ class GridSearch:
                 skipped.append({"instance_id": inst.id, "reason": too_long})
             else:
                 kept.append(inst)
-        lost = {i.extra.get("group") for i in instances if i.id in {s["instance_id"] for s in skipped}} - {None}
+        skipped_ids = {s["instance_id"] for s in skipped}
+        lost = {i.extra.get("group") for i in instances if i.id in skipped_ids} - {None}
         if lost:  # a group is scored whole or not at all
             for inst in [i for i in kept if i.extra.get("group") in lost]:
                 skipped.append({"instance_id": inst.id, "reason": f"its group {inst.extra['group']} lost a member "

@@ -15,6 +15,7 @@ chunking make real costs lower and less even; `xtp bench --suite schedule` measu
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from ..cells import parse_cells
@@ -72,6 +73,7 @@ def decode_flops(recipient_tokens: int, shape: Shape) -> float:
                           + 4 * shape.layers * shape.hidden * (new * recipient_tokens + new * new / 2))
 
 
+@functools.cache  # constants: worked out once, not once per instance
 def _coefficients() -> tuple[float, float]:
     """Seconds per FLOP of the score phase and of decoding, from `CALIBRATION`."""
     c = CALIBRATION

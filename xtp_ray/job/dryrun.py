@@ -52,26 +52,27 @@ def _cluster_checks(config: RunConfig, model_config: dict | None) -> tuple[str, 
 def _checks_on_cluster(config: RunConfig, model_config: dict | None) -> tuple[str, str | None]:
     """The run's feasibility and, for GPU actors without gpu_memory_gb, the memory fit on the nodes'
     GPUs: each a line, "REFUSED: ..." where the run would be refused."""
-    from .fit import GPU_MEMORY_GB, check_fit
-    from .placement import check_feasible, gpu_memory_gb
+    from .fit import fit_on_cluster
+    from .placement import check_feasible
 
-    try:
-        feasible = check_feasible(config.num_cpus_per_actor, config.num_gpus_per_actor)
-    except ValueError as exc:
-        feasible = f"REFUSED: {exc}"
+    feasible = _refused_or(lambda: check_feasible(config.num_cpus_per_actor, config.num_gpus_per_actor))
     fit = None
     if config.num_gpus_per_actor > 0 and config.gpu_memory_gb is None:
-        gb, where = gpu_memory_gb(config.num_cpus_per_actor, config.num_gpus_per_actor, GPU_MEMORY_GB)
-        try:
-            fit = check_fit(config, model_config, gb, where) if gb else f"not checked: {where}"
-        except ValueError as exc:
-            fit = f"REFUSED: {exc}"
+        fit = _refused_or(lambda: fit_on_cluster(config, model_config))
     return feasible, fit
+
+
+def _refused_or(check) -> str:
+    """What a check says, or "REFUSED: ..." where it refuses the run (ValueError)."""
+    try:
+        return check()
+    except ValueError as exc:
+        return f"REFUSED: {exc}"
 
 
 def dry_run(config: RunConfig) -> dict:
     """The plan's figures and predictions (see the module docstring)."""
-    from .cost import CALIBRATION, Shape, estimate_tokens
+    from .cost import CALIBRATION, estimate_tokens
     from .fit import check_fit
     from .planning import model_shape, plan, preflight
     from .schedule import makespan
@@ -81,18 +82,13 @@ def dry_run(config: RunConfig) -> dict:
     model_config = None if config.model.startswith("tiny:") else shape[0]
     planned = plan(config, shape)
     instances = [i for shard in planned.shards.values() for i in shard]
-    shapes = {task: Shape.of_run(config, shape[0], shape[1], task) for task in config.tasks}
+    shapes = planned.shapes
     rows = sum(shapes[i.task].cells for i in instances)
     prompt_tokens = sum(estimate_tokens(i.donor) + estimate_tokens(i.recipient) for i in instances)
     new_tokens = sum(shapes[i.task].cells * shapes[i.task].new_tokens for i in instances)
-    if config.num_gpus_per_actor > 0 or config.gpu_memory_gb:
-        try:
-            fit = (check_fit(config, model_config, config.gpu_memory_gb, "gpu_memory_gb")
-                   if config.gpu_memory_gb else None)
-        except ValueError as exc:
-            fit = f"REFUSED: {exc}"
-    else:
-        fit = "not checked: CPU actors"
+    fit = None if config.num_gpus_per_actor > 0 else "not checked: CPU actors"
+    if config.gpu_memory_gb:
+        fit = _refused_or(lambda: check_fit(config, model_config, config.gpu_memory_gb, "gpu_memory_gb"))
     feasible, cluster_fit = _cluster_checks(config, model_config)
     gpu_s = sum(planned.costs.values())
     wall_s = makespan(list(planned.costs.values()), config.max_actors)

@@ -56,3 +56,12 @@ def check_fit(config: RunConfig, model_config: dict | None, gpu_gb: float | None
     if gpu_gb is None:
         return "memory fit not checked: the GPUs' memory is unknown (give gpu_memory_gb)"
     return refuse_unless_fits(config, actor_need(config, model_config), gpu_gb, where)
+
+
+def fit_on_cluster(config: RunConfig, model_config: dict | None) -> str:
+    """The fit of one actor on the smallest GPU of the nodes and node types that can hold it (refused with
+    one line, ValueError), or why it was not checked."""
+    from .placement import gpu_memory_gb
+
+    gb, where = gpu_memory_gb(config.num_cpus_per_actor, config.num_gpus_per_actor, GPU_MEMORY_GB)
+    return check_fit(config, model_config, gb, where) if gb else f"memory fit not checked: {where} (give gpu_memory_gb)"

@@ -81,13 +81,10 @@ def _check_cluster(config: RunConfig) -> None:
     how = check_feasible(config.num_cpus_per_actor, config.num_gpus_per_actor)
     log.info("actor request %s: %s", _request_text(config), how)
     if config.num_gpus_per_actor > 0 and config.gpu_memory_gb is None:  # given: preflight checked it
-        from .fit import GPU_MEMORY_GB, check_fit
-        from .placement import gpu_memory_gb
+        from .fit import fit_on_cluster
         from .planning import read_model_config
 
-        gb, where = gpu_memory_gb(config.num_cpus_per_actor, config.num_gpus_per_actor, GPU_MEMORY_GB)
-        log.info("%s", check_fit(config, read_model_config(config), gb, where) if gb else
-                 f"memory fit not checked: {where} (give gpu_memory_gb)")
+        log.info("%s", fit_on_cluster(config, read_model_config(config)))
     outputs = {"output": run_dir(config)} if "://" not in config.output else {}
     inputs = {}
     if not config.model.startswith((TINY_PREFIX, "s3://")) and os.path.isdir(config.model):

@@ -90,6 +90,7 @@ class Plan:
     instance_costs: list[float]  # every instance's, for the schedule's lower bound
     groups: dict[tuple[str, str, str], list[Instance]]  # (task, split, lang) -> instances
     errors: list[InstanceError]  # rows and files left out
+    shapes: dict  # task -> `cost.Shape`: what its instances' costs were predicted from
 
 
 def load_groups(config: RunConfig) -> tuple[dict[tuple[str, str, str], list[Instance]], list[InstanceError]]:
@@ -175,7 +176,7 @@ def plan(config: RunConfig, shape: tuple[dict, int] | None = None, loaded: tuple
     else:
         shards, shard_costs = cut_by_cost(groups, costs, config.max_actors, config.shard_size, config.batch_size)
     every = [c for key in groups for c in costs[key]]
-    return Plan(shards, shard_costs, every, groups, errors)
+    return Plan(shards, shard_costs, every, groups, errors, shapes)
 
 
 def digest_plan(shards: dict[str, list[Instance]]) -> str:

@@ -103,19 +103,10 @@ def cut_by_size(groups: dict[tuple, list], shard_size: int,
     """The plan by instance count: `shard_size` per (task, split, lang) (a group of instances scored
     together is never split: a shard ends before the group that would overflow it), in name order;
     with each shard's predicted seconds where `costs` are given."""
-    shards, shard_costs = {}, {}
-    for key in groups:
-        instances = groups[key]
-        bounds, start = [], 0
-        for a, b in _units(instances):
-            if b - start > shard_size and a > start:
-                bounds.append((start, a))
-                start = a
-        bounds.append((start, len(instances)))
-        for k, (a, b) in enumerate(bounds):
-            name = f"{'-'.join(key)}-{k:05d}"
-            shards[name] = instances[a:b]
-            shard_costs[name] = sum(costs[key][a:b]) if costs else 0.0
+    costs = costs or {key: [0.0] * len(instances) for key, instances in groups.items()}
+    pieces = [p for key in groups for p in _pieces(key, groups[key], costs[key], float("inf"), shard_size)]
+    shards = _named(pieces, groups)
+    shard_costs = dict(zip(shards, (p.cost for p in pieces)))
     names = sorted(shards)
     return {n: shards[n] for n in names}, {n: shard_costs[n] for n in names}
 
