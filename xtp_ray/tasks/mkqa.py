@@ -17,8 +17,8 @@ and F1 (`em_f1`, as apple/ml-mkqa's `mkqa_eval.py` computes them, no No Answer t
 """
 from __future__ import annotations
 
+import functools
 import gzip
-import json
 import re
 import string
 from collections import Counter
@@ -114,6 +114,16 @@ def golds_of(answers, lang: str) -> list[str] | None:
     return list(dict.fromkeys(golds))
 
 
+@functools.lru_cache(maxsize=2)
+def _parsed(uri: str, data: bytes) -> tuple[tuple, tuple]:
+    """(records, errors) of one MKQA file's bytes: parsed once, though every language reads the whole file
+    (the full set is 10,000 records in 26 languages)."""
+    # pyarrow may have unzipped a .gz already: look at the bytes
+    text = (gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data).decode("utf-8")
+    errors: list[InstanceError] = []
+    return tuple(readers.parse_json_lines(uri, text, errors)), tuple(errors)
+
+
 class MKQA(Task):
     name = "mkqa"
     family = "generation"
@@ -143,12 +153,12 @@ class MKQA(Task):
             return f"{root}[{split}]", list(enumerate(rows, 1))
         uri = self._file(root)
         try:
-            data = storage.read_bytes(uri)  # pyarrow may have unzipped a .gz already: look at the bytes
-            text = (gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data).decode("utf-8")
+            records, parse_errors = _parsed(uri, storage.read_bytes(uri))
         except (OSError, EOFError, UnicodeDecodeError) as exc:
             errors.append(InstanceError(uri, None, None, f"unreadable ({exc}): its instances are left out"))
             return uri, None
-        return uri, readers.parse_json_lines(uri, text, errors)
+        errors.extend(parse_errors)
+        return uri, list(records)
 
     def languages(self, split, root):
         try:
