@@ -19,6 +19,15 @@ class Architecture:
     layers: str  # dotted path from the CausalLM to the ModuleList of decoder layers
     ffn: str  # attribute of a decoder layer: the feed-forward (MLP) submodule
     attn: str  # attribute of a decoder layer: the self-attention submodule
+    # vLLM's own model classes may name these differently (None: the same as in HF)
+    vllm_layers: str | None = None
+    vllm_ffn: str | None = None
+    vllm_attn: str | None = None
+
+    def in_vllm(self) -> "Architecture":
+        """The same roles under the names of vLLM's model class."""
+        return Architecture(layers=self.vllm_layers or self.layers, ffn=self.vllm_ffn or self.ffn,
+                            attn=self.vllm_attn or self.attn)
 
 
 _LLAMA_STYLE = Architecture(layers="model.layers", ffn="mlp", attn="self_attn")
@@ -33,6 +42,17 @@ REGISTRY: dict[str, Architecture] = {
     "Gemma2ForCausalLM": _LLAMA_STYLE,
     "Phi3ForCausalLM": _LLAMA_STYLE,
     "GPT2LMHeadModel": Architecture(layers="transformer.h", ffn="mlp", attn="attn"),
+    # Mixture-of-experts: `mlp` is the whole sparse block (routed experts' weighted sum plus
+    # any shared expert), the module whose output a cell replaces (SPEC section 1).
+    "Qwen3MoeForCausalLM": _LLAMA_STYLE,
+    "Qwen2MoeForCausalLM": _LLAMA_STYLE,
+    "OlmoeForCausalLM": _LLAMA_STYLE,
+    "MixtralForCausalLM": _LLAMA_STYLE,
+    "GptOssForCausalLM": _LLAMA_STYLE,
+    "DeepseekV3ForCausalLM": _LLAMA_STYLE,
+    "Llama4ForCausalLM": Architecture(layers="model.layers", ffn="feed_forward", attn="self_attn"),
+    "Gemma3ForCausalLM": _LLAMA_STYLE,
+    "Olmo2ForCausalLM": _LLAMA_STYLE,
 }
 
 class UnknownArchitectureError(ValueError):
