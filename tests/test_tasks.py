@@ -179,7 +179,8 @@ def test_tasks_names_every_built_in_task_and_where_the_missing_ones_go():
     assert code == 0, err
     assert "HEAVY []" in out  # listing never imports the engine
     table, _, rest = out.partition("\nno data in the bundled samples")
-    listed = {line.split()[0] for line in table.splitlines()[1:] if line and not line.startswith(("instances:", "left"))}
+    listed = {line.split()[0] for line in table.splitlines()[1:]
+              if line and not line.startswith(("instances:", "left"))}
     assert listed == {"xnli", "xcopa", "xquad", "globalopinionqa"}  # the samples the package bundles
     missing = {tuple(line.split()[:2]): line for line in rest.splitlines()[1:] if line.split()[:1] != ["HEAVY"]}
     assert {task for task, _ in missing} == {"xnli", "xcopa", "xquad", "globalopinionqa", "mgsm", "mkqa",

@@ -102,7 +102,8 @@ def _run_models(base, models: list[str], night: str, threshold: float, alpha: fl
     return done
 
 
-def nightly_main(argv: list[str] | None = None) -> int:
+def nightly_parser() -> argparse.ArgumentParser:
+    """`xtp nightly`'s flags: every run config field's, and the night's own."""
     parser = argparse.ArgumentParser(prog="xtp nightly", description="one night: a grid search per model, then "
                                      "each model's history; never two nights at once")
     add_flags(parser)
@@ -114,7 +115,11 @@ def nightly_main(argv: list[str] | None = None) -> int:
                         help=f"post to the webhook in ${WEBHOOK_ENV} after every night, not only after one that "
                              "failed or regressed (a sign of life)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one line per error")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def nightly_main(argv: list[str] | None = None) -> int:
+    args = nightly_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     night = args.night or time.strftime("%Y-%m-%d", time.gmtime())
