@@ -117,20 +117,31 @@ def test_a_refused_night_posts_its_alert_without_secrets_and_a_failed_post_keeps
     assert payload["models"] == ["tiny:LlamaForCausalLM:2"] and payload["night"] == "../***"
     assert "--night '../***'" in payload["error"] and payload["text"].startswith("xtp nightly ../***: refused")
     assert SECRET not in json.dumps(payload) and "T0K3N" not in json.dumps(payload)
-    for code in (500, None):  # the hook fails, or nothing listens: one line, the same exit status
-        with _Hook(code or 200) as hook:
-            url = hook.url
-            if code is None:
-                hook.server.server_close()  # the port is closed: connection refused
-            failed = subprocess.run(argv, env={**env, "XTP_ALERT_WEBHOOK": url}, capture_output=True, text=True,
-                                    timeout=120)
-        assert failed.returncode == 2, failed.stderr[-2000:]
-        lines = [line for line in failed.stderr.splitlines() if "alert not sent" in line]
-        assert len(lines) == 1 and "Traceback" not in failed.stderr, failed.stderr[-2000:]
-        assert (("HTTP 500" in lines[0]) if code else ("refused" in lines[0].lower())), lines[0]
-        assert "T0K3N" not in lines[0] and "127.0.0.1" not in lines[0] and SECRET not in lines[0]
-    quiet = subprocess.run(_night(tmp_path / "runs", "../x"), env=ENV, capture_output=True, text=True, timeout=120)
-    assert quiet.returncode == 2 and "alert" not in quiet.stderr  # no webhook set: nothing posted, nothing said
+    with _Hook(500) as hook:  # the hook fails: one line, the same exit status
+        failed = subprocess.run(argv, env={**env, "XTP_ALERT_WEBHOOK": hook.url}, capture_output=True, text=True,
+                                timeout=120)
+    assert failed.returncode == 2 and len(hook.posts) == 1, failed.stderr[-2000:]
+    [line] = [line for line in failed.stderr.splitlines() if "alert not sent" in line]
+    assert "HTTP 500" in line and "Traceback" not in failed.stderr
+    assert "T0K3N" not in line and "127.0.0.1" not in line and SECRET not in line
+
+
+def test_a_post_that_fails_is_one_line_naming_neither_the_url_nor_a_secret(caplog):
+    from xtp_ray.job.alert import alert, message, post
+
+    payload = message("n1", ["m"], 1, [], [{"model": "m", "error": f"401 for token {SECRET}"}], {}, {})
+    environ = {"HF_TOKEN": SECRET}
+    with _Hook() as hook:
+        assert post(hook.url, payload, environ) is True
+        closed = hook.url
+    assert hook.posts[0][2]["failed"] == [{"model": "m", "error": "401 for token ***"}]
+    assert post(closed, payload, environ, timeout_s=5) is False  # nothing listens there now
+    assert post("ftp://user:pw@example.org/x", payload, environ) is False  # http(s) only
+    lines = [r.getMessage() for r in caplog.records if "alert not sent" in r.getMessage()]
+    assert len(lines) == 2 and all("T0K3N" not in x and "pw" not in x and "\n" not in x for x in lines), lines
+    assert "refused" in lines[0].lower() and "not an http:// or https:// URL" in lines[1]
+    assert alert(payload, environ={}) is None  # no webhook set: nothing is posted
+    assert alert(message("n1", ["m"], 0, [], [], {}, {}), environ={"XTP_ALERT_WEBHOOK": closed}) is None  # a good night
 
 
 def test_a_regressed_night_posts_what_regressed_and_where_the_report_is(tmp_path):

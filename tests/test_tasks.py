@@ -164,7 +164,7 @@ BUILT_IN = ("xnli", "xcopa", "xquad", "globalopinionqa", "mgsm", "mkqa", "cultur
 
 
 def _tasks_cli(*argv):
-    """`xtp tasks` in its own process: (exit code, stdout, stderr, heavy modules it imported)."""
+    """`xtp tasks` in its own process: (exit code, stdout ending in the heavy modules it imported, stderr)."""
     import subprocess
     import sys
 
@@ -207,7 +207,7 @@ def test_tasks_counts_rows_and_questions_and_lists_despite_rows_left_out(tmp_pat
     # 2 whole questions of 4 rows; 2 lines left out: the bad row, and its question without its four rows
     assert lines[("culturalbench", "test", "en")] == ["8", "2", "2", "0"]
     assert lines[("mybench", "test", "sw")] == ["2", "-", "0", "0"]
-    assert any(line.split()[:2] == ["mybench", "unseen"] and f"mybench/unseen/<lang>.jsonl" in line
+    assert any(line.split()[:2] == ["mybench", "unseen"] and "mybench/unseen/<lang>.jsonl" in line
                for line in out.splitlines())
     assert any(line.split()[:2] == ["mkqa", "train"] and "[apple/mkqa]" in line for line in out.splitlines())
     assert "left out: 4 line(s) on stderr" in out  # the two above, in each of en and de

@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 
 log = logging.getLogger("xtp_ray")
@@ -80,6 +81,8 @@ def post(url: str, payload: dict, environ=None, timeout_s: float = TIMEOUT_S) ->
     secrets = _secrets(environ)
     body = json.dumps(scrub(payload, secrets), ensure_ascii=False).encode("utf-8")
     try:
+        if urllib.parse.urlsplit(url).scheme.lower() not in ("http", "https"):
+            raise ValueError("not an http:// or https:// URL")
         request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json",
                                                                                  "User-Agent": "xtp-ray-nightly"})
         with urllib.request.urlopen(request, timeout=timeout_s) as answer:  # noqa: S310 - the operator's own URL
