@@ -64,7 +64,8 @@ def message(night: str, models: list[str], exit_code: int, regressed: list[dict]
             f"{r['model']} {r['table']} {r['lang']} {r['metric']} {100 * r['previous']:.1f} -> "
             f"{100 * r['newest']:.1f}" for r in regressed))
     if failed:
-        parts.append("failed: " + "; ".join(f"{f['model']}: {f['error']}" for f in failed))
+        parts.append("failed: " + "; ".join(f"{f['model']}: {f['error']}" if f["model"] else f["error"]
+                                            for f in failed))
     if error:
         parts.append(error)
     if runs:
