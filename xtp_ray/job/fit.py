@@ -46,7 +46,8 @@ def assess(config: RunConfig, need, gpu_gb: float, where: str) -> dict:
     usable = need.usable_share * gpu_gb * GB - CUDA_CONTEXT_BYTES
     stored = f"{config.dtype} weights" if need.stored in ("", config.dtype) else f"weights ({need.stored})"
     active = f" ({need.active / 1e9:.2f}B active per token)" if need.active and need.active != need.parameters else ""
-    size = f"model {config.model}: {need.parameters / 1e9:.2f}B parameters{active}, {need.weights * need.gpus / GB:.1f} GB of {stored}"
+    size = (f"model {config.model}: {need.parameters / 1e9:.2f}B parameters{active}, "
+            f"{need.weights * need.gpus / GB:.1f} GB of {stored}")
     per_gpu = (f"{need.total / GB:.1f} GB per GPU ({need.weights / GB:.1f} GB weights over {need.gpus} GPU(s) + "
                f"{need.engine / GB:.1f} GB for the engine: {need.basis})")
     fits = need.fits(gpu_gb * GB)
