@@ -191,6 +191,12 @@ def test_gpt_oss_120b_fits_one_80gb_gpu_with_mxfp4_experts():
         bf16 = _config("paper.yaml", model=str(MODELS / "gpt-oss-120b-shape"), engine=engine)
         with pytest.raises(ValueError, match="233.7 GB of bfloat16 weights"):
             check_fit(bf16, _model("gpt-oss-120b-shape"), 80, "gpu_memory_gb")
+    # at the whole 131,072-token context vLLM's K/V (18 full layers; 18 sliding ones hold 128 + 8,192 tokens)
+    # takes it just over the line: 71.1 of 71.0 GB
+    whole = _config("paper.yaml", model=str(MODELS / "gpt-oss-120b-mxfp4-shape"), engine="vllm",
+                    max_prompt_tokens="null")
+    with pytest.raises(ValueError, match=r"needs 71\.1 GB per GPU .*K/V of one 131072-token request.*71\.0 GB usable"):
+        check_fit(whole, _model("gpt-oss-120b-mxfp4-shape"), 80, "gpu_memory_gb")
 
 
 def test_a_quantization_that_is_not_modelled_is_not_checked_rather_than_guessed():

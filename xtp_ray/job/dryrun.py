@@ -1,10 +1,14 @@
 """`xtp run --dry-run`: what a night would run and cost, planned without doing Ray work.
 
-It plans as the run would (the same shards, in the same order), counts shards, instances,
-cells, candidate rows and tokens, checks the request against the cluster at RAY_ADDRESS
-where it answers (as under `ray job submit`), checks the memory fit, and
-predicts GPU-seconds and wall time with the cost model (`cost.py`). Nothing is written and
-nothing runs; a config-only model directory is enough.
+It plans as the run would (the same shards, in the same order), counts the model's parameters
+(all of them, and the active ones per token of a mixture of experts), shards, instances, cells,
+candidate rows and tokens, the prompts an actor would skip for their length (`lengths.py`),
+checks the request against the cluster at RAY_ADDRESS where it answers (as under
+`ray job submit`), checks the memory fit (`fit.assess_fit`, structured in the JSON), and
+predicts with the cost model (`cost.py`) the actors' busy time, the GPU-seconds (every GPU an
+actor holds, for all of that time) and the wall time (the plan's makespan on `max_actors`).
+Nothing is written and nothing runs; a config-only model directory is enough. Only a refusal
+(feasibility, memory fit) makes it exit 2 (`refusals`); rows left out are listed.
 """
 from __future__ import annotations
 
@@ -85,7 +89,7 @@ def dry_run(config: RunConfig) -> dict:
     """The plan's figures and predictions (see the module docstring)."""
     from .cost import CALIBRATION, estimate_tokens
     from .fit import assess_fit, not_checked
-    from .lengths import token_counter, too_long
+    from .lengths import token_counter, token_limit, too_long
     from .planning import model_shape, plan, preflight
     from .schedule import makespan
 
@@ -102,8 +106,8 @@ def dry_run(config: RunConfig) -> dict:
     if config.gpu_memory_gb:
         fit = assess_fit(config, model_config, config.gpu_memory_gb, "gpu_memory_gb")
     feasible, cluster_fit = _cluster_checks(config, model_config)
-    count, basis = token_counter(config)
-    long_prompts = too_long(config, shape[0], planned.groups, count, basis)
+    count, token_basis = token_counter(config)
+    long_prompts = too_long(config, shape[0], planned.groups, count, token_basis)
     actor_s = sum(planned.costs.values())  # the actors' busy time: each shard's predicted seconds
     gpus = config.num_gpus_per_actor
     wall_s = makespan(list(planned.costs.values()), config.max_actors)
@@ -123,6 +127,8 @@ def dry_run(config: RunConfig) -> dict:
             "left_out": [str(e) for e in planned.errors],
             "too_long": [t.to_json() for t in long_prompts],
             "too_long_instances": sum(t.left_out for t in long_prompts),
+            "token_limit": token_limit(config, shape[0]), "token_limit_of": "max_prompt_tokens" if
+            config.max_prompt_tokens else "the model's context", "prompt_length_basis": token_basis,
             "feasibility": feasible,
             "memory_fit": cluster_fit or fit or not_checked("give gpu_memory_gb"),
             "predicted_actor_s": actor_s, "gpus_per_actor": gpus, "predicted_gpu_s": actor_s * gpus,
@@ -168,9 +174,12 @@ def print_dry_run(result: dict, as_json: bool) -> None:
         ("new tokens", f"at most {result['new_tokens_at_most']:,}"),
         ("left out", f"{left_out} row(s) or file(s)" + (" (listed below; --json: left_out)" if left_out else "")),
         ("over token limit", f"{result['too_long_instances']:,} instance(s) would be skipped"
-         + (" (per task and language below; --json: too_long)" if result["too_long"] else "")),
+         + (" (per task and language below; --json: too_long)" if result["too_long"] else "")
+         + f": prompt + new tokens over {result['token_limit'] or 'no'} ({result['token_limit_of']}), prompts "
+         + ("counted by the model's tokenizer" if result["prompt_length_basis"] == "the model's tokenizer" else
+            result["prompt_length_basis"])),
         ("feasibility", result["feasibility"]),
-        ("memory fit", ("REFUSED: " if fit["verdict"] == "refused" else "") + fit["line"]),
+        ("memory fit", ("REFUSED: " if fit["verdict"] == "refused" else "") + fit["line"].removeprefix("memory fit ")),
         ("predicted GPU time", gpu_time),
         ("predicted wall time", f"{result['predicted_wall_s']:,.0f} s on {result['actors']} actor(s) (the plan's "
                                 "makespan; model loading and scale-up not included)"),

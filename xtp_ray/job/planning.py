@@ -86,7 +86,7 @@ def check_tokenizer_files(model: str) -> None:
 class Plan:
     """A run's shards in dispatch order, with what they are predicted to cost."""
     shards: dict[str, list[Instance]]  # name -> instances, in the order the pool gets them
-    costs: dict[str, float]  # name -> predicted GPU-seconds (`cost.CALIBRATION`'s device)
+    costs: dict[str, float]  # name -> predicted actor-seconds (as on one `cost.CALIBRATION` GPU)
     instance_costs: list[float]  # every instance's, for the schedule's lower bound
     groups: dict[tuple[str, str, str], list[Instance]]  # (task, split, lang) -> instances
     errors: list[InstanceError]  # rows and files left out
