@@ -217,3 +217,14 @@ def test_the_fit_is_structured():
     assert fit["need_per_gpu_gb"] == pytest.approx(fit["weights_per_gpu_gb"] + fit["engine_per_gpu_gb"])
     assert fit["weights_per_gpu_gb"] == pytest.approx(68_976_648_192 * 2 / 2 / 1e9)
     assert fit["remedy"].startswith("raise num_gpus_per_actor") and fit["remedy"] in fit["line"]
+
+
+def test_tied_embeddings_and_dequantized_checkpoints():
+    from xtp_ray.engine.footprint import count_parameters, quantization_of, weight_bytes
+
+    tied = count_parameters({**_model("Llama-2-7b-chat-hf"), "tie_word_embeddings": True})
+    assert tied.total == 6_738_415_616 - 32_000 * 4096 and tied.embedding == 0  # the one copy computes (lm_head)
+    gpt_oss = _model("gpt-oss-120b-mxfp4-shape")
+    dequantized = {**gpt_oss, "quantization_config": {**gpt_oss["quantization_config"], "dequantize": True}}
+    assert quantization_of(dequantized) is None
+    assert round(weight_bytes(count_parameters(dequantized), "bfloat16", None).total / GB, 1) == 233.7

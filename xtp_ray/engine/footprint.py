@@ -100,7 +100,7 @@ class ParameterCount:
     routed: int  # every routed expert's parameters, all layers (0: dense)
     experts: int  # routed experts per MoE layer (0: dense)
     top_k: int  # routed experts each token computes
-    embedding: int  # the input embedding (a lookup; counted in `active` as in `total`)
+    embedding: int  # the input embedding (a lookup; counted in `active` as in `total`); 0 where tied
     tensors: tuple[Tensor, ...]
     output_modules: tuple[str, ...]  # the output embedding's module(s): a quantizer's default skip
     estimated: bool  # from the shape (`estimated_tensors`), not from HF's modules
@@ -126,8 +126,10 @@ def count_parameters(model_config: dict, trust_remote_code: bool = False) -> Par
 
 def experts_of(model_config: dict) -> tuple[int, int]:
     """(routed experts per MoE layer, top k) that the config declares; (0, 0) for a dense model."""
-    experts = next((model_config[k] for k in EXPERTS_KEYS if model_config.get(k)), 0)
-    top_k = next((model_config[k] for k in TOP_K_KEYS if model_config.get(k)), 0)
+    configs = [model_config] + ([model_config["text_config"]] if isinstance(model_config.get("text_config"), dict)
+                                else [])  # a multimodal config nests its decoder's
+    experts = next((c[k] for c in configs for k in EXPERTS_KEYS if c.get(k)), 0)
+    top_k = next((c[k] for c in configs for k in TOP_K_KEYS if c.get(k)), 0)
     return int(experts or 0), int(top_k or 0)
 
 
@@ -151,7 +153,8 @@ def _count_parameters(config_json: str, trust_remote_code: bool) -> ParameterCou
         log.warning("%s has routed experts but its config names no expert count or top k (%s / %s): every "
                     "parameter is counted as active", model_config.get("model_type"), "/".join(EXPERTS_KEYS),
                     "/".join(TOP_K_KEYS))
-    embedding = sum(t.numel for t in tensors if t.module.endswith("embed_tokens") or t.module.endswith("wte"))
+    tied = not any(t.module in outputs for t in tensors)  # the output embedding is the input one: it computes
+    embedding = 0 if tied else sum(t.numel for t in tensors if t.module.endswith(("embed_tokens", "wte")))
     return ParameterCount(sum(t.numel for t in tensors), routed, experts if routed else 0, top_k if routed else 0,
                           embedding, tuple(tensors), outputs, estimated)
 
@@ -234,7 +237,7 @@ def quantization_of(model_config: dict) -> dict | None:
     """The checkpoint's `quantization_config` (None: stored in the config's dtype). ValueError where its
     method is not one whose sizes are modelled (`QUANTIZED`)."""
     quantization = model_config.get("quantization_config")
-    if not quantization:
+    if not quantization or quantization.get("dequantize"):  # dequantized on load: stored in the run's dtype
         return None
     method = quantization.get("quant_method")
     if method not in QUANTIZED:

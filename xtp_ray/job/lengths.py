@@ -53,7 +53,10 @@ def token_counter(config: RunConfig) -> tuple[Callable[[str], int], str]:
     if not model.startswith(TINY_PREFIX) and os.path.isdir(model) and set(os.listdir(model)) & set(TOKENIZER_FILES):
         import transformers
 
-        tokenizer = transformers.AutoTokenizer.from_pretrained(model, trust_remote_code=config.trust_remote_code)
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(model, trust_remote_code=config.trust_remote_code)
+        except (OSError, ValueError, ImportError) as exc:  # the actor will say so; the plan goes on estimating
+            return estimate_tokens, f"{ESTIMATED}: the model's tokenizer did not load ({exc})"
         return (lambda prompt: len(tokenizer(prompt).input_ids)), "the model's tokenizer"
     return estimate_tokens, ESTIMATED
 
