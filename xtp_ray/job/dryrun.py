@@ -143,8 +143,11 @@ def refusals(result: dict) -> list[str]:
 
 
 def _parameters_line(p: dict) -> str:
-    if not p["experts"]:
+    if not p["routed_experts"]:
         return f"{p['total']:,} (dense: all of them computed per token; {p['basis']})"
+    if not p["experts"]:
+        return (f"{p['total']:,} ({p['routed_experts']:,} in routed experts, but the config names no expert count "
+                f"or top k: all counted as active per token; {p['basis']})")
     return (f"{p['total']:,} in memory (every expert); {p['active']:,} active per token (the top {p['top_k']} of "
             f"{p['experts']} routed experts per layer and all the rest: the cost model's count; "
             f"{p['active'] - p['input_embedding']:,} without the input embedding); {p['basis']}")
