@@ -39,7 +39,8 @@ def test_tables_by_hand():
     sw = sample["by_lang"]["sw"]
     assert sw["vanilla_accuracy"] == pytest.approx(1 / 3)
     assert sw["upper_bound"] == pytest.approx(2 / 3)  # instances 0 and 1; vanilla not counted
-    assert sw["best_cell"] == {"source_layer": 0, "target_layer": 0, "accuracy": pytest.approx(1 / 3)}  # tie: smallest
+    assert sw["best_cell"] == {"source_layer": 0, "target_layer": 0, "accuracy": pytest.approx(1 / 3),  # tie: smallest
+                               "correct": 1, "rows": 3}
     assert sw["per_source_layer"] == {0: pytest.approx(1 / 3), 1: pytest.approx(2 / 3)}
     assert sw["per_target_layer"] == {0: pytest.approx(1 / 3), 1: pytest.approx(1 / 3)}
     assert sw["heatmap"] == [[pytest.approx(1 / 3), 0.0], [pytest.approx(1 / 3), pytest.approx(1 / 3)]]
