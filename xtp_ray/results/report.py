@@ -164,10 +164,16 @@ TABLE_NOTE = ("Accuracy in % with its 95% Wilson interval. Upper bound: an insta
               "(ties: smallest).")
 GROUPED_NOTE = (" A question counts only when all its rows are right (the benchmark's metric): every figure "
                 "counts questions; the rows' own vanilla accuracy is beside it.")
-METRIC_NOTE = ("Task metrics (EM and F1 in %, 1 - JS distance in [0, 1]), mean over instances. Best cell: the "
-               "(i, j) with the highest mean of that metric, chosen by the metric itself (so it may differ from "
-               "the accuracy's). Upper bound: the instance's best cell, per instance the max of the metric over "
-               "the searched cells (vanilla not included), averaged over instances.")
+METRIC_UNITS = {"em": "EM (exact match) in %", "f1": "F1 in %", "js_similarity": "1 - JS (1 - Jensen-Shannon "
+                "distance of the option probabilities to the country's distribution) in [0, 1]"}
+
+
+def metric_note(table: dict) -> str:
+    units = ", ".join(METRIC_UNITS.get(name, name) for name in table.get("metrics") or {})
+    return (f"Task metrics: {units}; each a mean over instances. Best cell: the (i, j) with the highest mean of "
+            "that metric, chosen by the metric itself (so it may differ from the accuracy's). Upper bound: the "
+            "instance's best cell, per instance the max of the metric over the searched cells (vanilla not "
+            "included), averaged over instances.")
 
 
 def count_line(table: dict) -> str:
@@ -343,7 +349,7 @@ def render_markdown(report: dict) -> str:
         lines += md_table(header, rows, summary_rows=2) + [""]
         metrics = metric_table(table, md)
         if metrics:
-            lines += [METRIC_NOTE, ""] + md_table(*metrics, summary_rows=1) + [""]
+            lines += [metric_note(table), ""] + md_table(*metrics, summary_rows=1) + [""]
     if report.get("offline_scaling"):
         lines += ["## Offline scaling (the paper's coarse settings on ID and OOD data)", "",
                   "Accuracy in %, vanilla -> transplanted under the fixed setting, mean ± std across languages.", "",
@@ -468,7 +474,7 @@ def render_html(report: dict, figures: dict[str, bytes]) -> str:
         sections.append(
             f"<h2>{html.escape(key)}</h2><p>{html.escape(count_line(table))} {html.escape(TABLE_NOTE)}"
             f"{html.escape(GROUPED_NOTE) if grouped else ''}</p>" + html_table(header, rows, summary_rows=2)
-            + (f"<p>{html.escape(METRIC_NOTE)}</p>" + html_table(*metrics, summary_rows=1) if metrics else "")
+            + (f"<p>{html.escape(metric_note(table))}</p>" + html_table(*metrics, summary_rows=1) if metrics else "")
             + f"<div class=\"figures\">{''.join(figs)}</div>")
     if report.get("offline_scaling"):
         sections.append(offline_scaling_html(report["offline_scaling"]))
