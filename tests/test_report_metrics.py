@@ -78,7 +78,8 @@ def test_report_shows_each_metric_for_vanilla_best_cell_and_upper_bound():
     markdown = render_markdown(report)
     assert ("model: tiny:LlamaForCausalLM:2 · revision: tiny-seed0 · engine: hf · dtype: float32 · scoring: "
             "generate \\(greedy, 20 new tokens\\) · data root: the bundled sample splits") in markdown
-    assert "| lang | EM vanilla | EM best cell | EM best (i, j) | EM upper bound | F1 vanilla | F1 best cell" in markdown
+    assert ("| lang | EM vanilla | EM best cell | EM best (i, j) | EM upper bound | F1 vanilla | F1 best cell"
+            in markdown)
     assert "| de | 0.0 | 100.0 | (1, 0) | 100.0 | 50.0 | 90.0 | (1, 0) | 95.0 |" in markdown
     # accuracy: vanilla 1 of 2 -> Wilson [9.5, 90.5]; upper bound 2 of 2 -> [34.2, 100]; best cell (0,0) 1 of 2
     assert "| de | 2 | 50.0 [9.5, 90.5] | 100.0 [34.2, 100.0] | 50.0 [9.5, 90.5] | (0, 0) |" in markdown
@@ -138,7 +139,8 @@ def test_an_mkqa_and_xquad_run_reports_em_and_f1_everywhere(tmp_path):
                 vanilla, cell, best, upper = _direct(mine, name)
                 assert g["vanilla_metrics"][name] == pytest.approx(vanilla)
                 assert g["best_cell_metrics"][name]["value"] == pytest.approx(best)
-                assert (g["best_cell_metrics"][name]["source_layer"], g["best_cell_metrics"][name]["target_layer"]) == cell
+                at = g["best_cell_metrics"][name]
+                assert (at["source_layer"], at["target_layer"]) == cell
                 assert g["upper_bound_metrics"][name] == pytest.approx(upper)
                 entry = results["results"][f"xtp_{task}_{split}_ffn_{lang}"]
                 assert entry[f"{label},none"] == pytest.approx(vanilla)  # lm-eval's names, for both tasks
@@ -180,8 +182,10 @@ def test_offline_scaling_html_has_one_row_per_task_type_and_the_languages_folded
     section = page[page.index("<h2>Offline scaling"):]
     main, details = section.split("<details>", 1)
     assert main.count("<tr>") == 1 + 2  # header, generation, culture
-    assert "<td>generation</td><td>ffn</td><td>(first, first)</td><td>xquad (unseen, 2 langs)</td>" in main
-    assert "<td>mkqa (train, 2 langs)</td>" in main  # OOD beside ID on the same row
+    assert ("<td>generation</td><td>ffn</td><td>(first, first)</td><td>xquad<br><small>unseen, 2 langs</small></td>"
+            in main)
+    assert "<td>mkqa<br><small>train, 2 langs</small></td>" in main  # OOD beside ID on the same row
+    assert main.count("<td>") == 2 * 9 and main.count(" ± ") == 2 * 2 + 2  # culture has no OOD here
     assert details.count("<tr>") == 1 + 5  # per language, under it
 
 

@@ -240,7 +240,8 @@ def summarise(group: dict) -> dict:
     instances = group["instances"]
     n = len(instances)
     vanilla = {i: o[0] for i, o in instances.items() if o[0] is not None}
-    out = {"instances": n, "num_layers": layers, "vanilla_instances": len(vanilla), "vanilla_correct": sum(vanilla.values()),
+    out = {"instances": n, "num_layers": layers, "vanilla_instances": len(vanilla),
+           "vanilla_correct": sum(vanilla.values()),
            "vanilla_accuracy": sum(vanilla.values()) / len(vanilla) if vanilla else float("nan")}
     metric_means = {}
     for k, name in enumerate(METRICS):

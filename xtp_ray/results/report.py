@@ -23,9 +23,13 @@ from ..names import is_name
 from .scaling import single_cell
 
 PAGE_STYLE = """
-body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1200px;color:#222;
+padding:0 1em}
 table{border-collapse:collapse;margin:0.6em 0 1.4em}
 th,td{border:1px solid #ccc;padding:3px 9px;text-align:right}
+td{white-space:nowrap}
+.scroll{overflow-x:auto;max-width:100%}
+details{margin:0 0 1.4em}summary{cursor:pointer;color:#555}
 th:first-child,td:first-child{text-align:left}
 th{background:#f3f3f3}
 tr.summary td{font-weight:600;background:#fafafa}
@@ -154,7 +158,8 @@ def metric_table(table: dict, escape) -> tuple[list[str], list[list[str]]] | Non
         spread = table["metrics"][name]
         for figure in ("vanilla", "best_cell", None, "upper_bound"):
             row.append("" if figure is None or f"{figure}_mean" not in spread else
-                       f"{metric_value(name, spread[figure + '_mean'])} ± {metric_value(name, spread[figure + '_std'])}")
+                       f"{metric_value(name, spread[figure + '_mean'])} ± "
+                       f"{metric_value(name, spread[figure + '_std'])}")
     rows.append(row)
     return header, rows
 
@@ -308,7 +313,7 @@ def overview_plot(report: dict) -> bytes:
         ax.set_ylim(0, min(105.0, max(highest * 1.1, 5.0)))  # from 0; an all-zero run still has an axis
         ax.set_ylabel("accuracy %")
         ax.set_title(f"{key} (bars: 95% Wilson intervals)", fontsize=9)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, never over them
     fig.tight_layout()
     data = png_bytes(fig)
     plt.close(fig)
@@ -384,7 +389,8 @@ def render_markdown(report: dict) -> str:
         lines += [f"## Compared with run {md(report['compared_with'])}", "",
                   "| table | lang | vanilla Δ | upper bound Δ |", "|---|---|---|---|"]
         for d in report["deltas"]:
-            lines.append(f"| {md(d['table'])} | {md(d['lang'])} | {pct(d['vanilla_delta'])} | {pct(d.get('upper_bound_delta'))} |")
+            lines.append(f"| {md(d['table'])} | {md(d['lang'])} | {pct(d['vanilla_delta'])} | "
+                         f"{pct(d.get('upper_bound_delta'))} |")
         lines.append("")
     lines += ["## Figures", "", "Also as one page with every figure embedded: `report.html`.", ""]
     lines += [f"- {md(name)}" for name in report["figures"]]
@@ -403,7 +409,7 @@ def html_table(header: list[str], rows: list[list[str]], summary_rows: int = 0) 
     for k, row in enumerate(rows):
         css = ' class="summary"' if k >= len(rows) - summary_rows else ""
         body.append(f"<tr{css}>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f"<div class=\"scroll\"><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
 
 
 def html_figure(png: bytes, caption: str) -> str:
@@ -433,12 +439,13 @@ def offline_scaling_html(scaling: list[dict]) -> str:
         for side in ("ID", "OOD"):
             e = row.get(side)
             if not e:
-                cells += ["-", "-", "-", "-"]
+                cells += ["-", "-", "-"]
                 continue
-            cells += [html.escape(f"{e['task']} ({e['split']}, {len(e['by_lang'])} langs)"),
+            cells += [f"{html.escape(e['task'])}<br><small>{html.escape(e['split'])}, "
+                      f"{len(e['by_lang'])} langs</small>",
                       f"{pct(e['vanilla_mean'])} ± {pct(e['vanilla_std'])}",
-                      f"{pct(e['transplanted_mean'])} ± {pct(e['transplanted_std'])}",
-                      _delta_cell(e["transplanted_mean"] - e["vanilla_mean"])]
+                      f"{pct(e['transplanted_mean'])} ± {pct(e['transplanted_std'])} "
+                      f"({_delta_cell(e['transplanted_mean'] - e['vanilla_mean'])})"]
             for lang, v in e["by_lang"].items():
                 per_lang.append([html.escape(row["task_type"]), side, html.escape(e["task"]), html.escape(lang),
                                  str(v["instances"]), pct(v["vanilla"]), pct(v["transplanted"]),
@@ -446,9 +453,10 @@ def offline_scaling_html(scaling: list[dict]) -> str:
         rows.append(cells)
     header = ["task type", "granularity", "(source, target)"]
     for side in ("ID", "OOD"):
-        header += [f"{side} data", f"{side} vanilla", f"{side} transplanted", f"{side} transplanted - vanilla"]
+        header += [f"{side} data", f"{side} vanilla", f"{side} transplanted (Δ)"]
     return ("<h2>Offline scaling (the paper's coarse settings on ID and OOD data)</h2><p>Accuracy in %, mean ± std "
-            "across languages: vanilla and transplanted under the fixed setting.</p>" + html_table(header, rows)
+            "across languages: vanilla and transplanted under the fixed setting (Δ: transplanted minus "
+            "vanilla, points).</p>" + html_table(header, rows)
             + f"<details><summary>Per language ({len(per_lang)} rows)</summary>"
             + html_table(["task type", "data", "task", "lang", "n", "vanilla", "transplanted",
                           "transplanted - vanilla"], per_lang) + "</details>")

@@ -33,7 +33,8 @@ def metric_spread(by_lang: dict[str, dict]) -> dict:
                 ("upper_bound", [g["upper_bound_metrics"][name] for g in by_lang.values()
                                  if name in (g.get("upper_bound_metrics") or {})])):
             if values:
-                entry.update({f"{figure}_mean": mean(values), f"{figure}_std": std(values), f"{figure}_langs": len(values)})
+                entry.update({f"{figure}_mean": mean(values), f"{figure}_std": std(values),
+                              f"{figure}_langs": len(values)})
         out[name] = entry
     return out
 
