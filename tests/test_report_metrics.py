@@ -166,10 +166,30 @@ def test_a_grouped_task_shows_questions_and_rows_side_by_side():
     report["figures"] = []
     markdown = render_markdown(report)
     assert "3 questions (12 rows), 1 language." in markdown
-    assert "| lang | questions | rows | vanilla (questions) | vanilla (rows) | upper bound |" in markdown
-    lo, hi = g["intervals"]["row_vanilla"]
-    assert (f"| de | 3 | 12 | {100 * g['vanilla_accuracy']:.1f} [" in markdown
-            and f"| {100 * g['row_vanilla_accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] |" in markdown)
+    assert ("| lang | questions | rows | vanilla (questions) | vanilla (rows) | upper bound (questions) | "
+            "upper bound (rows) | best cell (questions) | best cell (rows) | best (i, j) (questions) | "
+            "best (i, j) (rows) |") in markdown
+    # the rows' own figures, each row scored alone, straight from the rows
+    rows = table.to_pylist()
+    vanilla = [r["correct"] for r in rows if r["source_layer"] is None]
+    solved = {r["instance_id"] for r in rows if r["source_layer"] is not None and r["correct"]}
+    per_cell = {}
+    for r in rows:
+        if r["source_layer"] is not None:
+            per_cell.setdefault((r["source_layer"], r["target_layer"]), []).append(r["correct"])
+    top = max(sum(v) / len(v) for v in per_cell.values())
+    best = min(c for c, v in per_cell.items() if sum(v) / len(v) == top)
+    assert g["row_vanilla_accuracy"] == sum(vanilla) / 12 and g["row_upper_bound"] == len(solved) / 12
+    assert (g["row_best_cell"]["source_layer"], g["row_best_cell"]["target_layer"], g["row_best_cell"]["accuracy"]) == \
+        (*best, top)
+    ci = g["intervals"]
+    cells = [f"{100 * g['vanilla_accuracy']:.1f} [{100 * ci['vanilla'][0]:.1f}, {100 * ci['vanilla'][1]:.1f}]",
+             f"{100 * g['row_vanilla_accuracy']:.1f} [{100 * ci['row_vanilla'][0]:.1f}, "
+             f"{100 * ci['row_vanilla'][1]:.1f}]",
+             f"{100 * g['upper_bound']:.1f} [{100 * ci['upper_bound'][0]:.1f}, {100 * ci['upper_bound'][1]:.1f}]",
+             f"{100 * g['row_upper_bound']:.1f} [{100 * ci['row_upper_bound'][0]:.1f}, "
+             f"{100 * ci['row_upper_bound'][1]:.1f}]"]
+    assert "| de | 3 | 12 | " + " | ".join(cells) + " |" in markdown
 
 
 def test_offline_scaling_html_has_one_row_per_task_type_and_the_languages_folded():

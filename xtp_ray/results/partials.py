@@ -50,7 +50,7 @@ def group_id(task: str, split: str, lang: str, group: str) -> str:
 def by_group(rows):
     """Rows of instances scored together (CulturalBench's four per question) as one row per (group,
     cell): correct only when every member is, under the group's id; metrics dropped. Rows without a
-    group stay as they are. Returns (rows, (row-level instances, row-level vanilla correct) or None)."""
+    group stay as they are. Returns (rows, the rows' own figures (`row_level`) or None)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -58,8 +58,7 @@ def by_group(rows):
         return rows, None
     if rows.column(GROUP).null_count:
         raise ValueError("a task's rows are grouped in part only: every instance of a grouped task needs its group")
-    vanilla = rows.filter(pc.is_null(rows.column("source_layer")))
-    row_level = (len(pc.unique(rows.column("instance_id"))), int(pc.sum(vanilla.column("correct")).as_py() or 0))
+    row_figures = row_level(rows)
     reduced = rows.group_by([GROUP, "source_layer", "target_layer"], use_threads=False).aggregate(
         [("correct", "min"), ("num_layers", "max")])
     first = {name: rows.column(name)[0].as_py() for name in ("task", "split", "lang", "module")}
@@ -70,7 +69,28 @@ def by_group(rows):
                       "source_layer": reduced.column("source_layer"), "target_layer": reduced.column("target_layer"),
                       "correct": reduced.column("correct_min"), "metrics": ["{}"] * n,
                       "num_layers": reduced.column("num_layers_max")})
-    return table, row_level
+    return table, row_figures
+
+
+def row_level(rows) -> list:
+    """A grouped task's figures over its rows, each row scored alone: [row instances, vanilla correct, rows
+    right under some searched cell, per searched cell [i, j, correct, rows]]. Shards never split a group, so
+    every entry adds up across shards."""
+    ids = rows.column("instance_id").dictionary_encode().combine_chunks()
+    code = ids.indices.to_numpy()
+    vanilla = rows.column("source_layer").is_null().to_numpy(zero_copy_only=False)
+    correct = rows.column("correct").to_numpy(zero_copy_only=False).astype(bool)
+    i = rows.column("source_layer").fill_null(0).to_numpy().astype(np.int64)
+    j = rows.column("target_layer").fill_null(0).to_numpy().astype(np.int64)
+    searched = ~vanilla
+    solved = int((np.bincount(code[searched & correct], minlength=len(ids.dictionary)) > 0).sum())
+    cells = {}
+    for a, b, c in zip(i[searched].tolist(), j[searched].tolist(), correct[searched].tolist()):
+        entry = cells.setdefault((a, b), [0, 0])
+        entry[0] += c
+        entry[1] += 1
+    return [len(ids.dictionary), int(correct[vanilla].sum()), solved,
+            [[a, b, c, n] for (a, b), (c, n) in sorted(cells.items())]]
 
 
 class DuplicateError(ValueError):
@@ -97,10 +117,10 @@ def shard_partials(table, source: str = "shard") -> dict:
     keys = sorted(pc.unique(key_column).to_pylist())
     for key in keys:
         rows = table.filter(pc.equal(key_column, key)) if len(keys) > 1 else table
-        rows, row_level = by_group(rows)
+        rows, row_figures = by_group(rows)
         groups[key] = _group_partials(rows, f"{source} {key}")
-        if row_level is not None:
-            groups[key]["row_level"] = list(row_level)
+        if row_figures is not None:
+            groups[key]["row_level"] = row_figures
     return {"version": VERSION, "groups": groups}
 
 
@@ -222,9 +242,13 @@ class Merged:
                     sums[(i, j)] = ([earlier[0] + count, exact_terms(earlier[1] + terms)] if earlier
                                     else [count, terms])
             if "row_level" in part:  # a grouped task: its rows' own figures beside the groups'
-                totals = group.setdefault("row_level", [0, 0])
-                totals[0] += part["row_level"][0]
-                totals[1] += part["row_level"][1]
+                totals = group.setdefault("row_level", [0, 0, 0, {}])
+                for k in range(3):
+                    totals[k] += part["row_level"][k]
+                for i, j, correct, rows in part["row_level"][3]:
+                    cell = totals[3].setdefault((i, j), [0, 0])
+                    cell[0] += correct
+                    cell[1] += rows
             for instance, outcome in part["instances"].items():
                 earlier = self.owner.setdefault((key, instance), shard)
                 if earlier != shard:
@@ -249,10 +273,8 @@ def summarise(group: dict) -> dict:
         if values:
             metric_means[name] = mean(values)
     out["vanilla_metrics"] = metric_means
-    if "row_level" in group:  # counted by group above; the rows' own vanilla accuracy beside it
-        out["row_instances"], correct = group["row_level"]
-        out["row_vanilla_correct"] = correct
-        out["row_vanilla_accuracy"] = correct / out["row_instances"] if out["row_instances"] else float("nan")
+    if "row_level" in group:  # counted by group above; the rows' own figures beside them
+        out.update(row_summary(*group["row_level"]))
     out["outcomes"] = {"vanilla": encode(vanilla)}
     searched = group["rows"] > 0
     if not searched.any():
@@ -280,6 +302,20 @@ def summarise(group: dict) -> dict:
         top = max(column.values())
         out["target_first_counts"] = column
         out["target_first_choice"] = max(i for i, c in column.items() if c == top)  # ties: larger i
+    return out
+
+
+def row_summary(instances: int, vanilla_correct: int, solved: int, cells: dict) -> dict:
+    """A grouped task's rows, each scored alone: vanilla, upper bound and best cell (ties: smallest (i, j)).
+    cells: (i, j) -> [correct, rows]."""
+    out = {"row_instances": instances, "row_vanilla_correct": vanilla_correct,
+           "row_vanilla_accuracy": vanilla_correct / instances if instances else float("nan")}
+    if cells:
+        out.update({"row_upper_bound_correct": solved, "row_upper_bound": solved / instances})
+        top = max(c / n for c, n in cells.values())
+        best = min(cell for cell, (c, n) in cells.items() if c / n == top)
+        out["row_best_cell"] = {"source_layer": int(best[0]), "target_layer": int(best[1]), "accuracy": top,
+                                "correct": int(cells[best][0]), "rows": int(cells[best][1])}
     return out
 
 

@@ -99,36 +99,59 @@ def run_fields(report: dict) -> list[tuple[str, str]]:
     return out
 
 
+def _micro(table: dict, correct: str, n: str):
+    total = sum(g.get(n, 0) for g in table["by_lang"].values())
+    return sum(g.get(correct, 0) for g in table["by_lang"].values()) / total if total else None
+
+
+def _cell(best) -> str:
+    return f"({best['source_layer']}, {best['target_layer']})" if best else "-"
+
+
 def accuracy_table(table: dict, escape, delta) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of a table's accuracies, per language then mean ± std and micro overall; a grouped task
-    (questions of rows) shows its questions' and its rows' vanilla side by side. escape: text from data ->
-    markup; delta(value) -> a signed difference's markup, or None for no such column."""
+    """(header, rows) of a table's accuracies, per language then mean ± std and micro overall. A grouped task
+    (questions of rows) shows each figure for its questions and, beside it, for its rows each scored alone.
+    escape: text from data -> markup; delta(value) -> a signed difference's markup, or None for no such column.
+    Columns: (header, per language summary -> text, the mean ± std row's text, the micro overall row's text)."""
     grouped = any("row_instances" in g for g in table["by_lang"].values())
-    header = (["lang", "questions", "rows", "vanilla (questions)", "vanilla (rows)"] if grouped
-              else ["lang", "n", "vanilla"])
-    header += ["upper bound", "best cell"] + (["best - vanilla"] if delta else []) + ["best (i, j)", "target-first i*"]
-    rows = []
-    for lang in table["languages"]:
-        g = table["by_lang"][lang]
-        best, ci = g.get("best_cell"), g.get("intervals") or {}
-        row = [escape(lang), str(g["instances"])]
-        if grouped:
-            row += [str(g.get("row_instances", "-")), with_interval(g["vanilla_accuracy"], ci.get("vanilla")),
-                    with_interval(g.get("row_vanilla_accuracy"), ci.get("row_vanilla"))]
-        else:
-            row += [with_interval(g["vanilla_accuracy"], ci.get("vanilla"))]
-        row += [with_interval(g.get("upper_bound"), ci.get("upper_bound")),
-                with_interval(best["accuracy"], ci.get("best_cell")) if best else "-"]
-        if delta:
-            row.append(delta(best["accuracy"] - g["vanilla_accuracy"]) if best else "-")
-        row += [f"({best['source_layer']}, {best['target_layer']})" if best else "-",
-                str(g.get("target_first_choice", "-"))]
-        rows.append(row)
-    blank = [""] * (2 if grouped else 0)
-    rows.append(["mean ± std", str(table["instances"])] + blank[:1] + [mean_std(table, "vanilla")] + blank[1:]
-                + [mean_std(table, "upper_bound"), mean_std(table, "best_cell")] + ([""] if delta else []) + ["", ""])
-    rows.append(["overall (micro)", ""] + blank[:1] + [pct(table["vanilla_overall"])] + blank[1:]
-                + [pct(table.get("upper_bound_overall")), ""] + ([""] if delta else []) + ["", ""])
+
+    def ci(g, name):
+        return (g.get("intervals") or {}).get(name)
+
+    def best_of(g, prefix=""):
+        best = g.get(prefix + "best_cell")
+        return with_interval(best["accuracy"], ci(g, prefix + "best_cell")) if best else "-"
+
+    q = " (questions)" if grouped else ""
+    columns = [("questions" if grouped else "n", lambda g: str(g["instances"]), str(table["instances"]), "")]
+    if grouped:
+        columns.append(("rows", lambda g: str(g.get("row_instances", "-")),
+                        str(sum(g.get("row_instances", 0) for g in table["by_lang"].values())), ""))
+    columns.append((f"vanilla{q}", lambda g: with_interval(g["vanilla_accuracy"], ci(g, "vanilla")),
+                    mean_std(table, "vanilla"), pct(table["vanilla_overall"])))
+    if grouped:
+        columns.append(("vanilla (rows)", lambda g: with_interval(g.get("row_vanilla_accuracy"), ci(g, "row_vanilla")),
+                        "", pct(_micro(table, "row_vanilla_correct", "row_instances"))))
+    columns.append((f"upper bound{q}", lambda g: with_interval(g.get("upper_bound"), ci(g, "upper_bound")),
+                    mean_std(table, "upper_bound"), pct(table.get("upper_bound_overall"))))
+    if grouped:
+        columns.append(("upper bound (rows)",
+                        lambda g: with_interval(g.get("row_upper_bound"), ci(g, "row_upper_bound")),
+                        "", pct(_micro(table, "row_upper_bound_correct", "row_instances"))))
+    columns.append((f"best cell{q}", best_of, mean_std(table, "best_cell"), ""))
+    if grouped:
+        columns.append(("best cell (rows)", lambda g: best_of(g, "row_"), "", ""))
+    if delta:
+        columns.append(("best - vanilla", lambda g: delta(g["best_cell"]["accuracy"] - g["vanilla_accuracy"])
+                        if g.get("best_cell") else "-", "", ""))
+    columns.append((f"best (i, j){q}", lambda g: _cell(g.get("best_cell")), "", ""))
+    if grouped:
+        columns.append(("best (i, j) (rows)", lambda g: _cell(g.get("row_best_cell")), "", ""))
+    columns.append(("target-first i*", lambda g: str(g.get("target_first_choice", "-")), "", ""))
+    header = ["lang"] + [c[0] for c in columns]
+    rows = [[escape(lang)] + [c[1](table["by_lang"][lang]) for c in columns] for lang in table["languages"]]
+    rows.append(["mean ± std"] + [c[2] for c in columns])
+    rows.append(["overall (micro)"] + [c[3] for c in columns])
     return header, rows
 
 
@@ -168,7 +191,8 @@ TABLE_NOTE = ("Accuracy in % with its 95% Wilson interval. Upper bound: an insta
               "answers it (vanilla not included). Best cell: the (source i, target j) with the highest accuracy "
               "(ties: smallest).")
 GROUPED_NOTE = (" A question counts only when all its rows are right (the benchmark's metric): every figure "
-                "counts questions; the rows' own vanilla accuracy is beside it.")
+                "counts questions (the (questions) columns); beside each, the same figure over the rows, each "
+                "row scored alone (the (rows) columns).")
 METRIC_UNITS = {"em": "EM (exact match) in %", "f1": "F1 in %", "js_similarity": "1 - JS (1 - Jensen-Shannon "
                 "distance of the option probabilities to the country's distribution) in [0, 1]"}
 

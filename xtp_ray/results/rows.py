@@ -15,7 +15,7 @@ import pyarrow.dataset as pads
 from .. import storage
 from ..candidates import intact_footers
 from .paired import encode
-from .partials import GROUP, METRICS, columns_of, group_id
+from .partials import GROUP, METRICS, columns_of, group_id, row_summary
 from .scaling import offline_scaling
 from .stats import mean
 from .tables import build_tables, target_first
@@ -36,11 +36,15 @@ def read_rows(run_uri: str):
 
 def by_group(frame):
     """The plain definition of a grouped task's figures: per (group, cell) correct only when every
-    member row is, under the group's id; (frame, (row-level instances, vanilla correct) or None)."""
+    member row is, under the group's id; (frame, the rows' own figures (`partials.row_summary`) or None)."""
     if GROUP not in frame or frame[GROUP].isna().all():
         return frame, None
     first = frame.iloc[0]
-    row_level = (frame["instance_id"].nunique(), int(frame[frame["source_layer"].isna()]["correct"].sum()))
+    searched = frame[frame["source_layer"].notna()]
+    cells = {(int(i), int(j)): [int(g["correct"].sum()), len(g)]
+             for (i, j), g in searched.groupby(["source_layer", "target_layer"])}
+    row_level = row_summary(frame["instance_id"].nunique(), int(frame[frame["source_layer"].isna()]["correct"].sum()),
+                            int(searched.groupby("instance_id")["correct"].any().sum()), cells)
     reduced = frame.groupby([GROUP, "source_layer", "target_layer"], dropna=False).agg(
         correct=("correct", "all"), num_layers=("num_layers", "max")).reset_index()
     reduced["instance_id"] = [group_id(first["task"], first["split"], first["lang"], g) for g in reduced[GROUP]]
@@ -65,9 +69,7 @@ def summarise_group(frame) -> dict:
             metric_means[name] = mean(v for v in values if v is not None)
     out["vanilla_metrics"] = metric_means
     if row_level is not None:
-        out["row_instances"], correct = row_level
-        out["row_vanilla_correct"] = correct
-        out["row_vanilla_accuracy"] = correct / out["row_instances"]
+        out.update(row_level)
     # per-instance outcomes the accuracies are made of, for paired tests across runs (`xtp history`)
     out["outcomes"] = {"vanilla": encode({str(i): bool(c) for i, c in zip(vanilla["instance_id"], vanilla["correct"])})}
     if cells.empty:

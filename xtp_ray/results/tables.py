@@ -8,13 +8,16 @@ from .stats import mean, std
 
 def intervals(summary: dict) -> dict:
     """95% Wilson intervals of a language's accuracies: vanilla, best cell (over its rows), upper bound; and
-    for a grouped task the rows' vanilla."""
+    for a grouped task the same over its rows, each scored alone."""
     out = {"vanilla": list(wilson(summary["vanilla_correct"], summary["vanilla_instances"]))}
     if "best_cell" in summary:
         out["best_cell"] = list(wilson(summary["best_cell"]["correct"], summary["best_cell"]["rows"]))
         out["upper_bound"] = list(wilson(summary["upper_bound_correct"], summary["instances"]))
     if "row_instances" in summary:
         out["row_vanilla"] = list(wilson(summary["row_vanilla_correct"], summary["row_instances"]))
+    if "row_best_cell" in summary:
+        out["row_best_cell"] = list(wilson(summary["row_best_cell"]["correct"], summary["row_best_cell"]["rows"]))
+        out["row_upper_bound"] = list(wilson(summary["row_upper_bound_correct"], summary["row_instances"]))
     return out
 
 
