@@ -39,7 +39,8 @@ def test_tables_by_hand():
     sw = sample["by_lang"]["sw"]
     assert sw["vanilla_accuracy"] == pytest.approx(1 / 3)
     assert sw["upper_bound"] == pytest.approx(2 / 3)  # instances 0 and 1; vanilla not counted
-    assert sw["best_cell"] == {"source_layer": 0, "target_layer": 0, "accuracy": pytest.approx(1 / 3)}  # tie: smallest
+    assert sw["best_cell"] == {"source_layer": 0, "target_layer": 0, "accuracy": pytest.approx(1 / 3),  # tie: smallest
+                               "correct": 1, "rows": 3}
     assert sw["per_source_layer"] == {0: pytest.approx(1 / 3), 1: pytest.approx(2 / 3)}
     assert sw["per_target_layer"] == {0: pytest.approx(1 / 3), 1: pytest.approx(1 / 3)}
     assert sw["heatmap"] == [[pytest.approx(1 / 3), 0.0], [pytest.approx(1 / 3), pytest.approx(1 / 3)]]
@@ -73,7 +74,9 @@ def test_compare_reports_deltas_and_renders():
     assert all(png.startswith(b"\x89PNG") for png in figures.values())
     report["figures"] = sorted(figures)
     markdown = render_markdown(report)
-    assert "| sw | 3 | 33.3 | 66.7 | 33.3 | (0, 0) | 1 |" in markdown
+    # 95% Wilson intervals (1 of 3: 6.1-79.2; 2 of 3: 20.8-93.9, as tabulated for the Wilson score interval)
+    assert "| sw | 3 | 33.3 [6.1, 79.2] | 66.7 [20.8, 93.9] | 33.3 [6.1, 79.2] | (0, 0) | 1 |" in markdown
+    assert "| **mean ± std** | 4 | 66.7 ± 33.3 | 83.3 ± 16.7 | 66.7 ± 33.3 |" in markdown
     assert "| xnli | ffn | sw | (1, 0) | 0.0 | 50.0 |" in markdown
     assert "| xnli/sample/ffn | sw | -16.7 | -33.3 |" in markdown
 
@@ -93,7 +96,7 @@ def test_html_report_is_self_contained_with_every_figure_embedded():
     assert not re.search(r'(src|href)="(https?:)?//', page)  # nothing fetched from elsewhere
     assert "<script" not in page
     # the tables: per language, the best cell against vanilla, the target-first selection applied to unseen
-    assert "<td>sw</td><td>3</td><td>33.3</td><td>66.7</td><td>33.3</td>" in page
+    assert "<td>sw</td><td>3</td><td>33.3 [6.1, 79.2]</td><td>66.7 [20.8, 93.9]</td><td>33.3 [6.1, 79.2]</td>" in page
     assert "<td>xnli</td><td>ffn</td><td>sw</td><td>(1, 0)</td><td>2</td><td>0.0</td><td>50.0</td>" in page
 
 

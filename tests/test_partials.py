@@ -51,6 +51,9 @@ def test_partials_merged_equal_the_plain_definition_over_every_row(tmp_path):
     assert plain["tables"]["xcopa/sample/ffn"]["by_lang"]["zh"]["num_layers"] == 80
     assert 79 in plain["tables"]["xcopa/sample/ffn"]["by_lang"]["zh"]["per_source_layer"]
     assert set(plain["tables"]["xquad/sample/ffn"]["by_lang"]["de"]["vanilla_metrics"]) == {"em", "f1"}
+    xquad = plain["tables"]["xquad/sample/ffn"]["by_lang"]["de"]
+    assert set(xquad["best_cell_metrics"]) == set(xquad["upper_bound_metrics"]) == {"em", "f1"}  # compared above
+    assert "js_similarity" in plain["tables"]["globalopinionqa/sample/attn"]["by_lang"]["en"]["upper_bound_metrics"]
     assert "js_similarity" in plain["tables"]["globalopinionqa/sample/attn"]["by_lang"]["en"]["vanilla_metrics"]
     assert {e["lang"] for e in plain["target_first"] if "unseen_applied" in e} == {"sw", "de"}
 
@@ -65,6 +68,27 @@ def test_a_shard_without_partials_is_summarised_from_its_rows(tmp_path):
     merged, info = collect_partials(run_uri)
     assert info["from_rows"] == 1
     assert aggregate_merged(merged) == plain
+
+
+def test_partials_of_an_older_version_are_read_from_the_shards_rows(tmp_path):
+    """Version 1 partials lack the metrics' per-cell sums: such a shard is summarised from its rows, so an old
+    run's report has every figure (EM/F1 best cell and upper bound included)."""
+    _, run_uri = _run(tmp_path)
+    plain = aggregate_frame(read_rows(run_uri))
+    shard = tmp_path / "out" / "night" / "candidates" / "xquad-sample-de-00000.parquet"
+    table = pq.read_table(shard)
+    partials = json.loads(table.schema.metadata[KEY.encode()])
+    assert partials["version"] == 2
+    partials["version"] = 1
+    for group in partials["groups"].values():  # what version 1 wrote: no metric sums, no per-instance maxima
+        del group["metric_cells"]
+        group["instances"] = {i: o[:6] for i, o in group["instances"].items()}
+    meta = {**table.schema.metadata, KEY.encode(): json.dumps(partials).encode()}
+    pq.write_table(table.replace_schema_metadata(meta), shard)
+    merged, info = collect_partials(run_uri)
+    assert info["from_rows"] == 1
+    assert aggregate_merged(merged) == plain
+    assert set(plain["tables"]["xquad/sample/ffn"]["by_lang"]["de"]["upper_bound_metrics"]) == {"em", "f1"}
 
 
 def test_an_instance_in_two_shards_is_refused(tmp_path, capsys):

@@ -90,6 +90,20 @@ def read_manifest(run_uri: str) -> dict:
     return json.loads(storage.read_text(uri)) if storage.exists(uri) else {}
 
 
+RUN_KEYS = ("model", "engine", "dtype", "scoring", "max_new_tokens", "data_root", "modules", "cells")
+
+
+def run_of(manifest: dict) -> dict:
+    """What the run was, for the report's header: the config's model, engine, dtype, scoring, data root,
+    modules and cells, and the model revision the actors loaded (recorded when the run ends). Keys the
+    manifest lacks (a run without one) are left out; the header says "not recorded"."""
+    config = manifest.get("config") or {}
+    run = {key: config[key] for key in RUN_KEYS if key in config}
+    if "model_revision" in manifest or config.get("model_revision"):
+        run["model_revision"] = manifest.get("model_revision") or config.get("model_revision")
+    return run
+
+
 def started_of(manifest: dict) -> float | None:
     """When the run's first attempt started, or None."""
     return min((a["started"] for a in manifest.get("attempts") or [] if "started" in a), default=None)
@@ -155,7 +169,8 @@ def aggregate_run(output: str, run_id: str, compare_with: str | None = None, fro
     earlier_uri = earlier_report_uri(output, compare_with) if compare_with else None
     manifest = read_manifest(run_uri)  # read once: planned shards, start, config
     merged, shards = collect_partials(run_uri, from_candidates, manifest)
-    report = {"run_id": run_id, "started": started_of(manifest), "shards": shards, **aggregate_merged(merged)}
+    report = {"run_id": run_id, "started": started_of(manifest), "run": run_of(manifest), "shards": shards,
+              **aggregate_merged(merged)}
     if compare_with:
         earlier = json.loads(storage.read_text(earlier_uri))
         report["compared_with"] = compare_with

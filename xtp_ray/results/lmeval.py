@@ -3,10 +3,13 @@
 One lm-eval "task" per (task, split, module, language): `xtp_<task>_<split>_<module>_<lang>`, with
 - `results[name]`: `acc,none` (vanilla accuracy) and `acc_stderr,none`, `acc_best_cell,none` (the
   best (source, target) layer pair) and its stderr, `upper_bound,none` (instance-aware: any searched
-  cell right), and `em,none` / `f1,none` / `js_similarity,none` where the task has them (vanilla; a
-  task may name them its own way: MKQA's `exact_match,none`);
+  cell right); and per task metric, under lm-eval's name where it has one (`exact_match`, `f1`; else
+  ours: `js_similarity`, 1 - Jensen-Shannon distance), `<metric>,none` (vanilla),
+  `<metric>_best_cell,none` (at the cell with the highest mean of that metric) and
+  `<metric>_upper_bound,none` (per instance the max over the searched cells, averaged over instances);
   stderrs as lm-eval computes a mean's: the sample standard deviation over sqrt(n);
-- `configs[name]`: the task, split, module, language and best cell; `versions[name]`: the package version;
+- `configs[name]`: the task, split, module, language, best cell and each metric's best cell;
+  `versions[name]`: the package version;
 - `n-samples[name]`: `original` and `effective` instance counts;
 - `config` (model, engine, dtype, cells, run id), `git_hash` (of the package's checkout, where known), `date`.
 """
@@ -39,11 +42,8 @@ def git_hash() -> str | None:
     return done.stdout.strip() or None
 
 
-def metric_names(task: str) -> dict[str, str]:
-    """A task's names for its metrics in results.json (MKQA's `exact_match`, as its evaluation names it)."""
-    from ..tasks import get, names
-
-    return get(task).results_names if task in names() else {}
+# a metric's name in results.json: lm-eval's (its squad / mkqa-style tasks report `exact_match` and `f1`)
+LM_EVAL_NAMES = {"em": "exact_match", "f1": "f1", "js_similarity": "js_similarity"}
 
 
 def results_json(report: dict, run_config: dict | None = None) -> dict:
@@ -60,10 +60,14 @@ def results_json(report: dict, run_config: dict | None = None) -> dict:
                 entry.update({"acc_best_cell,none": best, "acc_best_cell_stderr,none": stderr_of_mean(best, n),
                               "upper_bound,none": g["upper_bound"]})
             for metric, value in (g.get("vanilla_metrics") or {}).items():
-                entry[f"{metric_names(task).get(metric, metric)},none"] = value
+                entry[f"{LM_EVAL_NAMES.get(metric, metric)},none"] = value
+            for metric, best in (g.get("best_cell_metrics") or {}).items():
+                entry[f"{LM_EVAL_NAMES.get(metric, metric)}_best_cell,none"] = best["value"]
+                entry[f"{LM_EVAL_NAMES.get(metric, metric)}_upper_bound,none"] = g["upper_bound_metrics"][metric]
             results[name] = entry
             configs[name] = {"task": task, "split": split, "module": module, "lang": lang,
-                             "best_cell": g.get("best_cell"), "num_layers": g.get("num_layers")}
+                             "best_cell": g.get("best_cell"), "num_layers": g.get("num_layers"),
+                             "best_cell_metrics": g.get("best_cell_metrics") or {}}
             versions[name] = __version__
             samples[name] = {"original": n, "effective": n}
     config = {key: (run_config or {}).get(key) for key in ("model", "engine", "dtype", "cells", "scoring",

@@ -39,7 +39,8 @@ def wilson(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     p = correct / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # at 0 and at n the bound is exactly 0 or 1 (rounding would leave a hair inside)
+    return (0.0 if correct == 0 else max(0.0, centre - half)), (1.0 if correct == n else min(1.0, centre + half))
 
 
 def encode(outcomes: dict[str, bool]) -> dict:

@@ -5,10 +5,13 @@ committed in the shard's own Parquet footer (key `xtp_partials`), so they are wr
 whole with the shard or not at all. Per (task, split, module, lang) group:
 
 - per searched cell (source layer i, target layer j): correct and row counts;
-- per instance: vanilla correct, its vanilla metrics (EM, F1, JS similarity), whether any
-  searched cell is correct, and three bitsets over layers (Python ints as hex, any
-  width): source layers i with a correct cell (i, *), target layers j with a correct
-  cell (*, j), and source layers i with (i, 0) correct (the target-first column).
+- per task metric (EM, F1, JS similarity) and searched cell: the rows that have it and their sum, as a
+  few floats whose exact sum is the exact sum (`stats.exact_terms`), so that merged shards give the
+  mean `stats.mean` gives over every row, bit for bit, in any order;
+- per instance: vanilla correct, its vanilla metrics, whether any searched cell is correct, three
+  bitsets over layers (Python ints as hex, any width): source layers i with a correct cell (i, *),
+  target layers j with a correct cell (*, j), and source layers i with (i, 0) correct (the target-first
+  column); and per metric its max over the instance's searched cells (the metric's upper bound).
 
 Where a task groups its instances (CulturalBench: a question is right only when its four rows are),
 the rows are first reduced to one per (group, cell) (`by_group`), so every figure counts groups;
@@ -24,8 +27,10 @@ import json
 
 import numpy as np
 
+from .stats import exact_terms, mean, mean_of_terms
+
 KEY = "xtp_partials"
-VERSION = 1
+VERSION = 2  # 2: per-cell metric sums and per-instance metric maxima. A shard of version 1 is read from its rows
 METRICS = ("em", "f1", "js_similarity")
 COLUMNS = ["task", "split", "lang", "instance_id", "module", "source_layer", "target_layer", "correct", "metrics",
            "num_layers"]
@@ -45,7 +50,7 @@ def group_id(task: str, split: str, lang: str, group: str) -> str:
 def by_group(rows):
     """Rows of instances scored together (CulturalBench's four per question) as one row per (group,
     cell): correct only when every member is, under the group's id; metrics dropped. Rows without a
-    group stay as they are. Returns (rows, (row-level instances, row-level vanilla correct) or None)."""
+    group stay as they are. Returns (rows, the rows' own figures (`row_level`) or None)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -53,8 +58,7 @@ def by_group(rows):
         return rows, None
     if rows.column(GROUP).null_count:
         raise ValueError("a task's rows are grouped in part only: every instance of a grouped task needs its group")
-    vanilla = rows.filter(pc.is_null(rows.column("source_layer")))
-    row_level = (len(pc.unique(rows.column("instance_id"))), int(pc.sum(vanilla.column("correct")).as_py() or 0))
+    row_figures = row_level(rows)
     reduced = rows.group_by([GROUP, "source_layer", "target_layer"], use_threads=False).aggregate(
         [("correct", "min"), ("num_layers", "max")])
     first = {name: rows.column(name)[0].as_py() for name in ("task", "split", "lang", "module")}
@@ -65,7 +69,28 @@ def by_group(rows):
                       "source_layer": reduced.column("source_layer"), "target_layer": reduced.column("target_layer"),
                       "correct": reduced.column("correct_min"), "metrics": ["{}"] * n,
                       "num_layers": reduced.column("num_layers_max")})
-    return table, row_level
+    return table, row_figures
+
+
+def row_level(rows) -> list:
+    """A grouped task's figures over its rows, each row scored alone: [row instances, vanilla correct, rows
+    right under some searched cell, per searched cell [i, j, correct, rows]]. Shards never split a group, so
+    every entry adds up across shards."""
+    ids = rows.column("instance_id").dictionary_encode().combine_chunks()
+    code = ids.indices.to_numpy()
+    vanilla = rows.column("source_layer").is_null().to_numpy(zero_copy_only=False)
+    correct = rows.column("correct").to_numpy(zero_copy_only=False).astype(bool)
+    i = rows.column("source_layer").fill_null(0).to_numpy().astype(np.int64)
+    j = rows.column("target_layer").fill_null(0).to_numpy().astype(np.int64)
+    searched = ~vanilla
+    solved = int((np.bincount(code[searched & correct], minlength=len(ids.dictionary)) > 0).sum())
+    cells = {}
+    for a, b, c in zip(i[searched].tolist(), j[searched].tolist(), correct[searched].tolist()):
+        entry = cells.setdefault((a, b), [0, 0])
+        entry[0] += c
+        entry[1] += 1
+    return [len(ids.dictionary), int(correct[vanilla].sum()), solved,
+            [[a, b, c, n] for (a, b), (c, n) in sorted(cells.items())]]
 
 
 class DuplicateError(ValueError):
@@ -92,10 +117,10 @@ def shard_partials(table, source: str = "shard") -> dict:
     keys = sorted(pc.unique(key_column).to_pylist())
     for key in keys:
         rows = table.filter(pc.equal(key_column, key)) if len(keys) > 1 else table
-        rows, row_level = by_group(rows)
+        rows, row_figures = by_group(rows)
         groups[key] = _group_partials(rows, f"{source} {key}")
-        if row_level is not None:
-            groups[key]["row_level"] = list(row_level)
+        if row_figures is not None:
+            groups[key]["row_level"] = row_figures
     return {"version": VERSION, "groups": groups}
 
 
@@ -128,6 +153,20 @@ def _group_partials(rows, where: str) -> dict:
 
     by_source, by_target = layer_bits(i, hit), layer_bits(j, hit)
     first_column = layer_bits(i, hit & (j == 0))
+    metric_cells, metric_max = {}, {}
+    for name, (values, valid) in metric_values(rows).items():
+        use = searched & valid
+        if not use.any():
+            continue
+        order = np.argsort(cell[use], kind="stable")
+        at, sorted_values = cell[use][order], values[use][order]
+        starts = np.flatnonzero(np.r_[True, at[1:] != at[:-1]])
+        ends = np.r_[starts[1:], len(at)]
+        metric_cells[name] = [[int(at[s] // layers), int(at[s] % layers), int(e - s),
+                               exact_terms(sorted_values[s:e].tolist())] for s, e in zip(starts, ends)]
+        top = np.full(n, -np.inf)
+        np.maximum.at(top, code[use], values[use])
+        metric_max[name] = top, np.bincount(code[use], minlength=n) > 0
     vanilla_correct = {}
     metrics_of = {}
     at = np.flatnonzero(vanilla)
@@ -137,12 +176,29 @@ def _group_partials(rows, where: str) -> dict:
         metrics_of[int(code[k])] = [values.get(name) for name in METRICS]
     instances = {}
     for k, instance in enumerate(instance_ids):
+        maxima = [float(metric_max[name][0][k]) if name in metric_max and metric_max[name][1][k] else None
+                  for name in METRICS]
         instances[instance] = [vanilla_correct.get(k), bool(any_cell[k]) if has_cell[k] else None,
-                               by_source[k], by_target[k], first_column[k], metrics_of.get(k, [None] * 3)]
+                               by_source[k], by_target[k], first_column[k], metrics_of.get(k, [None] * 3), maxima]
     nonzero = np.flatnonzero(cell_rows)
     return {"num_layers": layers, "cells": [[int(c // layers), int(c % layers), int(cell_correct[c]), int(cell_rows[c])]
                                             for c in nonzero],
-            "instances": instances}
+            "metric_cells": metric_cells, "instances": instances}
+
+
+def metric_values(rows) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per task metric present in the rows' metrics JSON: (values as float64, where the row has it)."""
+    texts = rows.column("metrics").to_pylist()
+    if all(not t or t == "{}" for t in texts):
+        return {}
+    parsed = [json.loads(t) if t else {} for t in texts]
+    out = {}
+    for name in METRICS:
+        column = [p.get(name) for p in parsed]
+        valid = np.array([v is not None for v in column], dtype=bool)
+        if valid.any():
+            out[name] = np.array([float(v) if v is not None else 0.0 for v in column], dtype=np.float64), valid
+    return out
 
 
 def to_footer(partials: dict) -> str:
@@ -179,10 +235,20 @@ class Merged:
             for i, j, correct, rows in part["cells"]:
                 group["correct"][i, j] += correct
                 group["rows"][i, j] += rows
+            for name, cells in part["metric_cells"].items():  # (i, j) -> [rows with the metric, exact terms]
+                sums = group.setdefault("metric_cells", {}).setdefault(name, {})
+                for i, j, count, terms in cells:
+                    earlier = sums.get((i, j))
+                    sums[(i, j)] = ([earlier[0] + count, exact_terms(earlier[1] + terms)] if earlier
+                                    else [count, terms])
             if "row_level" in part:  # a grouped task: its rows' own figures beside the groups'
-                totals = group.setdefault("row_level", [0, 0])
-                totals[0] += part["row_level"][0]
-                totals[1] += part["row_level"][1]
+                totals = group.setdefault("row_level", [0, 0, 0, {}])
+                for k in range(3):
+                    totals[k] += part["row_level"][k]
+                for i, j, correct, rows in part["row_level"][3]:
+                    cell = totals[3].setdefault((i, j), [0, 0])
+                    cell[0] += correct
+                    cell[1] += rows
             for instance, outcome in part["instances"].items():
                 earlier = self.owner.setdefault((key, instance), shard)
                 if earlier != shard:
@@ -193,13 +259,13 @@ class Merged:
 def summarise(group: dict) -> dict:
     """One merged (task, split, module, lang) group: the numbers of `aggregation.summarise_rows`."""
     from .paired import encode
-    from .stats import mean
 
     layers = group["num_layers"]
     instances = group["instances"]
     n = len(instances)
     vanilla = {i: o[0] for i, o in instances.items() if o[0] is not None}
-    out = {"instances": n, "num_layers": layers, "vanilla_correct": sum(vanilla.values()),
+    out = {"instances": n, "num_layers": layers, "vanilla_instances": len(vanilla),
+           "vanilla_correct": sum(vanilla.values()),
            "vanilla_accuracy": sum(vanilla.values()) / len(vanilla) if vanilla else float("nan")}
     metric_means = {}
     for k, name in enumerate(METRICS):
@@ -207,9 +273,8 @@ def summarise(group: dict) -> dict:
         if values:
             metric_means[name] = mean(values)
     out["vanilla_metrics"] = metric_means
-    if "row_level" in group:  # counted by group above; the rows' own vanilla accuracy beside it
-        out["row_instances"], correct = group["row_level"]
-        out["row_vanilla_accuracy"] = correct / out["row_instances"] if out["row_instances"] else float("nan")
+    if "row_level" in group:  # counted by group above; the rows' own figures beside them
+        out.update(row_summary(*group["row_level"]))
     out["outcomes"] = {"vanilla": encode(vanilla)}
     searched = group["rows"] > 0
     if not searched.any():
@@ -222,7 +287,9 @@ def summarise(group: dict) -> dict:
     accuracy[searched] = group["correct"][searched] / group["rows"][searched]
     best_value = accuracy[searched].max()
     best = min((int(i), int(j)) for i, j in zip(*np.nonzero(searched)) if accuracy[i, j] == best_value)
-    out["best_cell"] = {"source_layer": best[0], "target_layer": best[1], "accuracy": float(best_value)}
+    out["best_cell"] = {"source_layer": best[0], "target_layer": best[1], "accuracy": float(best_value),
+                        "correct": int(group["correct"][best]), "rows": int(group["rows"][best])}
+    out.update(summarise_metrics(group))
     sources = sorted({int(i) for i in np.nonzero(searched)[0]})
     targets = sorted({int(j) for j in np.nonzero(searched)[1]})
     src = [int(o[2], 16) for o in instances.values()]
@@ -236,6 +303,35 @@ def summarise(group: dict) -> dict:
         out["target_first_counts"] = column
         out["target_first_choice"] = max(i for i, c in column.items() if c == top)  # ties: larger i
     return out
+
+
+def row_summary(instances: int, vanilla_correct: int, solved: int, cells: dict) -> dict:
+    """A grouped task's rows, each scored alone: vanilla, upper bound and best cell (ties: smallest (i, j)).
+    cells: (i, j) -> [correct, rows]."""
+    out = {"row_instances": instances, "row_vanilla_correct": vanilla_correct,
+           "row_vanilla_accuracy": vanilla_correct / instances if instances else float("nan")}
+    if cells:
+        out.update({"row_upper_bound_correct": solved, "row_upper_bound": solved / instances})
+        top = max(c / n for c, n in cells.values())
+        best = min(cell for cell, (c, n) in cells.items() if c / n == top)
+        out["row_best_cell"] = {"source_layer": int(best[0]), "target_layer": int(best[1]), "accuracy": top,
+                                "correct": int(cells[best][0]), "rows": int(cells[best][1])}
+    return out
+
+
+def summarise_metrics(group: dict) -> dict:
+    """Best cell and upper bound of each task metric (the numbers of `rows.summarise_metrics`)."""
+    best_metrics, upper_metrics = {}, {}
+    for k, name in enumerate(METRICS):
+        sums = (group.get("metric_cells") or {}).get(name)
+        if not sums:
+            continue
+        per_cell = {cell: mean_of_terms(terms, count) for cell, (count, terms) in sums.items()}
+        top = max(per_cell.values())
+        best = min(cell for cell, value in per_cell.items() if value == top)  # ties: smallest (i, j)
+        best_metrics[name] = {"source_layer": int(best[0]), "target_layer": int(best[1]), "value": float(top)}
+        upper_metrics[name] = mean(o[6][k] for o in group["instances"].values() if o[6][k] is not None)
+    return {"best_cell_metrics": best_metrics, "upper_bound_metrics": upper_metrics} if best_metrics else {}
 
 
 def applied_first_column(group: dict, choice: int) -> dict | None:

@@ -1,10 +1,15 @@
 """A run's report as people read it: Markdown, one self-contained HTML page, PNG figures.
 
+The header names what was run (model, revision, engine, dtype, scoring, data root). Per table: the
+accuracies with their 95% Wilson intervals (a grouped task counts questions, its rows beside them),
+then each task metric (EM, F1, 1 - JS) for vanilla, its best cell and its upper bound.
+
 Figures (matplotlib, Agg): per (table, language) a heatmap of accuracy minus vanilla
 over [source layer i][target layer j], on a diverging colour map centred at 0 with
-the best cell marked, and the per-source / per-target marginals as line plots; one
-overview bar chart. `report.html` embeds every figure as a data: URI and uses no
-script, font or stylesheet from elsewhere, so it reads straight from object storage.
+the best cell marked where it beats vanilla, and the per-source / per-target marginals as line
+plots; one overview bar chart with Wilson intervals. Accuracy axes start at 0. `report.html` embeds
+every figure as a data: URI and uses no script, font or stylesheet from elsewhere, so it reads
+straight from object storage.
 """
 from __future__ import annotations
 
@@ -18,9 +23,13 @@ from ..names import is_name
 from .scaling import single_cell
 
 PAGE_STYLE = """
-body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1200px;color:#222;
+padding:0 1em}
 table{border-collapse:collapse;margin:0.6em 0 1.4em}
 th,td{border:1px solid #ccc;padding:3px 9px;text-align:right}
+td{white-space:nowrap}
+.scroll{overflow-x:auto;max-width:100%}
+details{margin:0 0 1.4em}summary{cursor:pointer;color:#555}
 th:first-child,td:first-child{text-align:left}
 th{background:#f3f3f3}
 tr.summary td{font-weight:600;background:#fafafa}
@@ -38,6 +47,170 @@ def pct(value) -> str:
 
 def signed_pct(value) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:+.1f}"
+
+
+def with_interval(value, interval) -> str:
+    """An accuracy in % and its 95% interval: `50.0 [15.0, 85.0]`."""
+    if interval is None or value is None:
+        return pct(value)
+    return f"{pct(value)} [{pct(interval[0])}, {pct(interval[1])}]"
+
+
+def mean_std(table: dict, name: str) -> str:
+    return f"{pct(table.get(name + '_mean'))} ± {pct(table.get(name + '_std'))}"
+
+
+# a task metric's label and how it reads: EM and F1 in %, 1 - JS distance as a number in [0, 1]
+METRIC_LABELS = {"em": "EM", "f1": "F1", "js_similarity": "1 - JS"}
+
+
+def metric_value(name: str, value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.3f}" if name == "js_similarity" else pct(value)
+
+
+def beats_vanilla(summary: dict) -> bool:
+    best = summary.get("best_cell")
+    return bool(best) and best["accuracy"] > summary["vanilla_accuracy"]
+
+
+RUN_FIELDS = (("model", "model"), ("revision", "model_revision"), ("engine", "engine"), ("dtype", "dtype"),
+              ("scoring", "scoring"), ("data root", "data_root"), ("modules", "modules"), ("cells", "cells"))
+
+
+def run_fields(report: dict) -> list[tuple[str, str]]:
+    """(label, value) of what the run was: from the run's manifest (`report["run"]`)."""
+    run = report.get("run")
+    if not run:
+        return [("run settings", "not recorded (the run has no manifest.json)")]
+    out = []
+    for label, key in RUN_FIELDS:
+        value = run.get(key)
+        if key == "scoring" and value == "generate" and run.get("max_new_tokens") is not None:
+            value = f"generate (greedy, {run['max_new_tokens']} new tokens)"
+        elif key == "scoring" and value == "logprobs":
+            value = "logprobs (option log-probs, no decoding)"
+        elif isinstance(value, list):
+            value = ", ".join(str(v) for v in value)
+        elif key == "data_root" and key in run and value is None:
+            value = "the bundled sample splits"
+        out.append((label, "not recorded" if value is None else str(value)))
+    return out
+
+
+def _micro(table: dict, correct: str, n: str):
+    total = sum(g.get(n, 0) for g in table["by_lang"].values())
+    return sum(g.get(correct, 0) for g in table["by_lang"].values()) / total if total else None
+
+
+def _cell(best) -> str:
+    return f"({best['source_layer']}, {best['target_layer']})" if best else "-"
+
+
+def accuracy_table(table: dict, escape, delta) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of a table's accuracies, per language then mean ± std and micro overall. A grouped task
+    (questions of rows) shows each figure for its questions and, beside it, for its rows each scored alone.
+    escape: text from data -> markup; delta(value) -> a signed difference's markup, or None for no such column.
+    Columns: (header, per language summary -> text, the mean ± std row's text, the micro overall row's text)."""
+    grouped = any("row_instances" in g for g in table["by_lang"].values())
+
+    def ci(g, name):
+        return (g.get("intervals") or {}).get(name)
+
+    def best_of(g, prefix=""):
+        best = g.get(prefix + "best_cell")
+        return with_interval(best["accuracy"], ci(g, prefix + "best_cell")) if best else "-"
+
+    q = " (questions)" if grouped else ""
+    columns = [("questions" if grouped else "n", lambda g: str(g["instances"]), str(table["instances"]), "")]
+    if grouped:
+        columns.append(("rows", lambda g: str(g.get("row_instances", "-")),
+                        str(sum(g.get("row_instances", 0) for g in table["by_lang"].values())), ""))
+    columns.append((f"vanilla{q}", lambda g: with_interval(g["vanilla_accuracy"], ci(g, "vanilla")),
+                    mean_std(table, "vanilla"), pct(table["vanilla_overall"])))
+    if grouped:
+        columns.append(("vanilla (rows)", lambda g: with_interval(g.get("row_vanilla_accuracy"), ci(g, "row_vanilla")),
+                        "", pct(_micro(table, "row_vanilla_correct", "row_instances"))))
+    columns.append((f"upper bound{q}", lambda g: with_interval(g.get("upper_bound"), ci(g, "upper_bound")),
+                    mean_std(table, "upper_bound"), pct(table.get("upper_bound_overall"))))
+    if grouped:
+        columns.append(("upper bound (rows)",
+                        lambda g: with_interval(g.get("row_upper_bound"), ci(g, "row_upper_bound")),
+                        "", pct(_micro(table, "row_upper_bound_correct", "row_instances"))))
+    columns.append((f"best cell{q}", best_of, mean_std(table, "best_cell"), ""))
+    if grouped:
+        columns.append(("best cell (rows)", lambda g: best_of(g, "row_"), "", ""))
+    if delta:
+        columns.append(("best - vanilla", lambda g: delta(g["best_cell"]["accuracy"] - g["vanilla_accuracy"])
+                        if g.get("best_cell") else "-", "", ""))
+    columns.append((f"best (i, j){q}", lambda g: _cell(g.get("best_cell")), "", ""))
+    if grouped:
+        columns.append(("best (i, j) (rows)", lambda g: _cell(g.get("row_best_cell")), "", ""))
+    columns.append(("target-first i*", lambda g: str(g.get("target_first_choice", "-")), "", ""))
+    header = ["lang"] + [c[0] for c in columns]
+    rows = [[escape(lang)] + [c[1](table["by_lang"][lang]) for c in columns] for lang in table["languages"]]
+    rows.append(["mean ± std"] + [c[2] for c in columns])
+    rows.append(["overall (micro)"] + [c[3] for c in columns])
+    return header, rows
+
+
+def metric_table(table: dict, escape) -> tuple[list[str], list[list[str]]] | None:
+    """(header, rows) of a table's task metrics per language (vanilla, best cell with its (i, j), upper
+    bound), then mean ± std across languages; None where the task has none."""
+    names = list(table.get("metrics") or {})
+    if not names:
+        return None
+    header = ["lang"]
+    for name in names:
+        label = METRIC_LABELS.get(name, name)
+        header += [f"{label} vanilla", f"{label} best cell", f"{label} best (i, j)", f"{label} upper bound"]
+    rows = []
+    for lang in table["languages"]:
+        g = table["by_lang"][lang]
+        row = [escape(lang)]
+        for name in names:
+            best = (g.get("best_cell_metrics") or {}).get(name)
+            row += [metric_value(name, (g.get("vanilla_metrics") or {}).get(name)),
+                    metric_value(name, best["value"]) if best else "-",
+                    f"({best['source_layer']}, {best['target_layer']})" if best else "-",
+                    metric_value(name, (g.get("upper_bound_metrics") or {}).get(name))]
+        rows.append(row)
+    row = ["mean ± std"]
+    for name in names:
+        spread = table["metrics"][name]
+        for figure in ("vanilla", "best_cell", None, "upper_bound"):
+            row.append("" if figure is None or f"{figure}_mean" not in spread else
+                       f"{metric_value(name, spread[figure + '_mean'])} ± "
+                       f"{metric_value(name, spread[figure + '_std'])}")
+    rows.append(row)
+    return header, rows
+
+
+TABLE_NOTE = ("Accuracy in % with its 95% Wilson interval. Upper bound: an instance counts if any searched cell "
+              "answers it (vanilla not included). Best cell: the (source i, target j) with the highest accuracy "
+              "(ties: smallest).")
+GROUPED_NOTE = (" A question counts only when all its rows are right (the benchmark's metric): every figure "
+                "counts questions (the (questions) columns); beside each, the same figure over the rows, each "
+                "row scored alone (the (rows) columns).")
+METRIC_UNITS = {"em": "EM (exact match) in %", "f1": "F1 in %", "js_similarity": "1 - JS (1 - Jensen-Shannon "
+                "distance of the option probabilities to the country's distribution) in [0, 1]"}
+
+
+def metric_note(table: dict) -> str:
+    units = ", ".join(METRIC_UNITS.get(name, name) for name in table.get("metrics") or {})
+    return (f"Task metrics: {units}; each a mean over instances. Best cell: the (i, j) with the highest mean of "
+            "that metric, chosen by the metric itself (so it may differ from the accuracy's). Upper bound: the "
+            "instance's best cell, per instance the max of the metric over the searched cells (vanilla not "
+            "included), averaged over instances.")
+
+
+def count_line(table: dict) -> str:
+    langs = f"{len(table['languages'])} language{'s' if len(table['languages']) != 1 else ''}"
+    if any("row_instances" in g for g in table["by_lang"].values()):
+        rows = sum(g.get("row_instances", 0) for g in table["by_lang"].values())
+        return f"{table['instances']} questions ({rows} rows), {langs}."
+    return f"{table['instances']} instances, {langs}."
 
 
 def file_part(text: str) -> str:
@@ -81,7 +254,7 @@ def pyplot():
 
 
 def heatmap_delta(key: str, lang: str, summary: dict) -> bytes:
-    """Accuracy minus vanilla, points, [source layer][target layer]; the best cell boxed."""
+    """Accuracy minus vanilla, points, [source layer][target layer]; the best cell boxed where it beats vanilla."""
     plt = pyplot()
     vanilla = summary["vanilla_accuracy"]
     grid = [[float("nan") if v is None else 100 * (v - vanilla) for v in row] for row in summary["heatmap"]]
@@ -90,17 +263,20 @@ def heatmap_delta(key: str, lang: str, summary: dict) -> bytes:
     fig, ax = plt.subplots(figsize=(4.8, 4))
     image = ax.imshow(grid, origin="lower", cmap="RdBu", vmin=-span, vmax=span, interpolation="nearest")
     best = summary["best_cell"]
-    ax.add_patch(plt.Rectangle((best["target_layer"] - 0.5, best["source_layer"] - 0.5), 1, 1, fill=False,
-                               edgecolor="black", linewidth=2))
-    ax.annotate("best", (best["target_layer"], best["source_layer"]), color="black", fontsize=7,
-                ha="center", va="center")
+    if beats_vanilla(summary):
+        ax.add_patch(plt.Rectangle((best["target_layer"] - 0.5, best["source_layer"] - 0.5), 1, 1, fill=False,
+                                   edgecolor="black", linewidth=2))
+        ax.annotate("best", (best["target_layer"], best["source_layer"]), color="black", fontsize=7,
+                    ha="center", va="center")
+        headline = f"best ({best['source_layer']}, {best['target_layer']}) {pct(best['accuracy'])}%"
+    else:
+        headline = f"no cell beats vanilla (best {pct(best['accuracy'])}%)"
     ticks = list(range(0, len(grid), max(1, len(grid) // 8)))
     ax.set_xticks(ticks)
     ax.set_yticks(ticks)
     ax.set_xlabel("target layer j (recipient)")
     ax.set_ylabel("source layer i (donor)")
-    ax.set_title(f"{key} {lang}: accuracy - vanilla (points)\nvanilla {pct(vanilla)}%, best "
-                 f"({best['source_layer']}, {best['target_layer']}) {pct(best['accuracy'])}%", fontsize=8)
+    ax.set_title(f"{key} {lang}: accuracy - vanilla (points)\nvanilla {pct(vanilla)}%, {headline}", fontsize=8)
     fig.colorbar(image, ax=ax, label="points vs vanilla")
     data = png_bytes(fig)
     plt.close(fig)
@@ -121,7 +297,7 @@ def marginals_plot(key: str, lang: str, summary: dict) -> bytes:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are whole numbers
     ax.set_xlabel("layer")
     ax.set_ylabel("accuracy %")
-    ax.set_ylim(-2, 102)
+    ax.set_ylim(0, 102)  # accuracy axes start at 0
     ax.set_title(f"{key} {lang}: marginals", fontsize=8)
     ax.legend(fontsize=6)
     data = png_bytes(fig)
@@ -129,22 +305,39 @@ def marginals_plot(key: str, lang: str, summary: dict) -> bytes:
     return data
 
 
+OVERVIEW_BARS = (("vanilla", "vanilla"), ("best_cell", "best cell"), ("upper_bound", "upper bound"))
+
+
+def _accuracy_of(summary: dict, figure: str) -> float:
+    value = summary["best_cell"]["accuracy"] if figure == "best_cell" and "best_cell" in summary else \
+        summary.get("vanilla_accuracy" if figure == "vanilla" else figure)
+    return float("nan") if value is None else 100 * value
+
+
 def overview_plot(report: dict) -> bytes:
+    """Per table and language: vanilla, best cell and upper bound, each with its 95% Wilson interval."""
     plt = pyplot()
     keys = list(report["tables"])
     fig, axes = plt.subplots(len(keys), 1, figsize=(8, 2.8 * len(keys)), squeeze=False)
+    width = 0.8 / len(OVERVIEW_BARS)
     for ax, key in zip(axes[:, 0], keys):
         table = report["tables"][key]
         langs = table["languages"]
-        xs = range(len(langs))
-        ax.bar([x - 0.2 for x in xs], [100 * table["by_lang"][lang]["vanilla_accuracy"] for lang in langs], 0.4,
-               label="vanilla")
-        ax.bar([x + 0.2 for x in xs], [100 * table["by_lang"][lang].get("upper_bound", float("nan"))
-                                       for lang in langs], 0.4, label="upper bound")
-        ax.set_xticks(list(xs), langs)
+        highest = 0.0
+        for k, (figure, label) in enumerate(OVERVIEW_BARS):
+            xs = [x + (k - 1) * width for x in range(len(langs))]
+            values = [_accuracy_of(table["by_lang"][lang], figure) for lang in langs]
+            spans = [(table["by_lang"][lang].get("intervals") or {}).get(figure) for lang in langs]
+            # (rounding puts a bound a hair past its value where the value is 0 or 100)
+            low = [max(0.0, v - 100 * c[0]) if c and not math.isnan(v) else 0.0 for v, c in zip(values, spans)]
+            high = [max(0.0, 100 * c[1] - v) if c and not math.isnan(v) else 0.0 for v, c in zip(values, spans)]
+            ax.bar(xs, values, width, label=label, yerr=[low, high], capsize=2, error_kw={"elinewidth": 0.8})
+            highest = max([highest] + [v + h for v, h in zip(values, high) if not math.isnan(v)])
+        ax.set_xticks(list(range(len(langs))), langs)
+        ax.set_ylim(0, min(105.0, max(highest * 1.1, 5.0)))  # from 0; an all-zero run still has an axis
         ax.set_ylabel("accuracy %")
-        ax.set_title(key)
-        ax.legend(fontsize=7)
+        ax.set_title(f"{key} (bars: 95% Wilson intervals)", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, never over them
     fig.tight_layout()
     data = png_bytes(fig)
     plt.close(fig)
@@ -166,28 +359,26 @@ def render_figures(report: dict) -> dict[str, bytes]:
 
 # ---------------------------------------------------------------- Markdown
 
+def md_table(header: list[str], rows: list[list[str]], summary_rows: int = 0) -> list[str]:
+    """A Markdown table; the last `summary_rows` rows' first cell in bold."""
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for k, row in enumerate(rows):
+        first = f"**{row[0]}**" if k >= len(rows) - summary_rows else row[0]
+        out.append("| " + " | ".join([first] + row[1:]) + " |")
+    return out
+
+
 def render_markdown(report: dict) -> str:
     lines = [f"# xtp-ray report: run {md(report['run_id'])}", ""]
+    lines += [" · ".join(f"{label}: {md(value)}" for label, value in run_fields(report)), ""]
     for key, table in report["tables"].items():
-        lines += [f"## {md(key)}", "",
-                  f"{table['instances']} instances, {len(table['languages'])} languages. Accuracy in %; "
-                  "upper bound = any searched cell correct.", "",
-                  "| lang | n | vanilla | upper bound | best cell | best (i, j) | target-first i* |",
-                  "|---|---|---|---|---|---|---|"]
-        for lang in table["languages"]:
-            g = table["by_lang"][lang]
-            best = g.get("best_cell")
-            lines.append(f"| {md(lang)} | {g['instances']} | {pct(g['vanilla_accuracy'])} | {pct(g.get('upper_bound'))} "
-                         f"| {pct(best['accuracy']) if best else '-'} | "
-                         f"{(best['source_layer'], best['target_layer']) if best else '-'} | "
-                         f"{g.get('target_first_choice', '-')} |")
-        lines.append(f"| **mean ± std** | {table['instances']} | {pct(table['vanilla_mean'])} ± "
-                     f"{pct(table['vanilla_std'])} | {pct(table.get('upper_bound_mean'))} ± "
-                     f"{pct(table.get('upper_bound_std'))} | {pct(table.get('best_cell_mean'))} ± "
-                     f"{pct(table.get('best_cell_std'))} | | |")
-        lines.append(f"| **overall (micro)** | | {pct(table['vanilla_overall'])} | "
-                     f"{pct(table.get('upper_bound_overall'))} | | | |")
-        lines.append("")
+        grouped = any("row_instances" in g for g in table["by_lang"].values())
+        header, rows = accuracy_table(table, md, None)
+        lines += [f"## {md(key)}", "", f"{count_line(table)} {TABLE_NOTE}{GROUPED_NOTE if grouped else ''}", ""]
+        lines += md_table(header, rows, summary_rows=2) + [""]
+        metrics = metric_table(table, md)
+        if metrics:
+            lines += [metric_note(table), ""] + md_table(*metrics, summary_rows=1) + [""]
     if report.get("offline_scaling"):
         lines += ["## Offline scaling (the paper's coarse settings on ID and OOD data)", "",
                   "Accuracy in %, vanilla -> transplanted under the fixed setting, mean ± std across languages.", "",
@@ -222,7 +413,8 @@ def render_markdown(report: dict) -> str:
         lines += [f"## Compared with run {md(report['compared_with'])}", "",
                   "| table | lang | vanilla Δ | upper bound Δ |", "|---|---|---|---|"]
         for d in report["deltas"]:
-            lines.append(f"| {md(d['table'])} | {md(d['lang'])} | {pct(d['vanilla_delta'])} | {pct(d.get('upper_bound_delta'))} |")
+            lines.append(f"| {md(d['table'])} | {md(d['lang'])} | {pct(d['vanilla_delta'])} | "
+                         f"{pct(d.get('upper_bound_delta'))} |")
         lines.append("")
     lines += ["## Figures", "", "Also as one page with every figure embedded: `report.html`.", ""]
     lines += [f"- {md(name)}" for name in report["figures"]]
@@ -241,7 +433,7 @@ def html_table(header: list[str], rows: list[list[str]], summary_rows: int = 0) 
     for k, row in enumerate(rows):
         css = ' class="summary"' if k >= len(rows) - summary_rows else ""
         body.append(f"<tr{css}>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f"<div class=\"scroll\"><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
 
 
 def html_figure(png: bytes, caption: str) -> str:
@@ -262,27 +454,49 @@ def _delta_cell(value) -> str:
     return f'<span class="{css}">{signed_pct(value)}</span>'
 
 
+def offline_scaling_html(scaling: list[dict]) -> str:
+    """The paper's shape: one row per task type, ID and OOD side by side (mean ± std across languages);
+    the per-language figures in a table under it, folded."""
+    rows, per_lang = [], []
+    for row in scaling:
+        cells = [html.escape(row["task_type"]), html.escape(row["granularity"]), html.escape(row["setting"])]
+        for side in ("ID", "OOD"):
+            e = row.get(side)
+            if not e:
+                cells += ["-", "-", "-"]
+                continue
+            cells += [f"{html.escape(e['task'])}<br><small>{html.escape(e['split'])}, "
+                      f"{len(e['by_lang'])} langs</small>",
+                      f"{pct(e['vanilla_mean'])} ± {pct(e['vanilla_std'])}",
+                      f"{pct(e['transplanted_mean'])} ± {pct(e['transplanted_std'])} "
+                      f"({_delta_cell(e['transplanted_mean'] - e['vanilla_mean'])})"]
+            for lang, v in e["by_lang"].items():
+                per_lang.append([html.escape(row["task_type"]), side, html.escape(e["task"]), html.escape(lang),
+                                 str(v["instances"]), pct(v["vanilla"]), pct(v["transplanted"]),
+                                 _delta_cell(v["transplanted"] - v["vanilla"])])
+        rows.append(cells)
+    header = ["task type", "granularity", "(source, target)"]
+    for side in ("ID", "OOD"):
+        header += [f"{side} data", f"{side} vanilla", f"{side} transplanted (Δ)"]
+    return ("<h2>Offline scaling (the paper's coarse settings on ID and OOD data)</h2><p>Accuracy in %, mean ± std "
+            "across languages: vanilla and transplanted under the fixed setting (Δ: transplanted minus "
+            "vanilla, points).</p>" + html_table(header, rows)
+            + f"<details><summary>Per language ({len(per_lang)} rows)</summary>"
+            + html_table(["task type", "data", "task", "lang", "n", "vanilla", "transplanted",
+                          "transplanted - vanilla"], per_lang) + "</details>")
+
+
 def render_html(report: dict, figures: dict[str, bytes]) -> str:
     """One self-contained page: tables, target-first selection, comparisons, every figure inline."""
-    sections = []
+    sections = ["<p>" + " &middot; ".join(f"<b>{html.escape(label)}</b>: {html.escape(value)}"
+                                          for label, value in run_fields(report)) + "</p>"]
     if "overview.png" in figures:
-        sections.append(html_figure(figures["overview.png"], "vanilla and upper bound per language"))
+        sections.append(html_figure(figures["overview.png"], "vanilla, best cell and upper bound per language, "
+                                                             "with 95% Wilson intervals"))
     for key, table in report["tables"].items():
-        rows = []
-        for lang in table["languages"]:
-            g = table["by_lang"][lang]
-            best = g.get("best_cell")
-            rows.append([html.escape(lang), str(g["instances"]), pct(g["vanilla_accuracy"]), pct(g.get("upper_bound")),
-                         pct(best["accuracy"]) if best else "-",
-                         _delta_cell(best["accuracy"] - g["vanilla_accuracy"]) if best else "-",
-                         f"({best['source_layer']}, {best['target_layer']})" if best else "-",
-                         str(g.get("target_first_choice", "-"))])
-        rows.append(["mean ± std", str(table["instances"]),
-                     f"{pct(table['vanilla_mean'])} ± {pct(table['vanilla_std'])}",
-                     f"{pct(table.get('upper_bound_mean'))} ± {pct(table.get('upper_bound_std'))}",
-                     f"{pct(table.get('best_cell_mean'))} ± {pct(table.get('best_cell_std'))}", "", "", ""])
-        rows.append(["overall (micro)", "", pct(table["vanilla_overall"]), pct(table.get("upper_bound_overall")),
-                     "", "", "", ""])
+        grouped = any("row_instances" in g for g in table["by_lang"].values())
+        header, rows = accuracy_table(table, html.escape, _delta_cell)
+        metrics = metric_table(table, html.escape)
         figs = []
         for lang in table["languages"]:
             for kind, caption in (("heatmaps", "accuracy - vanilla"), ("marginals", "marginals")):
@@ -290,30 +504,12 @@ def render_html(report: dict, figures: dict[str, bytes]) -> str:
                 if name in figures:
                     figs.append(html_figure(figures[name], f"{key} {lang}: {caption}"))
         sections.append(
-            f"<h2>{html.escape(key)}</h2><p>{table['instances']} instances, {len(table['languages'])} languages. "
-            "Accuracy in %; upper bound = an instance counts if any searched cell answers it.</p>"
-            + html_table(["lang", "n", "vanilla", "upper bound", "best cell", "best - vanilla", "best (i, j)",
-                          "target-first i*"], rows, summary_rows=2)
+            f"<h2>{html.escape(key)}</h2><p>{html.escape(count_line(table))} {html.escape(TABLE_NOTE)}"
+            f"{html.escape(GROUPED_NOTE) if grouped else ''}</p>" + html_table(header, rows, summary_rows=2)
+            + (f"<p>{html.escape(metric_note(table))}</p>" + html_table(*metrics, summary_rows=1) if metrics else "")
             + f"<div class=\"figures\">{''.join(figs)}</div>")
     if report.get("offline_scaling"):
-        rows = []
-        for row in report["offline_scaling"]:
-            for side in ("ID", "OOD"):
-                e = row.get(side)
-                if not e:
-                    continue
-                for lang, v in e["by_lang"].items():
-                    rows.append([row["task_type"], row["granularity"], row["setting"], side,
-                                 html.escape(f"{e['task']} ({e['split']})"), html.escape(lang), pct(v["vanilla"]),
-                                 pct(v["transplanted"]), _delta_cell(v["transplanted"] - v["vanilla"])])
-                rows.append([row["task_type"], row["granularity"], row["setting"], side,
-                             html.escape(f"{e['task']} ({e['split']})"), "mean ± std",
-                             f"{pct(e['vanilla_mean'])} ± {pct(e['vanilla_std'])}",
-                             f"{pct(e['transplanted_mean'])} ± {pct(e['transplanted_std'])}",
-                             _delta_cell(e["transplanted_mean"] - e["vanilla_mean"])])
-        sections.append("<h2>Offline scaling (the paper's coarse settings on ID and OOD data)</h2>"
-                        + html_table(["task type", "granularity", "(source, target)", "data", "task", "lang",
-                                      "vanilla", "transplanted", "transplanted - vanilla"], rows))
+        sections.append(offline_scaling_html(report["offline_scaling"]))
     if report["target_first"]:
         rows = [[html.escape(e["task"]), html.escape(e["module"]), html.escape(e["lang"]),
                  f"({e['source_layer']}, 0)", str(e.get("unseen_instances", "-")), pct(e.get("unseen_vanilla")),

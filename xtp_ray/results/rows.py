@@ -15,7 +15,7 @@ import pyarrow.dataset as pads
 from .. import storage
 from ..candidates import intact_footers
 from .paired import encode
-from .partials import GROUP, columns_of, group_id
+from .partials import GROUP, METRICS, columns_of, group_id, row_summary
 from .scaling import offline_scaling
 from .stats import mean
 from .tables import build_tables, target_first
@@ -36,11 +36,15 @@ def read_rows(run_uri: str):
 
 def by_group(frame):
     """The plain definition of a grouped task's figures: per (group, cell) correct only when every
-    member row is, under the group's id; (frame, (row-level instances, vanilla correct) or None)."""
+    member row is, under the group's id; (frame, the rows' own figures (`partials.row_summary`) or None)."""
     if GROUP not in frame or frame[GROUP].isna().all():
         return frame, None
     first = frame.iloc[0]
-    row_level = (frame["instance_id"].nunique(), int(frame[frame["source_layer"].isna()]["correct"].sum()))
+    searched = frame[frame["source_layer"].notna()]
+    cells = {(int(i), int(j)): [int(g["correct"].sum()), len(g)]
+             for (i, j), g in searched.groupby(["source_layer", "target_layer"])}
+    row_level = row_summary(frame["instance_id"].nunique(), int(frame[frame["source_layer"].isna()]["correct"].sum()),
+                            int(searched.groupby("instance_id")["correct"].any().sum()), cells)
     reduced = frame.groupby([GROUP, "source_layer", "target_layer"], dropna=False).agg(
         correct=("correct", "all"), num_layers=("num_layers", "max")).reset_index()
     reduced["instance_id"] = [group_id(first["task"], first["split"], first["lang"], g) for g in reduced[GROUP]]
@@ -56,17 +60,16 @@ def summarise_group(frame) -> dict:
     instances = sorted(frame["instance_id"].unique())
     n = len(instances)
     layers = int(frame["num_layers"].max())
-    out = {"instances": n, "num_layers": layers,
+    out = {"instances": n, "num_layers": layers, "vanilla_instances": len(vanilla),
            "vanilla_correct": int(vanilla["correct"].sum()), "vanilla_accuracy": float(vanilla["correct"].mean())}
     metric_means = {}
-    for name in ("em", "f1", "js_similarity"):
+    for name in METRICS:
         values = [json.loads(m).get(name) for m in vanilla["metrics"]]
         if any(v is not None for v in values):
             metric_means[name] = mean(v for v in values if v is not None)
     out["vanilla_metrics"] = metric_means
     if row_level is not None:
-        out["row_instances"], correct = row_level
-        out["row_vanilla_accuracy"] = correct / out["row_instances"]
+        out.update(row_level)
     # per-instance outcomes the accuracies are made of, for paired tests across runs (`xtp history`)
     out["outcomes"] = {"vanilla": encode({str(i): bool(c) for i, c in zip(vanilla["instance_id"], vanilla["correct"])})}
     if cells.empty:
@@ -78,7 +81,10 @@ def summarise_group(frame) -> dict:
     per_cell = cells.groupby(["source_layer", "target_layer"])["correct"].mean()
     best_value = per_cell.max()
     best = min(cell for cell, value in per_cell.items() if value == best_value)  # ties: smallest (i, j)
-    out["best_cell"] = {"source_layer": int(best[0]), "target_layer": int(best[1]), "accuracy": float(best_value)}
+    at_best = cells[(cells["source_layer"] == best[0]) & (cells["target_layer"] == best[1])]["correct"]
+    out["best_cell"] = {"source_layer": int(best[0]), "target_layer": int(best[1]), "accuracy": float(best_value),
+                        "correct": int(at_best.sum()), "rows": len(at_best)}
+    out.update(summarise_metrics(cells))
     out["per_source_layer"] = {int(i): float(g.groupby("instance_id")["correct"].any().sum() / n)
                                for i, g in cells.groupby("source_layer")}
     out["per_target_layer"] = {int(j): float(g.groupby("instance_id")["correct"].any().sum() / n)
@@ -93,6 +99,25 @@ def summarise_group(frame) -> dict:
         out["target_first_counts"] = {int(i): int(c) for i, c in column.items()}
         out["target_first_choice"] = int(max(i for i, c in column.items() if c == top))  # ties: larger i
     return out
+
+
+def summarise_metrics(cells) -> dict:
+    """Each task metric over the searched cells: `best_cell_metrics` (the cell with the highest mean of
+    that metric, ties: smallest (i, j)) and `upper_bound_metrics` (per instance the max over its searched
+    cells, averaged over instances). Rows without the metric are left out of its figures."""
+    parsed = [json.loads(m) if m else {} for m in cells["metrics"]]
+    best_metrics, upper_metrics = {}, {}
+    for name in METRICS:
+        values = cells.assign(value=[p.get(name) for p in parsed]).dropna(subset=["value"])
+        if values.empty:
+            continue
+        per_cell = {cell: mean(float(v) for v in g["value"]) for cell, g in values.groupby(["source_layer",
+                                                                                              "target_layer"])}
+        top = max(per_cell.values())
+        best = min(cell for cell, value in per_cell.items() if value == top)  # ties: smallest (i, j)
+        best_metrics[name] = {"source_layer": int(best[0]), "target_layer": int(best[1]), "value": float(top)}
+        upper_metrics[name] = mean(float(v) for v in values.groupby("instance_id")["value"].max())
+    return {"best_cell_metrics": best_metrics, "upper_bound_metrics": upper_metrics} if best_metrics else {}
 
 
 def aggregate_frame(frame) -> dict:

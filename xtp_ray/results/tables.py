@@ -1,7 +1,45 @@
-"""Per-language summaries to a task's table: micro overall, mean and std across languages."""
+"""Per-language summaries to a task's table: micro overall, mean and std across languages, each
+accuracy's 95% Wilson interval, and each task metric's mean and std across languages."""
 from __future__ import annotations
 
+from .paired import wilson
 from .stats import mean, std
+
+
+def intervals(summary: dict) -> dict:
+    """95% Wilson intervals of a language's accuracies: vanilla, best cell (over its rows), upper bound; and
+    for a grouped task the same over its rows, each scored alone."""
+    out = {"vanilla": list(wilson(summary["vanilla_correct"], summary["vanilla_instances"]))}
+    if "best_cell" in summary:
+        out["best_cell"] = list(wilson(summary["best_cell"]["correct"], summary["best_cell"]["rows"]))
+        out["upper_bound"] = list(wilson(summary["upper_bound_correct"], summary["instances"]))
+    if "row_instances" in summary:
+        out["row_vanilla"] = list(wilson(summary["row_vanilla_correct"], summary["row_instances"]))
+    if "row_best_cell" in summary:
+        out["row_best_cell"] = list(wilson(summary["row_best_cell"]["correct"], summary["row_best_cell"]["rows"]))
+        out["row_upper_bound"] = list(wilson(summary["row_upper_bound_correct"], summary["row_instances"]))
+    return out
+
+
+def metric_spread(by_lang: dict[str, dict]) -> dict:
+    """Per task metric: mean and std across the languages that have it, of vanilla, best cell, upper bound."""
+    out = {}
+    names = sorted({m for g in by_lang.values() for m in g.get("vanilla_metrics") or {}}
+                   | {m for g in by_lang.values() for m in g.get("best_cell_metrics") or {}})
+    for name in names:
+        entry = {}
+        for figure, values in (
+                ("vanilla", [g["vanilla_metrics"][name] for g in by_lang.values()
+                             if name in (g.get("vanilla_metrics") or {})]),
+                ("best_cell", [g["best_cell_metrics"][name]["value"] for g in by_lang.values()
+                               if name in (g.get("best_cell_metrics") or {})]),
+                ("upper_bound", [g["upper_bound_metrics"][name] for g in by_lang.values()
+                                 if name in (g.get("upper_bound_metrics") or {})])):
+            if values:
+                entry.update({f"{figure}_mean": mean(values), f"{figure}_std": std(values),
+                              f"{figure}_langs": len(values)})
+        out[name] = entry
+    return out
 
 
 def build_tables(groups: dict[str, dict[str, dict]]) -> dict:
@@ -22,6 +60,11 @@ def build_tables(groups: dict[str, dict[str, dict]]) -> dict:
                 "best_cell_mean": mean(g["best_cell"]["accuracy"] for g in by_lang.values()),
                 "best_cell_std": std(g["best_cell"]["accuracy"] for g in by_lang.values()),
             })
+        for g in by_lang.values():
+            g["intervals"] = intervals(g)
+        metrics = metric_spread(by_lang)
+        if metrics:
+            table["metrics"] = metrics
         table["by_lang"] = by_lang
         tables[key] = table
     return tables

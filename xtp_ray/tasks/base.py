@@ -33,7 +33,6 @@ class Task:
     coarse: tuple[str, tuple] = ("ffn", (0, 0))  # (module, (source, target)) the paper fixes; "last" = L - 1
     offline_scaling: str | None = None  # "ID" or "OOD": its place in the paper's offline scaling table
     metrics: tuple[str, ...] = ()  # per-row metrics beside `correct` (in the tables, report and results.json)
-    results_names: dict[str, str] = {}  # a metric's name in results.json, where the task's own evaluation names it
     open_answer: bool = False  # no options: scored from generated text only
     align_by_gold: bool = True  # parallel original files are checked for drift by their gold labels
 

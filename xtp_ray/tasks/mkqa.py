@@ -134,7 +134,6 @@ class MKQA(Task):
     coarse = ("ffn", (0, 0))
     offline_scaling = "OOD"  # its data in the paper's offline scaling table (release Asset/settings.png)
     metrics = ("em", "f1")
-    results_names = {"em": "exact_match"}  # results.json: `exact_match,none`, `f1,none` (MKQA's own names)
     open_answer = True
 
     def _file(self, root: str) -> str:
