@@ -15,6 +15,7 @@ import math
 import re
 
 from ..names import is_name
+from . import leftout
 from .scaling import single_cell
 
 PAGE_STYLE = """
@@ -172,6 +173,7 @@ def render_markdown(report: dict) -> str:
         lines += [f"## {md(key)}", "",
                   f"{table['instances']} instances, {len(table['languages'])} languages. Accuracy in %; "
                   "upper bound = any searched cell correct.", "",
+                  *([f"**{md(leftout.table_note(report, key))}**", ""] if leftout.table_note(report, key) else []),
                   "| lang | n | vanilla | upper bound | best cell | best (i, j) | target-first i* |",
                   "|---|---|---|---|---|---|---|"]
         for lang in table["languages"]:
@@ -197,7 +199,7 @@ def render_markdown(report: dict) -> str:
             sides = []
             for side in ("ID", "OOD"):
                 e = row.get(side)
-                sides += ([f"{md(e['task'])} ({md(e['split'])}, {len(e['by_lang'])} langs)",
+                sides += ([f"{md(e['task'])} ({md(e['split'])}, {md(leftout.languages_text(report, e))})",
                            f"{pct(e['vanilla_mean'])} ± {pct(e['vanilla_std'])}",
                            f"{pct(e['transplanted_mean'])} ± {pct(e['transplanted_std'])}"] if e else ["-", "-", "-"])
             lines.append(f"| {row['task_type']} | {row['granularity']} | {row['setting']} | "
@@ -224,6 +226,7 @@ def render_markdown(report: dict) -> str:
         for d in report["deltas"]:
             lines.append(f"| {md(d['table'])} | {md(d['lang'])} | {pct(d['vanilla_delta'])} | {pct(d.get('upper_bound_delta'))} |")
         lines.append("")
+    lines += leftout.render_markdown(report, md)
     lines += ["## Figures", "", "Also as one page with every figure embedded: `report.html`.", ""]
     lines += [f"- {md(name)}" for name in report["figures"]]
     return "\n".join(lines) + "\n"
@@ -292,6 +295,8 @@ def render_html(report: dict, figures: dict[str, bytes]) -> str:
         sections.append(
             f"<h2>{html.escape(key)}</h2><p>{table['instances']} instances, {len(table['languages'])} languages. "
             "Accuracy in %; upper bound = an instance counts if any searched cell answers it.</p>"
+            + (f"<p><strong>{html.escape(leftout.table_note(report, key))}</strong></p>"
+               if leftout.table_note(report, key) else "")
             + html_table(["lang", "n", "vanilla", "upper bound", "best cell", "best - vanilla", "best (i, j)",
                           "target-first i*"], rows, summary_rows=2)
             + f"<div class=\"figures\">{''.join(figs)}</div>")
@@ -307,7 +312,8 @@ def render_html(report: dict, figures: dict[str, bytes]) -> str:
                                  html.escape(f"{e['task']} ({e['split']})"), html.escape(lang), pct(v["vanilla"]),
                                  pct(v["transplanted"]), _delta_cell(v["transplanted"] - v["vanilla"])])
                 rows.append([row["task_type"], row["granularity"], row["setting"], side,
-                             html.escape(f"{e['task']} ({e['split']})"), "mean ± std",
+                             html.escape(f"{e['task']} ({e['split']}, {leftout.languages_text(report, e)})"),
+                             "mean ± std",
                              f"{pct(e['vanilla_mean'])} ± {pct(e['vanilla_std'])}",
                              f"{pct(e['transplanted_mean'])} ± {pct(e['transplanted_std'])}",
                              _delta_cell(e["transplanted_mean"] - e["vanilla_mean"])])
@@ -324,6 +330,7 @@ def render_html(report: dict, figures: dict[str, bytes]) -> str:
                         "answers at j = 0 on the sample split (ties: larger i), applied to the unseen split.</p>"
                         + html_table(["task", "module", "lang", "(i*, 0)", "unseen n", "unseen vanilla",
                                       "unseen applied", "applied - vanilla"], rows))
+    sections.append(leftout.render_html(report))
     if report.get("compared_with"):
         rows = [[html.escape(d["table"]), html.escape(d["lang"]), _delta_cell(d["vanilla_delta"]),
                  _delta_cell(d.get("upper_bound_delta"))] for d in report["deltas"]]
