@@ -69,7 +69,7 @@ def test_loading_names_every_reason_with_its_task_split_and_language(tmp_path):
     by_reason = {}
     for r in records:
         by_reason.setdefault(r["reason"], []).append(r)
-    assert set(by_reason) == {"malformed", "misaligned", "empty", "group_skipped", "no_answer"}
+    assert set(by_reason) == {"malformed", "misaligned", "empty", "missing", "group_skipped", "no_answer"}
 
     [bad] = [r for r in by_reason["malformed"] if r["task"] == "xnli"]
     assert (bad["split"], bad["lang"], bad["line"], bad["rows"], bad["note"]) == ("sample", "sw", 2, 1, False)
@@ -82,6 +82,11 @@ def test_loading_names_every_reason_with_its_task_split_and_language(tmp_path):
     [empty] = by_reason["empty"]
     assert (empty["task"], empty["split"], empty["lang"], empty["rows"]) == ("xquad", "test", "de", None)
     assert ("xquad", "test", "de") not in groups
+
+    [absent] = by_reason["missing"]  # asked for (xquad, sample), and this root holds no release XQuAD
+    assert (absent["task"], absent["split"], absent["lang"], absent["rows"]) == ("xquad", "sample", None, None)
+    assert leftout.describe([absent]) == "no data for xquad sample"
+    assert leftout.total([absent]) == "0 rows and 1 task split without data"
 
     [missing] = [r for r in by_reason["malformed"] if r["task"] == "culturalbench" and r["lang"] == "en"]
     assert missing["field"] == "answer" and missing["lang"] == "en"

@@ -125,6 +125,10 @@ def load_groups(config: RunConfig) -> tuple[dict[tuple[str, str, str], list[Inst
                                  f"{config.data_root or 'the bundled samples'}; languages: "
                                  f"{', '.join(available) or 'none found'}")
             langs = available if config.langs == ["all"] else config.langs
+            if not available and not errors:  # asked for, and nothing there: say so
+                where = config.data_root or "the bundled samples"
+                left_out.append(record("missing", f"{task} {split}: no data in {where} (no language found): left "
+                                       "out whole", task=task, split=split, rows=None))
             for lang in langs:
                 instances, row_errors = load_instances(task, lang, split, config.data_root)
                 left_out += [from_instance_error(e, task, split, lang) for e in row_errors]

@@ -7,7 +7,8 @@ A record is one JSON object per line, every key present (null where it does not 
 - `reason`: `malformed` (a row or file that cannot be read or parsed, a name that is no safe name),
   `misaligned` (parallel files that do not pair: a gold that differs, a shifted tail, lengths that
   differ), `too_long` (a prompt over the context), `group_skipped` (an instance scored with its group,
-  left out because another member was), `empty` (a language whose data holds no instance), or a
+  left out because another member was), `empty` (a language whose data holds no instance), `missing` (a
+  task and split asked for with no language in the data root), or a
   note's reason (`no_answer`: MKQA's No Answer golds); `unclassified` for the lines of older runs.
 - `error`: the one line a user reads (`FILE:LINE: field 'F': why`, or `INSTANCE: why`).
 - `note`: true where a task leaves rows out by its own rule (counted, no error); false for bad data.
@@ -38,6 +39,7 @@ REASONS = {
     "too_long": ("too long", "too long"),
     "group_skipped": ("skipped with their group", "skipped with their group"),
     "empty": ("empty", "without instances"),
+    "missing": ("missing", "missing"),
     "no_answer": ("with a No Answer gold", "with No Answer golds"),
     "unclassified": ("left out", "left out"),
 }
@@ -134,15 +136,22 @@ def describe(records: list[dict]) -> str:
         else:
             parts.append(f"{n:,} {words} row{'' if n == 1 else 's'}")
     for reason, n in files.items():
-        parts.append(f"{_plural(n, 'whole file')} {REASONS.get(reason, (reason, reason))[1]}")
+        if reason != "missing":
+            parts.append(f"{_plural(n, 'whole file')} {REASONS.get(reason, (reason, reason))[1]}")
+    missing = [f"{r['task']} {r['split']}" for r in records if r["reason"] == "missing"]
+    if missing:
+        parts.append(f"no data for {', '.join(missing)}")
     return ", ".join(parts)
 
 
 def total(records: list[dict]) -> str:
-    """"24 rows" / "24 rows and 1 whole file"."""
+    """"24 rows" / "24 rows and 1 whole file" / "24 rows and 1 task split without data"."""
     rows = sum(r["rows"] for r in records if r["rows"] is not None)
-    files = sum(1 for r in records if r["rows"] is None)
-    return _plural(rows, "row") + (f" and {_plural(files, 'whole file')}" if files else "")
+    files = sum(1 for r in records if r["rows"] is None and r["reason"] != "missing")
+    missing = sum(1 for r in records if r["reason"] == "missing")
+    more = ([_plural(files, "whole file")] if files else []) + ([f"{_plural(missing, 'task split')} without data"]
+                                                               if missing else [])
+    return _plural(rows, "row") + "".join(f" and {part}" for part in more)
 
 
 def languages_in_tables(tables: dict) -> dict[tuple[str, str], set]:
@@ -191,13 +200,19 @@ def section(records: list[dict], tables: dict) -> dict:
         if not members:
             continue
         tasks[key] = {"languages": len(langs["shown"]), "of": len(langs["all"]), "lost": langs["lost"],
-                                    "left_out": describe(members),
-                                    "note": f"{task} {split}: {len(langs['shown'])} of {len(langs['all'])} "
-                                            "languages" + (f" (lost: {', '.join(langs['lost'])})" if langs["lost"]
-                                                           else "") + f"; {describe(members)}"}
+                      "left_out": describe(members), "note": _note(task, split, langs, members)}
     return {"errors": total(errors) if errors else None, "errors_by_reason": describe(errors),
             "notes": total(notes) if notes else None, "notes_by_reason": describe(notes),
             "by_lang": by_lang, "tasks": tasks}
+
+
+def _note(task: str, split: str, langs: dict, members: list[dict]) -> str:
+    """"xquad test: 1 of 12 languages (lost: ar, ...); 22 rows longer than 1,024 tokens"."""
+    if not langs["all"]:  # no language at all: the data is missing, or every name was refused
+        found = [r for r in members if r["reason"] != "missing"]
+        return f"{task} {split}: " + (describe(found) if found else "no data found")
+    lost = f" (lost: {', '.join(langs['lost'])})" if langs["lost"] else ""
+    return f"{task} {split}: {len(langs['shown'])} of {len(langs['all'])} languages{lost}; {describe(members)}"
 
 
 def table_note(report: dict, key: str) -> str | None:
