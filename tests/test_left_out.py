@@ -144,7 +144,8 @@ def test_skipped_rows_of_older_shards_are_read_back_as_records():
 
 def _records():
     too_long = [leftout.record("too_long", f"xquad/test/{lang}/{k}: too long", task="xquad", split="test", lang=lang,
-                               instance_id=f"xquad/test/{lang}/{k}", limit=1024) for lang in ("ar", "de") for k in (0, 1)]
+                               instance_id=f"xquad/test/{lang}/{k}", limit=1024)
+                for lang in ("ar", "de") for k in (0, 1)]
     too_long.append(leftout.record("too_long", "xquad/test/en/1: too long", task="xquad", split="test", lang="en",
                                    instance_id="xquad/test/en/1", limit=1024))
     bad = leftout.record("malformed", "F:2: bad JSON", task="xquad", split="test", lang="en", file="F", line=2)

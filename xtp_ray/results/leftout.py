@@ -191,7 +191,8 @@ def section(records: list[dict], tables: dict) -> dict:
     for (task, split, lang), members in sorted(groups.items()):
         shown = lang in languages.get(f"{task}/{split}", {}).get("shown", [])
         by_lang.append({"task": task, "split": split, "lang": lang, "left_out": describe(members),
-                        "rows": sum(r["rows"] or 0 for r in members), "errors": sum(1 for r in members if not r["note"]),
+                        "rows": sum(r["rows"] or 0 for r in members),
+                        "errors": sum(1 for r in members if not r["note"]),
                         "in_tables": shown, "example": members[0]["error"]})
     tasks = {}
     for key, langs in languages.items():
