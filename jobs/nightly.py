@@ -4,7 +4,8 @@
         --output s3://my-bucket/xtp-runs
 
 One grid search per model, then each model's history (exit 3 on a regression). A night that
-starts while another still runs exits at once, naming it, and starts no work.
+starts while another still runs exits at once, naming it, and starts no work. A night that failed,
+was refused or regressed posts to the webhook in $XTP_ALERT_WEBHOOK where it is set (xtp_ray/job/alert.py).
 """
 import sys
 

@@ -87,7 +87,7 @@ def test_a_bad_data_file_is_named_and_the_rest_is_listed(tmp_path, capsys, make)
     named, reason = make(tmp_path)
     code = main(["tasks", "--data-root", str(tmp_path / "data")])
     out, err = capsys.readouterr()
-    assert code == 2, err
+    assert code == 0, err  # `xtp tasks` only lists: what is left out is named and counted, not failed
     assert "Traceback" not in err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, lines
@@ -302,4 +302,5 @@ def test_tasks_lists_a_datasets_directory_that_holds_some_splits_only(tmp_path, 
     code = main(["tasks", "--data-root", f"hf:{tmp_path / 'ds'}"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert [row.split()[:4] for row in out.splitlines()[1:]] == [["xnli", "dev", "en", "1"], ["xnli", "dev", "sw", "1"]]
+    table = out.split("\ninstances: ")[0].splitlines()[1:]  # the rows with data; the splits without follow
+    assert [row.split()[:4] for row in table] == [["xnli", "dev", "en", "1"], ["xnli", "dev", "sw", "1"]]

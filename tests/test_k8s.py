@@ -64,7 +64,11 @@ def test_an_unknown_field_or_a_wrong_value_is_an_error(validators):
     for path, value in ((("spec", "rayClusterSpec", "headGroupSpec", "dashboardHost"), "0.0.0.0"),
                         (("spec", "shutdownAfterJobFinished"), True),  # a typo of shutdownAfterJobFinishes
                         (("spec", "rayClusterSpec", "autoscalerOptions", "version"), "v3"),
-                        (("spec", "rayClusterSpec", "authOptions", "mode"), "password")):
+                        (("spec", "rayClusterSpec", "authOptions", "mode"), "password"),
+                        (("spec", "rayClusterSpec", "workerGroupSpecs", 0, "template", "spec", "volumes", 0,
+                          "persistentVolumeClaim", "claim"), "xtp-hf-cache"),  # a typo of claimName
+                        (("spec", "rayClusterSpec", "headGroupSpec", "template", "spec", "containers", 0, "env", 0,
+                          "valueFrom"), {"secretKeyRef": {"name": "xtp-hf", "key": "HF_TOKEN", "optinal": True}})):
         broken = copy.deepcopy(job)
         node = broken
         for key in path[:-1]:
@@ -136,3 +140,46 @@ def test_vllm_only_on_gpu_workers():
     dockerfile = (ROOT / "jobs" / "k8s" / "Dockerfile").read_text()
     assert f"ARG RAY_IMAGE=rayproject/ray:{ray.__version__}-py311-cpu" in dockerfile  # the default: no vLLM
     assert 'ARG EXTRAS=""' in dockerfile and '--build-arg EXTRAS="[vllm]" -t REGISTRY/xtp-ray:0.1.0-gpu' in dockerfile
+
+
+def _pods(cluster):
+    """(pod spec, is the head) of the head group and each worker group."""
+    yield cluster["headGroupSpec"]["template"]["spec"], True
+    for group in cluster["workerGroupSpecs"]:
+        yield group["template"]["spec"], False
+
+
+def test_gated_models_read_a_hub_token_from_a_secret_and_the_alert_url_reaches_the_driver():
+    cluster = _spec()["rayClusterSpec"]
+    for pod, is_head in _pods(cluster):
+        for container in pod["containers"]:  # the planner (head) and every actor read the gated models
+            assert {"secretRef": {"name": "xtp-hf"}} in container["envFrom"]
+            alert = {"secretRef": {"name": "xtp-alert"}} in container["envFrom"]
+            assert alert is is_head  # the night's driver runs on the head: only it posts
+    from xtp_ray.job.alert import WEBHOOK_ENV
+
+    header = (ROOT / "jobs" / "k8s" / "rayjob.yaml").read_text().split("apiVersion:")[0]
+    assert "xtp-hf: HF_TOKEN" in header and f"xtp-alert: {WEBHOOK_ENV}" in header  # the keys the code reads
+
+
+def test_every_node_mounts_one_shared_model_cache_as_hf_home():
+    claim = _manifest("hf-cache.yaml")
+    assert claim["kind"] == "PersistentVolumeClaim" and claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    for pod, _ in _pods(_spec()["rayClusterSpec"]):
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for container in pod["containers"]:
+            home = {e["name"]: e.get("value") for e in container["env"]}["HF_HOME"]
+            [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == home]
+            assert volumes[mount["name"]]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+            assert not mount.get("readOnly")  # the first night downloads into it
+
+
+def test_the_memory_fit_is_checked_for_the_gpu_groups_accelerator():
+    from xtp_ray.job.fit import GPU_MEMORY_GB
+    from xtp_ray.job.nightly import nightly_parser
+
+    args = nightly_parser().parse_args(shlex.split(_spec()["entrypoint"])[2:])  # every flag exists
+    [gpu] = [g for g in _spec()["rayClusterSpec"]["workerGroupSpecs"] if g["groupName"] == "gpu"]
+    product = gpu["template"]["spec"]["nodeSelector"]["nvidia.com/gpu.product"]  # GPU feature discovery's label
+    assert product.startswith("NVIDIA-")
+    assert float(args.gpu_memory_gb) == GPU_MEMORY_GB[product.removeprefix("NVIDIA-")]

@@ -14,6 +14,7 @@ from xtp_ray.tasks import Instance
 
 ROOT = Path(__file__).resolve().parents[1]
 LLAMA_7B = str(ROOT / "tests" / "data" / "models" / "Llama-2-7b-chat-hf")
+LLAMA_70B = str(ROOT / "tests" / "data" / "models" / "Llama-2-70b-chat-hf")
 
 
 def _groups(seed: int, grouped: bool = False):
@@ -122,5 +123,131 @@ def test_the_dry_run_shows_a_refused_fit_and_exits_2(tmp_path, capsys):
                  str(ROOT / "xtp_ray" / "data"), "--splits", "sample", "--num-gpus-per-actor", "1", "--gpu-memory-gb",
                  "80", "--output", str(tmp_path / "out"), "--dry-run", "--json"])
     result = json.loads(capsys.readouterr().out)
-    assert code == 2 and result["memory_fit"].startswith("REFUSED: model ") and "68.98B parameters" in result[
-        "memory_fit"]
+    fit = result["memory_fit"]
+    assert code == 2 and fit["verdict"] == "refused" and "68.98B parameters" in fit["line"], fit
+    assert fit["gpu_memory_gb"] == 80 and fit["usable_share"] == 0.9 and fit["need_per_gpu_gb"] > 71
+    assert fit["remedy"].startswith("raise num_gpus_per_actor")
+
+
+def _dry_run(capsys, *flags):
+    from xtp_ray.cli import main
+
+    code = main(["run", "--dry-run", "--data-root", str(ROOT / "xtp_ray" / "data"), *flags])
+    out, err = capsys.readouterr()
+    assert out, err
+    return code, out
+
+
+def test_the_dry_runs_gpu_seconds_count_every_gpu_an_actor_holds(tmp_path, capsys):
+    flags = ["--config", str(ROOT / "jobs" / "llama70b.yaml"), "--model", LLAMA_70B, "--splits", "sample",
+             "--data-root", str(ROOT / "xtp_ray" / "data"), "--gpu-memory-gb", "80", "--output", str(tmp_path / "out")]
+    code, out = _dry_run(capsys, *flags, "--json")
+    result = json.loads(out)
+    assert code == 0 and result["memory_fit"]["verdict"] == "fits" and result["gpus_per_actor"] == 8
+    from xtp_ray.job.config import load_config
+    from xtp_ray.job.planning import plan
+    from xtp_ray.job.schedule import makespan
+
+    planned = plan(load_config(_args(*flags)))
+    busy = sum(planned.costs.values())  # the two actors' busy time
+    assert result["predicted_actor_s"] == pytest.approx(busy)
+    assert result["predicted_gpu_s"] == pytest.approx(8 * busy)  # 8 GPUs per actor, every one counted
+    assert result["predicted_wall_s"] == pytest.approx(makespan(list(planned.costs.values()), 2))
+    assert result["predicted_gpu_s"] <= 16 * result["predicted_wall_s"] < result["predicted_gpu_s"] * 1.1
+    code, table = _dry_run(capsys, *flags)
+    [line] = [line for line in table.splitlines() if "predicted GPU time" in line]
+    assert f"{8 * busy:,.0f} GPU-s (8 GPU(s) per actor x {busy:,.1f} s of actor time" in line, line
+
+
+def _args(*flags):
+    import argparse
+
+    from xtp_ray.job.config import add_flags
+
+    parser = argparse.ArgumentParser()
+    add_flags(parser)
+    return parser.parse_args(list(flags))
+
+
+def test_rows_left_out_are_listed_and_do_not_fail_a_plan_that_fits(tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(ROOT / "xtp_ray" / "data" / "xtransplant_release" / "XCOPA", root / "XCOPA")
+    sw = root / "XCOPA" / "XCOPA_sample" / "split" / "sw.json"
+    lines = sw.read_text().splitlines()
+    sw.write_text("\n".join(lines[:2] + ["{not a json string"] + lines[3:]) + "\n")
+    flags = ["--config", str(ROOT / "jobs" / "llama70b.yaml"), "--model", LLAMA_70B, "--tasks", "xcopa",
+             "--splits", "sample", "--gpu-memory-gb", "80", "--output", str(tmp_path / "out"), "--dry-run"]
+    from xtp_ray.cli import main
+
+    code = main(["run", "--data-root", str(root), *flags])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    [left_out] = [line for line in out.splitlines() if line.startswith("  left out")]
+    assert "1 row(s) or file(s) (listed below; --json: left_out)" in left_out
+    [listed] = [line for line in out.splitlines() if line.startswith("left out: ")]
+    assert f"{sw}:3" in listed, listed
+    assert "the plan can run (exit 0); 1 row(s) or file(s) left out, listed below" in out
+    code = main(["run", "--data-root", str(root), *flags, "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0 and len(result["left_out"]) == 1 and result["memory_fit"]["verdict"] == "fits"
+
+
+@pytest.mark.parametrize("name, total, active", [("Mixtral-8x7B-shape", 46_702_792_704, 12_879_925_248),
+                                                 ("gpt-oss-120b-mxfp4-shape", 116_829_156_672, 5_711_982_912),
+                                                 ("DeepSeek-V3-fp8-shape", 671_026_404_352, 37_552_282_624)])
+def test_the_dry_run_of_a_moe_shows_total_and_active_parameters_and_the_fit(tmp_path, capsys, name, total, active):
+    model = str(ROOT / "tests" / "data" / "models" / name)
+    flags = ["--config", str(ROOT / "jobs" / "paper.yaml"), "--model", model, "--tasks", "xcopa", "--langs", "sw",
+             "--limit", "4", "--gpu-memory-gb", "80", "--output", str(tmp_path / "out")]
+    code, out = _dry_run(capsys, *flags, "--json")
+    result = json.loads(out)
+    assert (result["parameters"]["total"], result["parameters"]["active"]) == (total, active)
+    assert result["memory_fit"]["parameters"] == total and result["memory_fit"]["active_parameters"] == active
+    fits = name.startswith("gpt-oss")  # Mixtral's 93 GB of bf16 weights and DeepSeek's 673 GB of FP8 do not
+    assert result["memory_fit"]["verdict"] == ("fits" if fits else "refused") and code == (0 if fits else 2)
+    code, table = _dry_run(capsys, *flags)
+    [line] = [line for line in table.splitlines() if line.startswith("  parameters")]
+    assert f"{total:,} in memory (every expert); {active:,} active per token" in line, line
+    [line] = [line for line in table.splitlines() if line.startswith("  memory fit")]
+    assert f"{total / 1e9:.2f}B parameters ({active / 1e9:.2f}B active per token)" in line, line
+    assert ("REFUSED by the memory fit (exit 2)" in table) != fits
+
+
+def test_the_dry_run_counts_the_prompts_an_actor_would_skip_per_task_and_language(tmp_path, capsys,
+                                                                                  tiny_model_dir):
+    from types import SimpleNamespace
+
+    import transformers
+
+    from xtp_ray.job.actor import GridSearch
+    from xtp_ray.job.config import RunConfig
+    from xtp_ray.job.planning import load_groups
+
+    flags = ["--model", str(tiny_model_dir), "--tasks", "xquad,xcopa", "--langs", "en,zh", "--limit", "20",
+             "--max-prompt-tokens", "150", "--scoring", "generate", "--max-new-tokens", "8",
+             "--output", str(tmp_path / "out")]
+    code, out = _dry_run(capsys, *flags, "--json")
+    result = json.loads(out)
+    assert code == 0 and result["too_long"], result["too_long"]
+    # the actor's own rule (GridSearch._too_long) with the model's tokenizer: the same instances
+    config = RunConfig(model=str(tiny_model_dir), tasks=["xquad", "xcopa"], langs=["en", "zh"], limit=20,
+                       max_prompt_tokens=150, scoring="generate", max_new_tokens=8,
+                       data_root=str(ROOT / "xtp_ray" / "data"))
+    actor = SimpleNamespace(config=config, max_tokens=150,
+                            tokenizer=transformers.AutoTokenizer.from_pretrained(tiny_model_dir))
+    expected = {}
+    for (task, split, lang), instances in load_groups(config)[0].items():
+        skipped = sum(1 for i in instances if GridSearch._too_long(actor, i))
+        if skipped:
+            expected[(task, split, lang)] = skipped
+    assert {(t["task"], t["split"], t["lang"]): t["left_out"] for t in result["too_long"]} == expected
+    assert result["too_long_instances"] == sum(expected.values())
+    assert all(t["basis"] == "the model's tokenizer" and t["limit"] == 150 for t in result["too_long"])
+    code, table = _dry_run(capsys, *flags)
+    warnings = [line for line in table.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == len(expected) and all("counted by the model's tokenizer" in w for w in warnings)
+    (task, split, lang), n = next(iter(expected.items()))
+    assert any(w.startswith(f"warning: {task} {split} {lang}: {n} of 20 instance(s) would be left out") for w in
+               warnings), warnings

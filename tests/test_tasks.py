@@ -149,10 +149,80 @@ def test_hf_datasets_saved_to_disk(tmp_path):
 
 
 def test_describe_lists_bundled_splits():
-    found, errors = describe()
+    found, missing, errors = describe()
     assert errors == []  # the bundled samples are clean
-    assert {"task": "xnli", "split": "sample", "lang": "sw", "instances": 50, "errors": 0, "notes": 0} in found
+    assert {"task": "xnli", "split": "sample", "lang": "sw", "instances": 50, "groups": None, "errors": 0,
+            "notes": 0} in found
     assert len({(f["task"], f["lang"]) for f in found}) == 15 + 12 + 12 + 24
+    assert {(m["task"], m["split"]) for m in missing} == {
+        ("xnli", "unseen"), ("xnli", "dev"), ("xcopa", "unseen"), ("xcopa", "test"), ("xcopa", "val"),
+        ("xquad", "unseen"), ("xquad", "test"), ("globalopinionqa", "unseen"), ("globalopinionqa", "eval"),
+        ("mgsm", "test"), ("mkqa", "train"), ("culturalbench", "test")}
+
+
+BUILT_IN = ("xnli", "xcopa", "xquad", "globalopinionqa", "mgsm", "mkqa", "culturalbench")
+
+
+def _tasks_cli(*argv):
+    """`xtp tasks` in its own process: (exit code, stdout ending in the heavy modules it imported, stderr)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom xtp_ray.cli import main\ncode = main(sys.argv[1:])\n"
+            "print('HEAVY', sorted(m for m in ('torch', 'transformers', 'ray') if m in sys.modules))\nsys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", code, "tasks", *argv], capture_output=True, text=True, timeout=120)
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_tasks_names_every_built_in_task_and_where_the_missing_ones_go():
+    code, out, err = _tasks_cli()
+    assert code == 0, err
+    assert "HEAVY []" in out  # listing never imports the engine
+    table, _, rest = out.partition("\nno data in the bundled samples")
+    listed = {line.split()[0] for line in table.splitlines()[1:]
+              if line and not line.startswith(("instances:", "left"))}
+    assert listed == {"xnli", "xcopa", "xquad", "globalopinionqa"}  # the samples the package bundles
+    missing = {tuple(line.split()[:2]): line for line in rest.splitlines()[1:] if line.split()[:1] != ["HEAVY"]}
+    assert {task for task, _ in missing} == {"xnli", "xcopa", "xquad", "globalopinionqa", "mgsm", "mkqa",
+                                              "culturalbench"} == set(BUILT_IN)
+    assert "mkqa/mkqa.jsonl.gz" in missing[("mkqa", "train")] and "[apple/mkqa]" in missing[("mkqa", "train")]
+    assert "culturalbench/CulturalBench-Hard.csv" in missing[("culturalbench", "test")]
+    assert "[kellycyy/CulturalBench]" in missing[("culturalbench", "test")]
+    assert "mgsm/mgsm_<lang>.tsv" in missing[("mgsm", "test")] and "[juletxara/mgsm]" in missing[("mgsm", "test")]
+    assert "xtransplant_release/XQuAD/XQuAD_unseen/" in missing[("xquad", "unseen")]
+
+
+def test_tasks_counts_rows_and_questions_and_lists_despite_rows_left_out(tmp_path):
+    from test_culturalbench import culturalbench_rows, write_culturalbench
+    from test_custom_task import write_own_task
+
+    rows = culturalbench_rows(3)
+    rows[5]["answer"] = "maybe"  # row 5 is malformed: its question (1) is left out whole
+    write_culturalbench(tmp_path, rows, translations=("de",))
+    write_own_task(tmp_path)
+    (tmp_path / "mybench" / "unseen").mkdir()  # an own split without data yet
+    code, out, err = _tasks_cli("--data-root", str(tmp_path))
+    assert code == 0, err  # rows left out are counted, not failed
+    lines = {tuple(line.split()[:3]): line.split()[3:] for line in out.splitlines()}
+    # 2 whole questions of 4 rows; 2 lines left out: the bad row, and its question without its four rows
+    assert lines[("culturalbench", "test", "en")] == ["8", "2", "2", "0"]
+    assert lines[("mybench", "test", "sw")] == ["2", "-", "0", "0"]
+    assert any(line.split()[:2] == ["mybench", "unseen"] and "mybench/unseen/<lang>.jsonl" in line
+               for line in out.splitlines())
+    assert any(line.split()[:2] == ["mkqa", "train"] and "[apple/mkqa]" in line for line in out.splitlines())
+    assert "left out: 4 line(s) on stderr" in out  # the two above, in each of en and de
+    assert [line for line in err.splitlines() if "'answer'" in line] == [
+        f"left out: {tmp_path / 'culturalbench' / 'CulturalBench-Hard.csv'}:7: field 'answer': 'maybe' is not True "
+        "or False"] * 2
+
+
+@needs_shared
+def test_tasks_on_the_shared_data_exits_0_and_names_what_it_leaves_out():
+    code, out, err = _tasks_cli("--data-root", str(SHARED))
+    assert code == 0, err
+    assert any("XNLI_unseen/split/de.json:211: misaligned" in line for line in err.splitlines())
+    listed = {line.split()[0] for line in out.splitlines()[1:] if line.split()[:1] and line.split()[0] in BUILT_IN}
+    assert listed == set(BUILT_IN)  # culturalbench: under "no data", with its source
 
 
 def test_malformed_tsv_rows_in_the_original_format(tmp_path):

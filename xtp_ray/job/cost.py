@@ -7,7 +7,9 @@ and `new_tokens` decode steps, each through the layers and attending to the pref
     prefill  = 2 N (Td + Tr) + 2 L d (Td^2 + Tr^2)                 FLOPs
     per cell = (1 + new) 2 N + 4 L d ((1 + new) P + new^2 / 2)     FLOPs   (P = Tr)
 
-N parameters, L layers, d the hidden size; prompt lengths T are tokenized where a tokenizer
+N the parameters a token computes through (all of a dense model's; of a mixture of experts
+the active ones: its top k routed experts per layer and everything else, `footprint.ParameterCount`),
+L layers, d the hidden size; prompt lengths T are tokenized where a tokenizer
 is at hand, else estimated from characters (`estimate_tokens`). Seconds are FLOPs times
 two coefficients measured on a GPU (`CALIBRATION`): the score phase (prefill and one token
 per cell) and the decode steps. It is a model: row sharing, rows that stop early and
@@ -84,7 +86,7 @@ def _coefficients() -> tuple[float, float]:
 
 
 def instance_seconds(donor_tokens: int, recipient_tokens: int, shape: Shape) -> float:
-    """Predicted GPU-seconds of one instance (on the calibration's device)."""
+    """Predicted seconds of one instance on one actor (as on one GPU of the calibration's device)."""
     k_score, k_decode = _coefficients()
     return (k_score * score_flops(donor_tokens, recipient_tokens, shape)
             + k_decode * decode_flops(recipient_tokens, shape))

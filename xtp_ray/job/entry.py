@@ -47,12 +47,11 @@ def grid_search_main(argv: list[str] | None = None, aggregate: bool = True) -> i
 def _grid_search(args, aggregate: bool) -> int:
     config = load_config(args)
     if args.dry_run:
-        from .dryrun import dry_run, print_dry_run
+        from .dryrun import dry_run, print_dry_run, refusals
 
         result = dry_run(config)
         print_dry_run(result, args.json)
-        refused = [key for key in ("feasibility", "memory_fit") if str(result[key]).startswith("REFUSED")]
-        return USER_ERROR_EXIT if refused or result["left_out"] else 0
+        return USER_ERROR_EXIT if refusals(result) else 0  # left-out rows are listed, not a refusal
     if args.compare_with:
         from ..results.aggregation import earlier_report_uri
 

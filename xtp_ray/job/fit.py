@@ -22,7 +22,8 @@ GPU_MEMORY_GB = {"V100": 16, "P100": 16, "T4": 16, "P4": 8, "K80": 12, "A10G": 2
 
 
 def actor_need(config: RunConfig, model_config: dict):
-    """`footprint.Need` of one actor's GPUs for this run's engine, dtype, batch and tokens."""
+    """`footprint.Need` of one actor's GPUs for this run's engine, dtype, batch and tokens (ValueError where
+    the checkpoint's quantization is not modelled)."""
     from ..engine.footprint import need_per_gpu
 
     ranks = tensor_parallel_size(config) if config.engine == "vllm" else 1
@@ -31,37 +32,73 @@ def actor_need(config: RunConfig, model_config: dict):
     return need_per_gpu(model_config, config.engine, config.dtype, ranks, config.batch_size, context, new_tokens)
 
 
-def refuse_unless_fits(config: RunConfig, need, gpu_gb: float, where: str) -> str:
-    """ValueError (one line) when `need` exceeds a GPU of `gpu_gb`; else how it fits, for the log."""
+def not_checked(reason: str) -> dict:
+    """A memory fit that was not checked, and why."""
+    return {"verdict": "not checked", "line": f"memory fit not checked: {reason}", "reason": reason}
+
+
+def assess(config: RunConfig, need, gpu_gb: float, where: str) -> dict:
+    """The fit of `need` on a GPU of `gpu_gb`, structured: verdict ("fits" or "refused"), the need per GPU
+    and its parts, the GPU's memory and the share of it the engine may fill, the remedy where refused, and
+    the whole as one line (`line`)."""
     from ..engine.footprint import CUDA_CONTEXT_BYTES, GB
 
     usable = need.usable_share * gpu_gb * GB - CUDA_CONTEXT_BYTES
-    size = (f"model {config.model}: {need.parameters / 1e9:.2f}B parameters, "
-            f"{need.weights * need.gpus / GB:.1f} GB of {config.dtype} weights")
+    stored = f"{config.dtype} weights" if need.stored in ("", config.dtype) else f"weights ({need.stored})"
+    active = f" ({need.active / 1e9:.2f}B active per token)" if need.active and need.active != need.parameters else ""
+    size = (f"model {config.model}: {need.parameters / 1e9:.2f}B parameters{active}, "
+            f"{need.weights * need.gpus / GB:.1f} GB of {stored}")
     per_gpu = (f"{need.total / GB:.1f} GB per GPU ({need.weights / GB:.1f} GB weights over {need.gpus} GPU(s) + "
                f"{need.engine / GB:.1f} GB for the engine: {need.basis})")
-    if need.fits(gpu_gb * GB):
-        return f"{size}; one actor needs {per_gpu}; fits {gpu_gb:g} GB GPUs ({where})"
-    remedy = ("raise num_gpus_per_actor (the vllm engine runs tensor parallel over them), use larger GPUs or "
-              "lower max_prompt_tokens" if config.engine == "vllm" else
-              "lower batch_size or max_prompt_tokens, use larger GPUs, or engine: vllm over several GPUs")
-    raise ValueError(f"{size}; one actor needs {per_gpu}, more than the {usable / GB:.1f} GB usable of a "
-                     f"{gpu_gb:g} GB GPU ({where}): {remedy}")
+    fits = need.fits(gpu_gb * GB)
+    remedy = None if fits else (
+        "raise num_gpus_per_actor (the vllm engine runs tensor parallel over them), use larger GPUs or "
+        "lower max_prompt_tokens" if config.engine == "vllm" else
+        "lower batch_size or max_prompt_tokens, use larger GPUs, or engine: vllm over several GPUs")
+    line = (f"{size}; one actor needs {per_gpu}; fits {gpu_gb:g} GB GPUs ({where})" if fits else
+            f"{size}; one actor needs {per_gpu}, more than the {usable / GB:.1f} GB usable of a {gpu_gb:g} GB GPU "
+            f"({where}): {remedy}")
+    return {"verdict": "fits" if fits else "refused", "line": line,
+            "need_per_gpu_gb": need.total / GB, "weights_per_gpu_gb": need.weights / GB,
+            "engine_per_gpu_gb": need.engine / GB, "gpus": need.gpus, "gpu_memory_gb": gpu_gb, "where": where,
+            "usable_share": need.usable_share, "usable_gb": usable / GB, "cuda_context_gb": CUDA_CONTEXT_BYTES / GB,
+            "parameters": need.parameters, "active_parameters": need.active or need.parameters,
+            "weights_gb": need.weights * need.gpus / GB, "weights_stored": need.stored or config.dtype,
+            "basis": need.basis, "remedy": remedy}
+
+
+def assess_fit(config: RunConfig, model_config: dict | None, gpu_gb: float | None, where: str) -> dict:
+    """`assess` of one actor on GPUs of `gpu_gb`, or why it was not checked (`not_checked`)."""
+    if model_config is None:
+        return not_checked("a tiny model")
+    if gpu_gb is None:
+        return not_checked("the GPUs' memory is unknown (give gpu_memory_gb)")
+    try:
+        need = actor_need(config, model_config)
+    except ValueError as exc:  # a quantization whose sizes are not modelled: not guessed
+        return not_checked(str(exc))
+    return assess(config, need, gpu_gb, where)
 
 
 def check_fit(config: RunConfig, model_config: dict | None, gpu_gb: float | None, where: str) -> str:
-    """The fit of one actor on GPUs of `gpu_gb` (refused with one line), or why it was not checked."""
-    if model_config is None:
-        return "memory fit not checked: a tiny model"
-    if gpu_gb is None:
-        return "memory fit not checked: the GPUs' memory is unknown (give gpu_memory_gb)"
-    return refuse_unless_fits(config, actor_need(config, model_config), gpu_gb, where)
+    """The fit of one actor on GPUs of `gpu_gb` as a line; ValueError (that line) where it is refused."""
+    fit = assess_fit(config, model_config, gpu_gb, where)
+    if fit["verdict"] == "refused":
+        raise ValueError(fit["line"])
+    return fit["line"]
 
 
-def fit_on_cluster(config: RunConfig, model_config: dict | None) -> str:
-    """The fit of one actor on the smallest GPU of the nodes and node types that can hold it (refused with
-    one line, ValueError), or why it was not checked."""
+def assess_on_cluster(config: RunConfig, model_config: dict | None) -> dict:
+    """`assess_fit` of one actor on the smallest GPU of the nodes and node types that can hold it."""
     from .placement import gpu_memory_gb
 
     gb, where = gpu_memory_gb(config.num_cpus_per_actor, config.num_gpus_per_actor, GPU_MEMORY_GB)
-    return check_fit(config, model_config, gb, where) if gb else f"memory fit not checked: {where} (give gpu_memory_gb)"
+    return assess_fit(config, model_config, gb, where) if gb else not_checked(f"{where} (give gpu_memory_gb)")
+
+
+def fit_on_cluster(config: RunConfig, model_config: dict | None) -> str:
+    """`assess_on_cluster` as a line; ValueError (that line) where it is refused."""
+    fit = assess_on_cluster(config, model_config)
+    if fit["verdict"] == "refused":
+        raise ValueError(fit["line"])
+    return fit["line"]

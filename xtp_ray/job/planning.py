@@ -86,7 +86,7 @@ def check_tokenizer_files(model: str) -> None:
 class Plan:
     """A run's shards in dispatch order, with what they are predicted to cost."""
     shards: dict[str, list[Instance]]  # name -> instances, in the order the pool gets them
-    costs: dict[str, float]  # name -> predicted GPU-seconds (`cost.CALIBRATION`'s device)
+    costs: dict[str, float]  # name -> predicted actor-seconds (as on one `cost.CALIBRATION` GPU)
     instance_costs: list[float]  # every instance's, for the schedule's lower bound
     groups: dict[tuple[str, str, str], list[Instance]]  # (task, split, lang) -> instances
     errors: list[str]  # the lines of the rows and files left out as bad data (notes not included)
@@ -160,8 +160,9 @@ def limited(instances: list[Instance], limit: int | None) -> list[Instance]:
 
 
 def model_shape(config: RunConfig) -> tuple[dict, int]:
-    """(config.json as a dict, parameters) of the run's model, without weights."""
-    from ..engine.footprint import parameter_count
+    """(config.json as a dict, the parameters a token computes through) of the run's model, without weights:
+    all of a dense model's, a mixture of experts' active ones (`footprint.ParameterCount.active`)."""
+    from ..engine.footprint import count_parameters
 
     if config.model.startswith(TINY_PREFIX):
         from ..engine.tiny import tiny_config
@@ -171,7 +172,7 @@ def model_shape(config: RunConfig) -> tuple[dict, int]:
         model_config = tiny_config(architecture, 512, num_layers=layers, **TINY_RUN_SHAPE).to_dict()
     else:
         model_config = read_model_config(config)
-    return model_config, parameter_count(model_config, config.trust_remote_code)
+    return model_config, count_parameters(model_config, config.trust_remote_code).active
 
 
 def plan(config: RunConfig, shape: tuple[dict, int] | None = None, loaded: tuple | None = None) -> Plan:

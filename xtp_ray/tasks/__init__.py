@@ -102,21 +102,30 @@ def check_root(data_root: str | None) -> str:
     return root
 
 
-def describe(data_root: str | None = None) -> tuple[list[dict], list[InstanceError]]:
-    """Tasks, splits, languages and sizes found in a data location (for `xtp tasks`), and what was left
-    out (bad files, rows and language names; notes, `InstanceError.note`, are left out by a task's own
-    rule and are no error)."""
+def describe(data_root: str | None = None) -> tuple[list[dict], list[dict], list[InstanceError]]:
+    """What `xtp tasks` lists: every registered task (own tasks of the root included), split by split.
+
+    Returns (found, missing, left out). found: a row per (task, split, language) with data:
+    `instances` (rows loaded), `groups` (questions scored together, for a task with groups; else
+    None), `errors` and `notes` (lines of the left-out report). missing: a row per (task, split) the
+    root holds no data for, with `where` its files go (relative to a local or s3:// root) and `source`, the
+    dataset they come from.
+    Left out: bad files, rows and language names; notes (`InstanceError.note`) are left out by a
+    task's own rule and are no error."""
     root = check_root(data_root)
     own = discover(data_root)
-    found, errors = [], []
-    for task in (*TASKS, *own):
+    found, missing, errors = [], [], []
+    for task in dict.fromkeys((*TASKS, *own)):
+        definition = find(task, data_root)
         for split in task_splits(task):
             try:
                 languages = list_languages(task, split, root, errors)
-            except (FileNotFoundError, OSError):
-                continue
-            except MissingSplit:
-                continue  # a datasets root holds the splits it holds
+            except (FileNotFoundError, OSError, MissingSplit):  # a root holds the splits it holds
+                languages = []
+            if not languages:
+                where = (f"a split {split!r} in the datasets save" if root.startswith("hf:")
+                         else definition.files_of(split))
+                missing.append({"task": task, "split": split, "where": where, "source": definition.source_of(split)})
             for lang in languages:
                 try:
                     instances, row_errors = load_instances(task, lang, split, root)
@@ -124,7 +133,9 @@ def describe(data_root: str | None = None) -> tuple[list[dict], list[InstanceErr
                     errors.append(InstanceError(root, None, None, f"{task} {split} {lang}: {exc}"))
                     continue
                 errors.extend(row_errors)
+                groups = {i.extra["group"] for i in instances if "group" in i.extra}
                 found.append({"task": task, "split": split, "lang": lang, "instances": len(instances),
+                              "groups": len(groups) if groups else None,
                               "errors": sum(1 for e in row_errors if not e.note),
                               "notes": sum(1 for e in row_errors if e.note)})
-    return found, errors
+    return found, missing, errors

@@ -18,10 +18,13 @@ from .alignment import drop_misaligned
 from .instance import Instance, InstanceError, RowError
 
 RELEASE_SPLITS = ("sample", "unseen")
+RELEASE_SOURCE = "YYF-Tommy/XTransplant"  # the paper's release (its data/ folder): the sample and unseen splits
 
 
 class Task:
     name: str = ""
+    source: str = ""  # the dataset its original splits come from (its hub name, e.g. apple/mkqa)
+    files: str = ""  # where the original splits' files go under a data root ({split}: the split's name)
     family: str = ""  # understanding | generation | culture: the paper's coarse settings and task types
     donor_is_english: bool = True  # En -> non-En (the recipient in `lang` is scored); False: non-En -> En
     release_dir: str | None = None  # its directory in xtransplant_release/, where the release has it
@@ -36,6 +39,16 @@ class Task:
 
     def splits(self) -> tuple[str, ...]:
         return (RELEASE_SPLITS if self.release_dir else ()) + self.original_splits
+
+    def source_of(self, split: str) -> str:
+        """The dataset a split comes from (`xtp tasks` names it where a root lacks the split)."""
+        return RELEASE_SOURCE if self.release_dir and split in RELEASE_SPLITS else self.source
+
+    def files_of(self, split: str) -> str:
+        """Where a split's files go, relative to a local or s3:// data root."""
+        if self.release_dir and split in RELEASE_SPLITS:
+            return f"xtransplant_release/{self.release_dir}/{self.release_dir}_{split}/ (as the release lays it out)"
+        return self.files.format(split=split)
 
     # ------------------------------------------------------------ languages
 

@@ -54,6 +54,8 @@ def _index(value, name: str) -> str:
 
 class CulturalBench(Task):
     name = "culturalbench"
+    source = "kellycyy/CulturalBench"
+    files = "culturalbench/CulturalBench-Hard.csv (.json, .jsonl), translations: culturalbench/translated/<lang>.jsonl"
     family = "culture"
     donor_is_english = False
     original_splits = ("test",)

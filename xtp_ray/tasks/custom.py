@@ -65,6 +65,8 @@ class CustomTask(Task):
         self.open_answer = self.kind in ("contains", "number")
         self.root = root
         self.base = storage.join(root, self.name)
+        self.source = f"own task ({where})"
+        self.files = f"{self.name}/{{split}}/<lang>.jsonl"
         self.original_splits = tuple(n for n in storage.list_names(self.base) if n != SPEC_NAME and is_name(n)
                                      and storage.is_dir(storage.join(self.base, n)))
 

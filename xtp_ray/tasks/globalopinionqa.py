@@ -24,6 +24,8 @@ TEMPLATE = ("Human: How would someone from {country} answer the following questi
 
 class GlobalOpinionQA(Task):
     name = "globalopinionqa"
+    source = "Anthropic/llm_global_opinions"
+    files = "globalopinionqa/{split}.json"
     family = "culture"
     donor_is_english = False
     release_dir = "GlobalOpinionQA"

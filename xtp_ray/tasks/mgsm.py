@@ -17,6 +17,8 @@ TEMPLATE = "Question: {question}\nAnswer:"
 
 class MGSM(Task):
     name = "mgsm"
+    source = "juletxara/mgsm"
+    files = "mgsm/mgsm_<lang>.tsv"
     family = "generation"
     original_splits = ("test",)
     template = TEMPLATE

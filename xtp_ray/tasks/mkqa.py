@@ -126,6 +126,8 @@ def _parsed(uri: str, data: bytes) -> tuple[tuple, tuple]:
 
 class MKQA(Task):
     name = "mkqa"
+    source = "apple/mkqa"
+    files = "mkqa/mkqa.jsonl.gz (or mkqa.jsonl)"
     family = "generation"
     original_splits = ("train",)
     template = TEMPLATE

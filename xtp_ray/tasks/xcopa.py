@@ -22,6 +22,8 @@ TEMPLATE = ("You are assigned to complete a two-category classification task.\n\
 
 class XCOPA(Task):
     name = "xcopa"
+    source = "cambridgeltl/xcopa"
+    files = "xcopa/data/<lang>/{split}.<lang>.jsonl, English: xcopa/copa_en_from_COPA-SSE/{split}.en.jsonl"
     family = "understanding"
     release_dir = "XCOPA"
     original_splits = ("test", "val")

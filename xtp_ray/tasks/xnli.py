@@ -24,6 +24,8 @@ TEMPLATE = ("Human: What do you think is the relationship between the premise an
 
 class XNLI(Task):
     name = "xnli"
+    source = "facebook/xnli"
+    files = "xnli/{split}/{split}-<lang>.tsv"
     family = "understanding"
     release_dir = "XNLI"
     original_splits = ("dev",)

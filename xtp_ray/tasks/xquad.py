@@ -21,6 +21,8 @@ TEMPLATE = ("Human: Please answer these questions only based on the given contex
 
 class XQuAD(Task):
     name = "xquad"
+    source = "google/xquad"
+    files = "xquad/xquad.<lang>.json"
     family = "generation"
     release_dir = "XQuAD"
     original_splits = ("test",)
