@@ -161,8 +161,12 @@ def _run_planned(config: RunConfig, ray_address: str | None) -> dict:
     from ray.data import ActorPoolStrategy
 
     planned = plan(config)
-    for entry in planned.left_out:
-        (log.info if entry["note"] else log.warning)("%s: %s", "note" if entry["note"] else "left out", entry["error"])
+    bad = [r for r in planned.left_out if not r["note"]]
+    if bad:  # one line: errors.jsonl and the command's own lines list them
+        log.warning("left out while loading: %s (%s)", leftout.total(bad), leftout.describe(bad))
+    notes = [r for r in planned.left_out if r["note"]]
+    if notes:
+        log.info("notes while loading: %s (%s)", leftout.total(notes), leftout.describe(notes))
     manifest = _read_manifest(config) or {"run_id": config.run_id, "attempts": []}
     if manifest.get("config_digest") not in (None, config.digest()):
         raise ValueError(f"run {config.run_id!r} in {config.output} was made with another model/cells/scoring "
