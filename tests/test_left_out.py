@@ -224,6 +224,7 @@ def test_errors_jsonl_of_older_runs_and_runs_without_one(tmp_path):
     (tmp_path / "errors.jsonl").write_text(json.dumps({"error": "F:2: bad JSON"}) + "\n\n{torn\n")
     [old] = leftout.read(str(tmp_path))
     assert old["reason"] == "unclassified" and old["error"] == "F:2: bad JSON" and old["note"] is False
+    assert leftout.describe([old]) == "1 line of an older version's errors.jsonl"
     records = _records()
     leftout.write(str(tmp_path), records)
     assert leftout.read(str(tmp_path)) == records

@@ -41,7 +41,7 @@ REASONS = {
     "empty": ("empty", "without instances"),
     "missing": ("missing", "missing"),
     "no_answer": ("with a No Answer gold", "with No Answer golds"),
-    "unclassified": ("left out", "left out"),
+    "unclassified": ("left out", "left out"),  # a line of an older version: {"error": <line>} only
 }
 
 
@@ -105,8 +105,9 @@ def read(run_uri: str) -> list[dict]:
         if not isinstance(entry, dict) or "error" not in entry:
             log.warning("%s:%d: not a left-out record: line skipped in the report", uri, number)
             continue
-        out.append({key: entry.get(key) for key in KEYS} | {"reason": entry.get("reason") or "unclassified",
-                                                            "note": bool(entry.get("note"))})
+        if "reason" not in entry:  # an older version's line: a row or a file, not told apart
+            entry = {**entry, "reason": "unclassified", "rows": 1}
+        out.append({key: entry.get(key) for key in KEYS} | {"note": bool(entry.get("note"))})
     return out
 
 
@@ -131,7 +132,9 @@ def describe(records: list[dict]) -> str:
         words = REASONS.get(reason, (reason, reason))[0]
         if reason == "too_long" and limit:
             parts.append(f"{_plural(n, 'row')} longer than {limit:,} tokens")
-        elif reason in ("group_skipped", "no_answer", "unclassified"):
+        elif reason == "unclassified":
+            parts.append(f"{_plural(n, 'line')} of an older version's errors.jsonl")
+        elif reason in ("group_skipped", "no_answer"):
             parts.append(f"{_plural(n, 'row')} {words}")
         else:
             parts.append(f"{n:,} {words} row{'' if n == 1 else 's'}")
