@@ -153,10 +153,14 @@ def test_generate_mode_scores_text_and_reports_bad_rows(tmp_path):
                      max_new_tokens=3, cells="target-first", min_actors=1, max_actors=1, run_id="gen")
     summary = run_job(config)
     assert summary["instances"] == 2
-    assert summary["left_out"] == [f"{data / 'split' / 'sw.json'}:2: bad JSON (Expecting property name enclosed "
-                                   "in double quotes)"]
-    errors = (Path(config.output) / "gen" / "errors.jsonl").read_text()
-    assert "sw.json:2: bad JSON" in errors
+    bad = f"{data / 'split' / 'sw.json'}"
+    assert [r["error"] for r in summary["left_out"]] == [f"{bad}:2: bad JSON (Expecting property name enclosed "
+                                                         "in double quotes)"]
+    errors = [json.loads(line) for line in (Path(config.output) / "gen" / "errors.jsonl").read_text().splitlines()]
+    assert errors == summary["left_out"]
+    assert {k: errors[0][k] for k in ("reason", "note", "task", "split", "lang", "file", "line", "rows")} == {
+        "reason": "malformed", "note": False, "task": "xnli", "split": "sample", "lang": "sw", "file": bad,
+        "line": 2, "rows": 1}
     rows = candidate_rows(config)
     assert len(rows) == 2 * (LAYERS + 1)
     assert all(1 <= len(r["token_ids"]) <= 3 and isinstance(r["prediction"], str) for r in rows)
@@ -172,7 +176,9 @@ def test_mkqa_runs_from_the_datasets_own_file(tmp_path):
                      data_root=str(tmp_path / "data"), scoring="generate", max_new_tokens=3, cells="coarse",
                      min_actors=1, max_actors=1, run_id="mkqa")
     summary = run_job(config)
-    assert summary["instances"] == 6 and summary["left_out"] == []  # 3 answerable of 6 per language
+    assert summary["instances"] == 6  # 3 answerable of 6 per language: the others are notes, not errors
+    assert [(r["reason"], r["note"], r["lang"], r["rows"]) for r in summary["left_out"]] == [
+        ("no_answer", True, "de", 3), ("no_answer", True, "zh", 3)]
     rows = candidate_rows(config)
     assert len(rows) == 6 * 2 and {r["module"] for r in rows} == {"ffn"}  # the coarse setting: FFN 0 -> 0
     assert all(set(json.loads(r["metrics"])) == {"em", "f1"} for r in rows)

@@ -133,7 +133,10 @@ def test_prompts_longer_than_the_context_are_skipped_per_instance(tmp_path):
     config = _config(tmp_path, langs=["sw"], limit=4, run_id="long", max_prompt_tokens=limit)
     summary = run_job(config)
     assert summary["instances"] == 2 and len(summary["skipped"]) == 2
-    assert all("exceeds the limit of" in s["reason"] for s in summary["skipped"])
+    assert all(s["reason"] == "too_long" and s["limit"] == limit and "exceeds the limit of" in s["error"]
+               for s in summary["skipped"])
+    errors = [json.loads(line) for line in (Path(config.output) / "long" / "errors.jsonl").read_text().splitlines()]
+    assert errors == summary["skipped"]  # every one in errors.jsonl
     assert len({r["instance_id"] for r in candidate_rows(config)}) == 2
 
 

@@ -12,6 +12,7 @@ import pyarrow as pa
 from .. import __version__, storage
 from ..candidates import CANDIDATE_SCHEMA
 from ..cells import parse_cells
+from ..results import leftout
 from ..tasks import Instance
 from .config import TINY_PREFIX, TINY_RUN_SHAPE, RunConfig, coarse_setting, tensor_parallel_size, tiny_spec
 from .shards import write_shard
@@ -148,15 +149,16 @@ class GridSearch:
         for inst in instances:
             too_long = self._too_long(inst)
             if too_long:
-                skipped.append({"instance_id": inst.id, "reason": too_long})
+                skipped.append(too_long)
             else:
                 kept.append(inst)
         skipped_ids = {s["instance_id"] for s in skipped}
         lost = {i.extra.get("group") for i in instances if i.id in skipped_ids} - {None}
         if lost:  # a group is scored whole or not at all
             for inst in [i for i in kept if i.extra.get("group") in lost]:
-                skipped.append({"instance_id": inst.id, "reason": f"its group {inst.extra['group']} lost a member "
-                                                                  "to the length limit"})
+                skipped.append(leftout.record(
+                    "group_skipped", f"{inst.id}: its group {inst.extra['group']} lost a member to the length limit",
+                    task=inst.task, split=inst.split, lang=inst.lang, instance_id=inst.id, limit=self.max_tokens))
             kept = [i for i in kept if i.extra.get("group") not in lost]
         rows, cells_run = [], 0
         new_tokens = self.config.max_new_tokens if self.config.scoring == "generate" else 0
@@ -177,15 +179,18 @@ class GridSearch:
                         rows.append(self._row(inst, module, result, score))
         return pa.Table.from_pylist(rows, schema=CANDIDATE_SCHEMA), skipped, cells_run
 
-    def _too_long(self, inst: Instance) -> str | None:
+    def _too_long(self, inst: Instance) -> dict | None:
+        """The left-out record (`results.leftout`) of an instance whose prompt does not fit, else None."""
         if not self.max_tokens:
             return None
         new_tokens = self.config.max_new_tokens if self.config.scoring == "generate" else 0  # logprobs: none
         for name, prompt in (("donor", inst.donor), ("recipient", inst.recipient)):
             n = len(self.tokenizer(prompt).input_ids)
             if n + new_tokens > self.max_tokens:
-                return (f"{name} prompt of {n} tokens + {new_tokens} new tokens exceeds the "
-                        f"limit of {self.max_tokens} tokens")
+                return leftout.record("too_long", f"{inst.id}: {name} prompt of {n} tokens + {new_tokens} new tokens "
+                                      f"exceeds the limit of {self.max_tokens} tokens", task=inst.task,
+                                      split=inst.split, lang=inst.lang, instance_id=inst.id, field=name,
+                                      limit=self.max_tokens)
         return None
 
     def _row(self, inst: Instance, module: str, result, score) -> dict:

@@ -2,8 +2,9 @@
 
 Every mistake a user can make ends in one line naming the file, row and field (or the
 flag) and exit code 2; `--debug` shows the traceback instead (`errors.report`). A run
-whose data had rows or files left out still runs the rest, then exits 2 after saying
-what was left out.
+whose data had rows or files left out (for any reason: malformed, misaligned, too long, a group
+skipped with a member) still runs the rest, then exits 2 after saying what was left out; notes (a
+task's own rule, MKQA's No Answer golds) are counted and exit 0. Every one is a line of errors.jsonl.
 """
 from __future__ import annotations
 
@@ -58,9 +59,7 @@ def _grid_search(args, aggregate: bool) -> int:
     from .pipeline import run_job
 
     summary = run_job(config, take_over=args.take_over)
-    left_out = summary["left_out"] + [f"{s['instance_id']}: {s['reason']}" for s in summary["skipped"]]
-    for line in left_out:
-        print(f"left out: {line}", file=sys.stderr)
+    print_left_out(summary["left_out"], summary["languages"])
     print(f"candidates: {summary['run_dir']}/candidates ({summary['shards']} shards, {summary['shards_run']} run now)")
     if summary["instances"]:
         print(f"throughput: {summary['instances'] / summary['seconds']:.2f} instances/s, "
@@ -75,10 +74,49 @@ def _grid_search(args, aggregate: bool) -> int:
         _print_overview(result)
         print(f"report: {summary['run_dir']}/report/report.html (+ report.md, report.json, "
               f"{len(result['figures'])} figures)")
-    if summary["left_out"]:
-        print(f"xtp run: {len(summary['left_out'])} bad row(s) or file(s) left out (listed above, and in "
-              f"{summary['run_dir']}/errors.jsonl); the rest ran", file=sys.stderr)
+    return finish_left_out(summary["left_out"], summary["run_dir"])
+
+
+SHOWN_PER_GROUP = 5  # lines printed per (task, split, lang, reason); errors.jsonl holds them all
+
+
+def print_left_out(records: list[dict], languages: dict[str, dict]) -> None:
+    """One `left out: ...` line (`note: ...` for a task's own rule) per record, at most SHOWN_PER_GROUP per
+    task, split, language and reason, then a line per (task, split) that lost languages whole."""
+    from ..results.leftout import describe
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["task"], r["split"], r["lang"], r["reason"]), []).append(r)
+    for (task, split, lang, _), members in groups.items():
+        word = "note" if members[0]["note"] else "left out"
+        for r in members[:SHOWN_PER_GROUP]:
+            print(f"{word}: {r['error']}", file=sys.stderr)
+        if len(members) > SHOWN_PER_GROUP:
+            rest = members[SHOWN_PER_GROUP:]
+            print(f"{word}: ... and {len(rest)} more of {task} {split} {lang} ({describe(rest)}), all in "
+                  "errors.jsonl", file=sys.stderr)
+    for key, langs in languages.items():
+        if langs["lost"]:
+            task, split = key.split("/")
+            print(f"lost whole: {task} {split}: {len(langs['lost'])} of {len(langs['all'])} languages "
+                  f"({', '.join(langs['lost'])})", file=sys.stderr)
+
+
+def finish_left_out(records: list[dict], run_dir: str) -> int:
+    """The run's last line: what was left out, counted by reason; exit 2 where bad data was (the work is
+    done), 0 where only notes (a task's own rule) were."""
+    from ..results.leftout import describe, total
+
+    errors = [r for r in records if not r["note"]]
+    notes = [r for r in records if r["note"]]
+    noted = f"notes: {total(notes)} left out by the tasks' own rules ({describe(notes)})" if notes else ""
+    if errors:
+        print(f"xtp run: {total(errors)} left out ({describe(errors)}){'; ' + noted if noted else ''}: listed "
+              f"above and in {run_dir}/errors.jsonl; the rest ran", file=sys.stderr)
         return USER_ERROR_EXIT
+    if notes:
+        print(f"xtp run: {noted}, in {run_dir}/errors.jsonl", file=sys.stderr)
     return 0
 
 
@@ -107,6 +145,10 @@ def aggregate_main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001
         return report("xtp aggregate", exc, args.debug)
     _print_overview(result)
+    left_out = result.get("left_out") or {}
+    if left_out.get("errors"):
+        print(f"left out: {left_out['errors']} ({left_out['errors_by_reason']}): the report's Left out section and "
+              f"{args.output.rstrip('/')}/{args.run_id}/errors.jsonl list them")
     shards = result["shards"]
     if shards["missing"]:
         print(f"partial: {shards['committed']} of {shards['planned']} planned shards committed, {shards['missing']} "

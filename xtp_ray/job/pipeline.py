@@ -15,13 +15,14 @@ import time
 import uuid
 
 from .. import __version__, storage
-from ..candidates import inspect_committed, report_damaged
+from ..candidates import committed_footers, report_damaged
 from ..errors import root_cause
 from .actor import GridSearch
 from .config import RunConfig
 from .planning import digest_plan, plan, preflight
 from .quiet import without_noise
-from .shards import ShardWriteError, candidates_dir, committed_shards, redact, run_dir
+from ..results import leftout
+from .shards import ShardWriteError, candidates_dir, redact, run_dir
 
 log = logging.getLogger("xtp_ray")
 
@@ -45,18 +46,19 @@ def check_writable(config: RunConfig) -> None:
         raise ValueError(f"output {config.output!r} is not writable: {redact(str(exc))}") from None
 
 
-def _resumable_shards(config: RunConfig) -> set[str]:
-    """Committed shards a resume may keep: all made with this run's config digest (checked whether or
-    not the manifest is there: its loss must not let a run mix configurations). Damaged shards are
-    reported and run again."""
-    committed, damaged = inspect_committed(candidates_dir(config))
+def _resumable_shards(config: RunConfig) -> dict[str, dict[str, str]]:
+    """Committed shards a resume may keep, with their footers: all made with this run's config digest
+    (checked whether or not the manifest is there: its loss must not let a run mix configurations).
+    Damaged shards are reported and run again."""
+    footers, damaged = committed_footers(candidates_dir(config))
+    committed = {name: meta.get("xtp_config_digest") for name, meta in footers.items()}
     foreign = sorted(name for name, digest in committed.items() if digest != config.digest())
     if foreign:
         raise ValueError(f"run {config.run_id!r} in {config.output} holds {len(foreign)} shard(s) made with another "
                          f"model/cells/scoring configuration (e.g. {foreign[0]}: digest "
                          f"{committed[foreign[0]]}, this run's is {config.digest()}); use a new run_id")
     report_damaged(damaged)
-    return set(committed)
+    return footers
 
 
 def _remove_temporaries(config: RunConfig) -> None:
@@ -159,9 +161,12 @@ def _run_planned(config: RunConfig, ray_address: str | None) -> dict:
     from ray.data import ActorPoolStrategy
 
     planned = plan(config)
-    load_errors = planned.errors
-    for error in load_errors:
-        log.warning("left out: %s", error)
+    bad = [r for r in planned.left_out if not r["note"]]
+    if bad:  # one line: errors.jsonl and the command's own lines list them
+        log.warning("left out while loading: %s (%s)", leftout.total(bad), leftout.describe(bad))
+    notes = [r for r in planned.left_out if r["note"]]
+    if notes:
+        log.info("notes while loading: %s (%s)", leftout.total(notes), leftout.describe(notes))
     manifest = _read_manifest(config) or {"run_id": config.run_id, "attempts": []}
     if manifest.get("config_digest") not in (None, config.digest()):
         raise ValueError(f"run {config.run_id!r} in {config.output} was made with another model/cells/scoring "
@@ -173,15 +178,15 @@ def _run_planned(config: RunConfig, ray_address: str | None) -> dict:
             earlier["status"] = "interrupted"
     done = _resumable_shards(config)
     todo = [name for name in shards if name not in done]  # the plan's order: costliest first
+    # what was left out so far (loading, and the shards an earlier attempt committed), before any work
+    leftout.write(run_dir(config), planned.left_out + leftout.skipped_in(done, shards))
     attempt = {"started": time.time(), "status": "running", "shards_total": len(shards),
-               "shards_skipped_as_done": len(set(shards) & done), "shards_todo": len(todo)}
+               "shards_skipped_as_done": len(set(shards) & set(done)), "shards_todo": len(todo)}
     manifest.update({"config": config.to_json(), "config_digest": config.digest(), "xtp_ray_version": __version__,
                      "status": "running", "shards": sorted(shards), "plan_digest": plan_digest,
                      "plan": {name: [i.id for i in instances] for name, instances in shards.items()}})
     manifest["attempts"].append(attempt)
     _write_manifest(config, manifest)
-    storage.write_text(storage.join(run_dir(config), "errors.jsonl"),
-                       "".join(json.dumps({"error": str(e)}) + "\n" for e in load_errors))
 
     summaries = []
     start = time.perf_counter()
@@ -215,7 +220,13 @@ def _run_planned(config: RunConfig, ray_address: str | None) -> dict:
                                      f"{config.pool_start_timeout_s:g} s: pending actors ask for "
                                      f"{_request_text(config)}; `ray status` shows what the cluster offers and "
                                      "what the autoscaler is doing") from None
-        missing = sorted(set(shards) - committed_shards(config))
+        footers, damaged = committed_footers(candidates_dir(config))
+        report_damaged(damaged)
+        missing = sorted(set(shards) - set(footers))
+        # every row left out, once: loading's, and each committed shard's (this attempt's and earlier ones')
+        skipped = leftout.skipped_in(footers, shards)
+        left_out = planned.left_out + skipped
+        leftout.write(run_dir(config), left_out)
         _remove_temporaries(config)
         if missing:
             raise ShardWriteError(f"{len(missing)} shard(s) not committed: {', '.join(missing[:10])}")
@@ -232,12 +243,13 @@ def _run_planned(config: RunConfig, ray_address: str | None) -> dict:
     seconds = time.perf_counter() - start
     instances = sum(s["instances"] for s in summaries)
     cells = sum(s["cells"] for s in summaries)
-    skipped = [e for s in summaries for e in json.loads(s["skipped"])]
     timings = [{"shard": s["shard"], "start": s["started"], "end": s["finished"], "actor": s["actor"],
                 "node": s["node"], "predicted_s": planned.costs.get(s["shard"])} for s in summaries]
     attempt.update({"status": "complete", "finished": time.time(), "seconds": seconds, "instances": instances,
                     "cells": cells, "instances_per_s": instances / seconds if instances else 0.0,
-                    "cells_per_s": cells / seconds if cells else 0.0, "skipped": skipped, "shards": timings,
+                    "cells_per_s": cells / seconds if cells else 0.0,
+                    # rows this attempt's shards left out (too long; their groups): listed in errors.jsonl
+                    "skipped": sum(len(json.loads(s["skipped"])) for s in summaries), "shards": timings,
                     "busy_share": busy_share(timings)})
     manifest["status"] = "complete"
     manifest["model_revision"] = summaries[0].get("revision") if summaries else manifest.get("model_revision")
@@ -246,5 +258,18 @@ def _run_planned(config: RunConfig, ray_address: str | None) -> dict:
         log.info("grid search: %d instances, %d cells in %.1f s: %.2f instances/s, %.1f cells/s",
                  instances, cells, seconds, instances / seconds, cells / seconds)
     return {"run_dir": run_dir(config), "shards": len(shards), "shards_run": len(todo), "instances": instances,
-            "busy_share": attempt["busy_share"],
-            "cells": cells, "seconds": seconds, "skipped": skipped, "left_out": [str(e) for e in load_errors]}
+            "busy_share": attempt["busy_share"], "cells": cells, "seconds": seconds, "skipped": skipped,
+            "left_out": left_out, "languages": leftout.lost_languages(left_out, _scored_languages(planned, skipped))}
+
+
+def _scored_languages(planned, skipped: list[dict]) -> dict[tuple[str, str], set]:
+    """(task, split) -> its languages with at least one instance that ran (not every one left out)."""
+    lost = {}
+    for entry in skipped:
+        key = (entry["task"], entry["split"], entry["lang"])
+        lost[key] = lost.get(key, 0) + 1
+    shown: dict[tuple[str, str], set] = {}
+    for (task, split, lang), instances in planned.groups.items():
+        if len(instances) > lost.get((task, split, lang), 0):
+            shown.setdefault((task, split), set()).add(lang)
+    return shown

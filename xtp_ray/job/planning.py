@@ -1,5 +1,5 @@
 """Planning a run: checks that need no weights, then the shards (one task/split/lang
-each, `shard_size` instances, named deterministically) and the rows left out."""
+each, `shard_size` instances, named deterministically) and the rows left out (`results.leftout` records)."""
 from __future__ import annotations
 
 import json
@@ -89,14 +89,18 @@ class Plan:
     costs: dict[str, float]  # name -> predicted actor-seconds (as on one `cost.CALIBRATION` GPU)
     instance_costs: list[float]  # every instance's, for the schedule's lower bound
     groups: dict[tuple[str, str, str], list[Instance]]  # (task, split, lang) -> instances
-    errors: list[InstanceError]  # rows and files left out
+    errors: list[str]  # the lines of the rows and files left out as bad data (notes not included)
     shapes: dict  # task -> `cost.Shape`: what its instances' costs were predicted from
+    left_out: list[dict]  # every row and file left out while loading, notes included (`results.leftout` records)
 
 
-def load_groups(config: RunConfig) -> tuple[dict[tuple[str, str, str], list[Instance]], list[InstanceError]]:
-    """(task, split, lang) -> its instances (after `limit`), and the rows left out."""
+def load_groups(config: RunConfig) -> tuple[dict[tuple[str, str, str], list[Instance]], list[dict]]:
+    """(task, split, lang) -> its instances (after `limit`), and what was left out: one `results.leftout`
+    record per row or file (notes, a task's own rule, included), naming its task, split and language."""
+    from ..results.leftout import from_instance_error, record
+
     groups: dict[tuple[str, str, str], list[Instance]] = {}
-    errors: list[InstanceError] = []
+    left_out: list[dict] = []
     if config.data_root:
         check_root(config.data_root)
     for split in config.splits:  # a split no task has is a mistake; one some tasks lack is theirs to skip
@@ -112,25 +116,35 @@ def load_groups(config: RunConfig) -> tuple[dict[tuple[str, str, str], list[Inst
                 raise ValueError(f"the bundled samples have no {split} split (they hold the release's "
                                  f"{' and '.join(RELEASE_SPLITS)} splits): point --data-root at the original "
                                  f"{task} data for {split}")
+            errors: list[InstanceError] = []
             available = list_languages(task, split, config.data_root, errors)
+            left_out += [from_instance_error(e, task, split, None) for e in errors]
             unknown = [lang for lang in config.langs if lang != "all" and lang not in available]
             if unknown:
                 raise ValueError(f"unknown language(s) {', '.join(unknown)} for {task} {split} in "
                                  f"{config.data_root or 'the bundled samples'}; languages: "
                                  f"{', '.join(available) or 'none found'}")
             langs = available if config.langs == ["all"] else config.langs
+            if not available and not errors:  # asked for, and nothing there: say so
+                where = config.data_root or "the bundled samples"
+                left_out.append(record("missing", f"{task} {split}: no data in {where} (no language found): left "
+                                       "out whole", task=task, split=split, rows=None))
             for lang in langs:
                 instances, row_errors = load_instances(task, lang, split, config.data_root)
-                errors.extend(e for e in row_errors if not e.note)
+                left_out += [from_instance_error(e, task, split, lang) for e in row_errors]
                 for note in (e for e in row_errors if e.note):  # a task's own rule: counted, no error
                     log.info("note: %s", note)
+                if not instances and not row_errors:  # nothing to say why: say that nothing was there
+                    left_out.append(record("empty", f"{task} {split} {lang}: no instances in "
+                                           f"{config.data_root or 'the bundled samples'}", task=task, split=split,
+                                           lang=lang, rows=None))
                 instances = limited(instances, config.limit)
                 if instances:
                     groups[(task, split, lang)] = instances
     if not groups:
         raise ValueError(f"empty dataset: no instances for tasks {config.tasks}, languages {config.langs}, "
                          f"splits {config.splits} in {config.data_root or 'the bundled samples'}")
-    return groups, errors
+    return groups, left_out
 
 
 def limited(instances: list[Instance], limit: int | None) -> list[Instance]:
@@ -168,7 +182,7 @@ def plan(config: RunConfig, shape: tuple[dict, int] | None = None, loaded: tuple
     from .cost import Shape, instance_costs
     from .schedule import cut_by_cost, cut_by_size
 
-    groups, errors = loaded or load_groups(config)
+    groups, left_out = loaded or load_groups(config)
     model_config, parameters = shape or model_shape(config)
     shapes = {task: Shape.of_run(config, model_config, parameters, task) for task in config.tasks}
     costs = {key: instance_costs(instances, shapes.__getitem__) for key, instances in groups.items()}
@@ -177,7 +191,8 @@ def plan(config: RunConfig, shape: tuple[dict, int] | None = None, loaded: tuple
     else:
         shards, shard_costs = cut_by_cost(groups, costs, config.max_actors, config.shard_size, config.batch_size)
     every = [c for key in groups for c in costs[key]]
-    return Plan(shards, shard_costs, every, groups, errors, shapes)
+    errors = [r["error"] for r in left_out if not r["note"]]
+    return Plan(shards, shard_costs, every, groups, errors, shapes, left_out)
 
 
 def digest_plan(shards: dict[str, list[Instance]]) -> str:

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from .. import storage
 from ..candidates import intact_footers
 from ..names import check_name
+from . import leftout
 from .lmeval import results_json
 from .partials import KEY, Merged, applied_first_column, columns_of, from_footer, shard_partials, summarise
 from .scaling import offline_scaling
@@ -171,6 +172,7 @@ def aggregate_run(output: str, run_id: str, compare_with: str | None = None, fro
     merged, shards = collect_partials(run_uri, from_candidates, manifest)
     report = {"run_id": run_id, "started": started_of(manifest), "run": run_of(manifest), "shards": shards,
               **aggregate_merged(merged)}
+    report["left_out"] = leftout.section(leftout.read(run_uri), report["tables"])  # errors.jsonl, per task and lang
     if compare_with:
         earlier = json.loads(storage.read_text(earlier_uri))
         report["compared_with"] = compare_with

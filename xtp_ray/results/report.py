@@ -20,6 +20,7 @@ import math
 import re
 
 from ..names import is_name
+from . import leftout
 from .scaling import single_cell
 
 PAGE_STYLE = """
@@ -375,6 +376,8 @@ def render_markdown(report: dict) -> str:
         grouped = any("row_instances" in g for g in table["by_lang"].values())
         header, rows = accuracy_table(table, md, None)
         lines += [f"## {md(key)}", "", f"{count_line(table)} {TABLE_NOTE}{GROUPED_NOTE if grouped else ''}", ""]
+        note = leftout.table_note(report, key)  # rows or languages this table lost, from errors.jsonl
+        lines += [f"**{md(note)}**", ""] if note else []
         lines += md_table(header, rows, summary_rows=2) + [""]
         metrics = metric_table(table, md)
         if metrics:
@@ -388,7 +391,7 @@ def render_markdown(report: dict) -> str:
             sides = []
             for side in ("ID", "OOD"):
                 e = row.get(side)
-                sides += ([f"{md(e['task'])} ({md(e['split'])}, {len(e['by_lang'])} langs)",
+                sides += ([f"{md(e['task'])} ({md(e['split'])}, {md(leftout.languages_text(report, e))})",
                            f"{pct(e['vanilla_mean'])} ± {pct(e['vanilla_std'])}",
                            f"{pct(e['transplanted_mean'])} ± {pct(e['transplanted_std'])}"] if e else ["-", "-", "-"])
             lines.append(f"| {row['task_type']} | {row['granularity']} | {row['setting']} | "
@@ -416,6 +419,7 @@ def render_markdown(report: dict) -> str:
             lines.append(f"| {md(d['table'])} | {md(d['lang'])} | {pct(d['vanilla_delta'])} | "
                          f"{pct(d.get('upper_bound_delta'))} |")
         lines.append("")
+    lines += leftout.render_markdown(report, md)
     lines += ["## Figures", "", "Also as one page with every figure embedded: `report.html`.", ""]
     lines += [f"- {md(name)}" for name in report["figures"]]
     return "\n".join(lines) + "\n"
@@ -454,9 +458,9 @@ def _delta_cell(value) -> str:
     return f'<span class="{css}">{signed_pct(value)}</span>'
 
 
-def offline_scaling_html(scaling: list[dict]) -> str:
+def offline_scaling_html(scaling: list[dict], report: dict) -> str:
     """The paper's shape: one row per task type, ID and OOD side by side (mean ± std across languages);
-    the per-language figures in a table under it, folded."""
+    the per-language figures in a table under it, folded. A side whose languages shrank says so."""
     rows, per_lang = [], []
     for row in scaling:
         cells = [html.escape(row["task_type"]), html.escape(row["granularity"]), html.escape(row["setting"])]
@@ -466,7 +470,7 @@ def offline_scaling_html(scaling: list[dict]) -> str:
                 cells += ["-", "-", "-"]
                 continue
             cells += [f"{html.escape(e['task'])}<br><small>{html.escape(e['split'])}, "
-                      f"{len(e['by_lang'])} langs</small>",
+                      f"{html.escape(leftout.languages_text(report, e))}</small>",
                       f"{pct(e['vanilla_mean'])} ± {pct(e['vanilla_std'])}",
                       f"{pct(e['transplanted_mean'])} ± {pct(e['transplanted_std'])} "
                       f"({_delta_cell(e['transplanted_mean'] - e['vanilla_mean'])})"]
@@ -505,11 +509,13 @@ def render_html(report: dict, figures: dict[str, bytes]) -> str:
                     figs.append(html_figure(figures[name], f"{key} {lang}: {caption}"))
         sections.append(
             f"<h2>{html.escape(key)}</h2><p>{html.escape(count_line(table))} {html.escape(TABLE_NOTE)}"
-            f"{html.escape(GROUPED_NOTE) if grouped else ''}</p>" + html_table(header, rows, summary_rows=2)
+            f"{html.escape(GROUPED_NOTE) if grouped else ''}</p>"
+            + (f"<p><strong>{html.escape(note)}</strong></p>" if (note := leftout.table_note(report, key)) else "")
+            + html_table(header, rows, summary_rows=2)
             + (f"<p>{html.escape(metric_note(table))}</p>" + html_table(*metrics, summary_rows=1) if metrics else "")
             + f"<div class=\"figures\">{''.join(figs)}</div>")
     if report.get("offline_scaling"):
-        sections.append(offline_scaling_html(report["offline_scaling"]))
+        sections.append(offline_scaling_html(report["offline_scaling"], report))
     if report["target_first"]:
         rows = [[html.escape(e["task"]), html.escape(e["module"]), html.escape(e["lang"]),
                  f"({e['source_layer']}, 0)", str(e.get("unseen_instances", "-")), pct(e.get("unseen_vanilla")),
@@ -520,6 +526,7 @@ def render_html(report: dict, figures: dict[str, bytes]) -> str:
                         "answers at j = 0 on the sample split (ties: larger i), applied to the unseen split.</p>"
                         + html_table(["task", "module", "lang", "(i*, 0)", "unseen n", "unseen vanilla",
                                       "unseen applied", "applied - vanilla"], rows))
+    sections.append(leftout.render_html(report))
     if report.get("compared_with"):
         rows = [[html.escape(d["table"]), html.escape(d["lang"]), _delta_cell(d["vanilla_delta"]),
                  _delta_cell(d.get("upper_bound_delta"))] for d in report["deltas"]]

@@ -61,7 +61,8 @@ def list_languages(task: str, split: str, data_root: str | None = None,
                 lines = [k for k, value in enumerate(rows, 1) if value == lang]
                 shown = ", ".join(map(str, lines[:5])) + (", ..." if len(lines) > 5 else "")
                 errors.append(InstanceError(source, lines[0], "lang", f"{lang!r} is not a safe name (letters, "
-                                            f"digits, '.', '_', '-'): {len(lines)} row(s) left out (rows {shown})"))
+                                            f"digits, '.', '_', '-'): {len(lines)} row(s) left out (rows {shown})",
+                                            rows=len(lines)))
         else:
             for lang in bad:
                 errors.append(InstanceError(root, None, "lang", f"{task} {split}: language {lang!r} (from a file "

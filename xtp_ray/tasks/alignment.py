@@ -34,7 +34,7 @@ def drop_misaligned(pairs: list[tuple[int, object, object, str, str]], donor_fil
         if p[1] != p[2]:
             errors.append(InstanceError(recipient_file, p[0], "gold",
                                         f"gold {p[2]!r} differs from the donor's {p[1]!r} in {donor_file}: "
-                                        "not the same instance, pair dropped"))
+                                        "not the same instance, pair dropped", reason="misaligned"))
             continue
         keep.append(k)
     if shifted_from is not None:
@@ -44,5 +44,6 @@ def drop_misaligned(pairs: list[tuple[int, object, object, str, str]], donor_fil
             recipient_file, pairs[shifted_from][0], None,
             f"misaligned with {donor_file} from this line on: gold labels disagree on "
             f"{sum(1 for p in tail if p[1] != p[2])} of the {len(tail)} remaining lines "
-            f"({odd_length} with an unusual length ratio); {len(tail)} pairs dropped"))
+            f"({odd_length} with an unusual length ratio); {len(tail)} pairs dropped", reason="misaligned",
+            rows=len(tail)))
     return keep

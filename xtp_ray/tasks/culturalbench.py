@@ -125,7 +125,8 @@ class CulturalBench(Task):
             if len(members) != ROWS_PER_QUESTION:
                 errors.append(InstanceError(source, members[0]["line"], "question_idx",
                                             f"question {question} has {len(members)} row(s), not "
-                                            f"{ROWS_PER_QUESTION}: left out whole (it is scored as a whole)"))
+                                            f"{ROWS_PER_QUESTION}: left out whole (it is scored as a whole)",
+                                            reason="group_skipped", rows=len(members)))
             else:
                 whole.add(question)
         return [r for r in rows if r["question_idx"] in whole]
@@ -162,7 +163,8 @@ class CulturalBench(Task):
             for question, data_idx in missing.items():
                 errors.append(InstanceError(translated, None, "data_idx", f"no translation of row(s) "
                                             f"{', '.join(data_idx)} of question {question}: the question is left out "
-                                            f"in {lang}"))
+                                            f"in {lang}", reason="group_skipped",
+                                            rows=sum(1 for r in rows if r["question_idx"] == question)))
             rows = [r for r in rows if r["question_idx"] not in missing]
         out = []
         for row in rows:

@@ -48,7 +48,7 @@ class GlobalOpinionQA(Task):
             # counts are no evidence; the files' line counts are: a shifted file pairs nothing.
             errors.append(InstanceError(record_file, None, None, f"left out whole: {translated_file} has "
                                         f"{len(translated)} prompts for its {len(records)} records, so they cannot be "
-                                        "paired line by line"))
+                                        "paired line by line", reason="misaligned", rows=len(records)))
             return []
         out = []
         for line, record in sorted(records.items()):

@@ -41,6 +41,9 @@ class InstanceError:
     field: str | None
     message: str
     note: bool = False  # counted and reported, but no error (a record a task leaves out by its own rule)
+    reason: str = "malformed"  # why, as errors.jsonl names it (`results.leftout.REASONS`)
+    rows: int | None = None  # rows it leaves out where more than its line (a shifted tail, a group); None: its
+    # line's one row, or for a whole file, not counted
 
     def __str__(self) -> str:
         where = self.file + (f":{self.line}" if self.line else "")

@@ -206,7 +206,8 @@ class MKQA(Task):
                                 [], {}, {"template": "en", "answers": golds}))
         if no_answer:
             errors.append(InstanceError(source, None, f"answers.{theirs}", f"{no_answer} record(s) whose gold in "
-                                        f"{lang} is No Answer left out (counted, not an error)", note=True))
+                                        f"{lang} is No Answer left out (counted, not an error)", note=True,
+                                        reason="no_answer", rows=no_answer))
         return out
 
     def score_text(self, instance, text):

@@ -77,7 +77,8 @@ def parallel(files: dict[str, str], first: str, errors: list[InstanceError]) -> 
         by_line[kind] = parsed[uri] = dict(parse_json_lines(uri, text, errors))
     if len(set(counts.values())) > 1:
         errors.append(InstanceError(files[first], None, None, "parallel files differ in length: " + ", ".join(
-            f"{uri} has {n} lines" for uri, n in counts.items()) + "; lines without a partner are left out"))
+            f"{uri} has {n} lines" for uri, n in counts.items()) + "; lines without a partner are left out",
+            reason="misaligned"))
     return by_line
 
 
