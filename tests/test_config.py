@@ -18,7 +18,7 @@ def _write(tmp_path, text):
 
 @pytest.mark.parametrize("text, message", [
     ("tasks: [xnli, nope]", "task 'nope' unknown; tasks: xnli, xcopa"),
-    ("modules: [mlp]", "module 'mlp' unknown; modules: ffn, attn, attn_ref"),
+    ("modules: [mlp]", "module 'mlp' unknown; choose one of ffn, attn, attn_ref"),
     ("batch_size: 0", "batch_size must be positive, got 0"),
     ("min_actors: -1", "min_actors must be positive"),
     ("min_actors: 3\nmax_actors: 2", "max_actors (2) is below min_actors (3)"),
