@@ -105,8 +105,8 @@ class RunConfig(BaseModel):
     tasks: Annotated[list[str], _items(str)] = Field(
         ["xnli", "xcopa"], min_length=1, description=f"comma-separated tasks: {', '.join(TASKS)}, or a lab's own "
         "(tasks/custom.py under data_root)")
-    langs: Annotated[list[SafeName], _items(SafeName)] = Field(["en", "sw", "zh"], min_length=1,
-                                                    description="comma-separated languages, or all")
+    langs: Annotated[list[SafeName], _items(SafeName)] = Field(
+        ["en", "sw", "zh"], min_length=1, description="comma-separated languages, or all")
     splits: Annotated[list[SafeName], _items(SafeName)] = Field(
         ["sample"], min_length=1, description="comma-separated splits: sample, unseen (release files) or the "
         "original ones (dev, test, val, eval; see `xtp tasks`)")
@@ -114,8 +114,8 @@ class RunConfig(BaseModel):
                                                    "for all")
     data_root: Annotated[str | None, Null] = Field(None, description="local dir, s3://..., or hf:PATH (default: the "
                                                    "bundled sample splits)")
-    modules: Annotated[list[Literal[MODULES]], _items(Literal[MODULES])] = Field(["ffn"], min_length=1,
-                                                              description="comma-separated: what a cell transplants")
+    modules: Annotated[list[Literal[MODULES]], _items(Literal[MODULES])] = Field(
+        ["ffn"], min_length=1, description="comma-separated: what a cell transplants")
     cells: str = Field("full", pattern=CELLS, description="full, target-first, coarse (the paper's fixed settings) "
                        "or I:J,I:J,...")
     scoring: Literal[SCORING] = Field("logprobs", description="generate (greedy, max_new_tokens) or logprobs "
