@@ -253,13 +253,11 @@ def test_help_gives_each_run_flag_its_meaning_default_and_choices(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    import dataclasses
-
     from xtp_ray.job.config import RunConfig
 
-    for f in dataclasses.fields(RunConfig):
-        assert f"--{f.name.replace('_', '-')}" in text
-        assert f.metadata["help"].split()[0] in text, f.name
+    for name, info in RunConfig.model_fields.items():
+        assert f"--{name.replace('_', '-')}" in text
+        assert info.description.split()[0] in text, name
     assert "(default: logprobs; choices: generate, logprobs)" in text
     assert "--trust-remote-code, --no-trust-remote-code" in text  # a switch, as in `xtp grid`
 

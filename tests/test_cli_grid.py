@@ -72,4 +72,4 @@ def test_bad_input_names_file_line_and_field(tiny_model_dir, tmp_path, capsys):
 def test_tasks_command_lists_bundled_splits(capsys):
     assert main(["tasks"]) == 0
     out = capsys.readouterr().out
-    assert "xnli             sample  sw            50        0" in out
+    assert "xnli             sample  sw            50      -        0      0" in out  # no groups, none left out

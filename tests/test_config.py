@@ -18,7 +18,7 @@ def _write(tmp_path, text):
 
 @pytest.mark.parametrize("text, message", [
     ("tasks: [xnli, nope]", "task 'nope' unknown; tasks: xnli, xcopa"),
-    ("modules: [mlp]", "module 'mlp' unknown; modules: ffn, attn, attn_ref"),
+    ("modules: [mlp]", "module 'mlp' unknown; choose one of ffn, attn, attn_ref"),
     ("batch_size: 0", "batch_size must be positive, got 0"),
     ("min_actors: -1", "min_actors must be positive"),
     ("min_actors: 3\nmax_actors: 2", "max_actors (2) is below min_actors (3)"),
@@ -153,3 +153,101 @@ def test_remote_code_needs_the_config_to_allow_it(tmp_path, tokenizer):
     with pytest.raises(ValueError, match="trust_remote_code"):
         load_model(str(path))
     assert RunConfig().trust_remote_code is False
+
+
+# Pinned on main before the config became a pydantic model (aceb764): a resume compares the config digest of
+# the committed shards with the run's, and manifest.json records to_json(); neither may change.
+PINNED = {None: ("9eaba05720b7c1a0", "1286a2e67ec745df"),
+          "paper.yaml": ("8a59dee24e4bf886", "c90a80614c72790d"),
+          "llama70b.yaml": ("b360eab0a41dd06c", "cbc27199651cbaa7")}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED, key=str))
+def test_digest_and_json_of_existing_configs_are_unchanged(name):
+    import hashlib
+    from pathlib import Path
+
+    config = RunConfig() if name is None else load_config(path=str(Path(__file__).parents[1] / "jobs" / name))
+    as_json = hashlib.sha256(json.dumps(config.to_json()).encode()).hexdigest()[:16]  # field order and types too
+    assert (config.digest(), as_json) == PINNED[name]
+
+
+def _schema_cli():
+    """`xtp config --schema` in its own process: (exit code, the schema, the heavy modules it imported)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom xtp_ray.cli import main\ncode = main(['config', '--schema'])\n"
+            "print('HEAVY', sorted(m for m in ('torch', 'transformers', 'ray', 'vllm') if m in sys.modules))\n"
+            "sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    schema, _, heavy = done.stdout.rpartition("HEAVY")
+    return done.returncode, json.loads(schema), heavy.strip(), done.stderr
+
+
+def test_every_run_config_in_jobs_follows_the_schema_and_loads():
+    from pathlib import Path
+
+    import jsonschema
+    import yaml
+
+    code, schema, heavy, err = _schema_cli()
+    assert code == 0 and heavy == "[]", (heavy, err)  # editors' schema without the engine
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    run_configs = [p for p in sorted((Path(__file__).parents[1] / "jobs").glob("*.yaml"))
+                   if set(yaml.safe_load(p.read_text())) <= set(RunConfig.model_fields)]
+    assert {p.name for p in run_configs} >= {"paper.yaml", "llama70b.yaml"}
+    for path in run_configs:
+        assert not list(validator.iter_errors(yaml.safe_load(path.read_text()))), path
+        load_config(path=str(path))
+    assert not list(validator.iter_errors(RunConfig().to_json()))
+    # what the loader refuses, an editor flags too
+    for bad in ({"limit": 2.7}, {"limit": True}, {"modules": ["mlp"]}, {"bogus": 1}, {"run_id": "../x"}, {"langs": []},
+                {"engine": "tgi"}, {"batch_size": 0}, {"cells": "full,1"}, {"lease_ttl_s": 0.5}):
+        assert list(validator.iter_errors(bad)), bad
+        with pytest.raises(ConfigError):
+            RunConfig(**bad)
+
+
+def test_an_error_names_the_flag_or_the_file_it_came_from(tmp_path):
+    import argparse
+
+    from xtp_ray.job.config import add_flags
+
+    parser = argparse.ArgumentParser()
+    add_flags(parser)
+    path = _write(tmp_path, "limit: 2.7")
+    with pytest.raises(ConfigError, match=f"^{path}: field 'limit': cannot read 2.7 as an integer$"):
+        load_config(parser.parse_args(["--config", path]))
+    with pytest.raises(ConfigError, match="^--limit: field 'limit': cannot read '2.7' as an integer$"):
+        load_config(parser.parse_args(["--config", path, "--limit", "2.7"]))
+    with pytest.raises(ConfigError, match="^--memory-budget-mb: field 'memory_budget_mb': cannot read 'nan' as a "
+                                          "finite number$"):
+        load_config(parser.parse_args(["--memory-budget-mb", "nan"]))
+    assert load_config(parser.parse_args(["--config", path, "--limit", "3"])).limit == 3  # the flag wins
+
+
+@pytest.mark.parametrize("text, value", [("limit: '3'", 3), ("limit: none", None), ("num_gpus_per_actor: 1", 1.0),
+                                         ("trust_remote_code: yes", True), ("langs: de, fr", ["de", "fr"]),
+                                         ("run_id: 2024", "2024"), ("memory_budget_mb: '1e3'", 1000.0)])
+def test_values_read_as_before(tmp_path, text, value):
+    config = load_config(path=_write(tmp_path, text))
+    got = getattr(config, text.split(":")[0])
+    assert got == value and type(got) is type(value)
+
+
+@pytest.mark.parametrize("text", ["limit: 3.0", "limit: true", "batch_size: '2.5'", "num_cpus_per_actor: true",
+                                  "lease_ttl_s: .nan", "max_prompt_tokens: ''", "langs: [true]", "run_id: false"])
+def test_values_refused_as_before(tmp_path, text):
+    with pytest.raises(ConfigError, match=f"field '{text.split(':')[0]}': cannot read"):
+        load_config(path=_write(tmp_path, text))
+
+
+def test_replace_validates_the_copy():
+    config = RunConfig()
+    assert config.replace(batch_size=2).batch_size == 2 and config.batch_size == 4
+    with pytest.raises(ConfigError, match="batch_size must be positive, got 0"):
+        config.replace(batch_size=0)
+    with pytest.raises(ConfigError, match="the hf engine runs on one GPU per actor"):
+        config.replace(num_gpus_per_actor=2)

@@ -1,4 +1,4 @@
-"""The `xtp` command: grid (direct probing), bench, tasks, run, aggregate, nightly, history."""
+"""The `xtp` command: grid (direct probing), bench, tasks, config, run, aggregate, nightly, history."""
 from __future__ import annotations
 
 import argparse
@@ -92,6 +92,21 @@ def _add_tasks(sub):
     p = sub.add_parser("tasks", help="every task: languages and split sizes in a data location, or where its "
                        "files go and their source")
     p.add_argument("--data-root", help="local dir, s3://..., or hf:PATH (default: bundled samples)")
+
+
+def _add_config(sub):
+    p = sub.add_parser("config", help="the JSON Schema of run configurations (jobs/*.yaml), for editors")
+    p.add_argument("--schema", action="store_true", required=True,
+                   help="print the JSON Schema every `xtp run --config` file follows")
+
+
+def _print_schema() -> int:
+    import json
+
+    from .job.config import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
 
 
 def _add_history(sub):
@@ -233,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_grid(sub)
     _add_bench(sub)
     _add_tasks(sub)
+    _add_config(sub)
     _add_history(sub)
     sub.add_parser("run", help="the distributed job: grid search + aggregation (see `xtp run --help`)",
                    add_help=False)
@@ -259,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
             return _print_history(args)
         if args.command == "tasks":
             return _print_tasks(args.data_root)
+        if args.command == "config":
+            return _print_schema()
         return _bench(args)
     except Exception as exc:  # noqa: BLE001 - the one place errors become one line and an exit code
         from .errors import report

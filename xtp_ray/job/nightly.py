@@ -78,8 +78,7 @@ def _run_models(base, models: list[str], night: str, threshold: float, alpha: fl
     done = Night()
     for model in models:
         name = model_name(model)
-        config = dataclasses.replace(base, model=model, output=storage.join(base.output, name),
-                                     run_id=f"{name}-{night}")
+        config = base.replace(model=model, output=storage.join(base.output, name), run_id=f"{name}-{night}")
         done.runs[name] = storage.join(config.output, config.run_id)
         try:
             run_job(config)

@@ -97,8 +97,6 @@ def _check_cluster(config: RunConfig) -> None:
 
 def run_job(config: RunConfig, ray_address: str | None = None, take_over: bool = False) -> dict:
     """Grid search over every shard not yet committed, holding the run's lease; returns a summary."""
-    import dataclasses
-
     from . import lease
 
     if "://" not in config.output:  # every process must resolve it alike
@@ -106,7 +104,7 @@ def run_job(config: RunConfig, ray_address: str | None = None, take_over: bool =
             raise ValueError(f"output {config.output!r} is relative, and under `ray job submit` the working directory "
                              f"is Ray's temporary copy ({os.getcwd()}), removed with the job's runtime env: give "
                              "--output s3://bucket/prefix or an absolute path on a filesystem every node shares")
-        config = dataclasses.replace(config, output=os.path.abspath(config.output))
+        config = config.replace(output=os.path.abspath(config.output))
     preflight(config)
     check_writable(config)
     with lease.held(run_dir(config), config.lease_ttl_s, take_over) as held:

@@ -10,7 +10,6 @@ config-only directory (tests/data/models, copies of ../shared/models/configs); t
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]  # a checkout: jobs/ and tests/data/ beside xtp_ray/
@@ -39,15 +38,15 @@ def simulate(config_name: str, actors: tuple[int, ...] = ACTORS, data_root: str 
     from ..job.schedule import lower_bound, makespan
 
     config = load_config(path=str(ROOT / "jobs" / config_name))
-    config = dataclasses.replace(config, model=model_dir(config.model), data_root=data_root)
+    config = config.replace(model=model_dir(config.model), data_root=data_root)
     splits = [s for s in config.splits if data_root or s in ("sample", "unseen")]
-    config = dataclasses.replace(config, splits=splits)
+    config = config.replace(splits=splits)
     shape = model_shape(config)
     loaded = load_groups(config)
     rows = []
     for n in actors:
-        today = plan(dataclasses.replace(config, max_actors=n, sharding="size"), shape, loaded)
-        by_cost = plan(dataclasses.replace(config, max_actors=n, sharding="cost"), shape, loaded)
+        today = plan(config.replace(max_actors=n, sharding="size"), shape, loaded)
+        by_cost = plan(config.replace(max_actors=n, sharding="cost"), shape, loaded)
         bound = lower_bound(by_cost.instance_costs, n)
         rows.append({"config": config_name, "actors": n, "instances": len(by_cost.instance_costs),
                      "lower_bound_s": bound,
