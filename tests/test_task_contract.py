@@ -23,14 +23,7 @@ ROOTS = {"the bundled samples": bundled_root(), "../shared/data": str(Path(__fil
 ROOTS["../shared/data"] = next((str(p) for p in (Path(ROOTS["../shared/data"]), Path("/work/shared/data"))
                                 if p.is_dir()), ROOTS["../shared/data"])
 # Found by this contract, left to the task's owner (strict: the test fails once it is fixed, to drop the entry).
-GOQA_RELEASE = ("globalopinionqa's release loader compares the parsed records with the translated prompts, so one bad "
-                "JSON line leaves out the whole language ('left out whole: ... cannot be paired line by line'), where "
-                "the files' line counts match and only that row need go")
-KNOWN_DEFECTS = {
-    ("globalopinionqa", "sample"): GOQA_RELEASE, ("globalopinionqa", "unseen"): GOQA_RELEASE,
-    ("xquad", "test"): "xquad's SQuAD reader refuses the whole file when one qa is malformed (a missing field or a "
-                       "qa that is no object ends the walk), so one bad qa leaves out the whole language",
-}
+KNOWN_DEFECTS: dict[tuple[str, str], str] = {}
 PAIRS = [(task, split) for task in names() for split in get(task).splits()]
 
 

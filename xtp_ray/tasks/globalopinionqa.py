@@ -39,19 +39,25 @@ class GlobalOpinionQA(Task):
         base = self.release_base(root, split)
         record_file = storage.join(base, "split", f"{lang}.json")
         translated_file = storage.join(base, "translated", f"{lang}.json")
-        by_line = readers.parallel({"records": record_file, "translated": translated_file}, "records", errors)
+        lines: dict[str, int] = {}
+        by_line = readers.parallel({"records": record_file, "translated": translated_file}, "records", errors,
+                                   lines)
         if by_line is None:
             return []
         records, translated = by_line["records"], by_line["translated"]
-        if len(translated) != len(records):
+        if lines.get(translated_file, lines[record_file]) != lines[record_file]:
             # Machine translation mangles option lists at times (e.g. "(سعيد"), so option
             # counts are no evidence; the files' line counts are: a shifted file pairs nothing.
+            # (A bad JSON line keeps its place: it is its own row's error, and the rest pairs.)
             errors.append(InstanceError(record_file, None, None, f"left out whole: {translated_file} has "
-                                        f"{len(translated)} prompts for its {len(records)} records, so they cannot be "
-                                        "paired line by line", reason="misaligned", rows=len(records)))
+                                        f"{lines[translated_file]} prompts for its {lines[record_file]} records, so "
+                                        "they cannot be paired line by line", reason="misaligned",
+                                        rows=len(records)))
             return []
         out = []
         for line, record in sorted(records.items()):
+            if line not in translated:  # its translated line is bad JSON, reported as that file's row already
+                continue
             try:
                 if not isinstance(record, dict):
                     raise RowError(None, "expected a JSON object")

@@ -58,11 +58,14 @@ def parse_json_lines(uri: str, text: str, errors: list[InstanceError]) -> list[t
     return out
 
 
-def parallel(files: dict[str, str], first: str, errors: list[InstanceError]) -> dict[str, dict] | None:
+def parallel(files: dict[str, str], first: str, errors: list[InstanceError],
+             counts: dict[str, int] | None = None) -> dict[str, dict] | None:
     """Line -> value of each parallel file; None (one error, naming the file at fault) if one of them
     cannot be read: without it no line of `first` can be paired. Files of different lengths are
-    reported; lines without a partner are left out line by line."""
-    by_line, parsed, counts = {}, {}, {}
+    reported; lines without a partner are left out line by line. `counts`, where given, receives each
+    file's count of non-empty lines (a bad JSON line counts: it still holds its place)."""
+    by_line, parsed = {}, {}
+    counts = {} if counts is None else counts
     for kind, uri in files.items():
         if uri in parsed:  # the donor file is the recipient file where the language is English
             by_line[kind] = parsed[uri]

@@ -71,13 +71,11 @@ class XQuAD(Task):
             return uri, None
         try:
             document = json.loads(text)
-            records = []
+            records = []  # (the qa's ordinal in the file, its record); a bad qa is its own row's error
             for article in document["data"]:
                 for paragraph in article["paragraphs"]:
                     for qa in paragraph["qas"]:
-                        records.append((len(records) + 1, {"id": qa["id"], "context": paragraph["context"],
-                                                           "question": qa["question"],
-                                                           "answers": [a["text"] for a in qa["answers"]]}))
+                        records.append((len(records) + 1, squad_record(paragraph, qa)))
             return uri, records
         except json.JSONDecodeError as exc:
             reason = f"bad JSON ({exc.msg}, line {exc.lineno})"
@@ -88,6 +86,8 @@ class XQuAD(Task):
         return self.malformed(uri, reason, errors)
 
     def build(self, record, lang):
+        if "malformed" in record:
+            raise RowError(record["malformed"][0], record["malformed"][1])
         answers = record.get("answers")
         if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
             raise RowError("answers", "expected a non-empty list of strings")
@@ -102,6 +102,20 @@ class XQuAD(Task):
         answers = instance.extra.get("answers") or [instance.gold]
         em, f1 = squad_em_f1(text, answers)
         return {"correct": any(a.lower() in text.lower() for a in answers), "em": em, "f1": f1}
+
+
+def squad_record(paragraph, qa) -> dict:
+    """One qa of the SQuAD layout as a record; a qa that is not in the layout becomes a record naming its
+    field (`build` refuses it), so one bad qa leaves out its row only."""
+    if not isinstance(qa, dict):
+        return {"malformed": (None, f"a qa is a JSON object in the SQuAD layout, got {qa!r:.60}")}
+    answers = qa.get("answers")
+    if not isinstance(answers, list) or not all(isinstance(a, dict) and isinstance(a.get("text"), str)
+                                                for a in answers):
+        return {"id": qa.get("id"), "malformed": ("answers", "expected a list of objects with a 'text' string")}
+    context = paragraph.get("context") if isinstance(paragraph, dict) else None
+    return {"id": qa.get("id"), "context": context, "question": qa.get("question"),
+            "answers": [a["text"] for a in answers]}
 
 
 TASK = register(XQuAD())
