@@ -109,11 +109,13 @@ def test_a_partial_sum_is_refused():
         check_ranks_agree([digest(part), digest(full - part)])
 
 
-def test_mixtures_of_experts_not_run_on_vllm_are_refused_before_any_work():
+def test_families_not_run_on_vllm_are_refused_before_any_work():
     for name, experts in (("Qwen2MoeForCausalLM", "num_experts"), ("DeepseekV3ForCausalLM", "n_routed_experts"),
                           ("Llama4ForCausalLM", "num_local_experts"), ("OlmoeForCausalLM", "num_experts")):
         with pytest.raises(ValueError, match=f"does not run {name}: .*partial sum"):
             check_model({"architectures": [name], experts: 8}, 1)
+    with pytest.raises(ValueError, match="does not run Olmo2ForCausalLM: vLLM runs it through its Transformers"):
+        check_model({"architectures": ["Olmo2ForCausalLM"]}, 1)
     qwen3_moe = {"architectures": ["Qwen3MoeForCausalLM"], "num_experts": 4, "moe_intermediate_size": 48,
                  "num_attention_heads": 4, "num_key_value_heads": 2}
     check_model(qwen3_moe, 2)

@@ -40,6 +40,10 @@ MOE_RUN = frozenset({"Qwen3MoeForCausalLM", "MixtralForCausalLM", "GptOssForCaus
 NOT_RUN = ("its sparse block has not been run on the vllm engine against the reference (the value a cell "
            "moves must be the block's output after the tensor-parallel reduction, not one rank's partial sum)")
 
+# architectures vLLM has no model class of its own for: it runs them through its Transformers backend
+# (other module names and tensor-parallel layout), which this engine has not been run on
+VIA_TRANSFORMERS_BACKEND = frozenset({"Olmo2ForCausalLM"})
+
 
 def is_moe(config: dict) -> bool:
     return any(config.get(key) for key in MOE_KEYS)
@@ -50,6 +54,9 @@ def check_model(config: dict, tensor_parallel_size: int) -> None:
     engine, a TP size that does not divide the heads or the experts' hidden size."""
     tp = tensor_parallel_size
     names = config.get("architectures") or ["?"]
+    if names[0] in VIA_TRANSFORMERS_BACKEND:
+        raise ValueError(f"the vllm engine does not run {names[0]}: vLLM runs it through its Transformers backend, "
+                         "whose modules this engine has not been run on (use engine: hf)")
     if is_moe(config):
         if names[0] not in MOE_RUN:
             raise ValueError(f"the vllm engine does not run {names[0]}: {NOT_RUN}; it runs the mixtures of experts "
