@@ -26,6 +26,11 @@ FAMILIES = {
     "Qwen3MoeForCausalLM": ("Qwen3MoeConfig", dict(intermediate_size=96, moe_intermediate_size=48,
                                                    num_experts=EXPERTS, num_experts_per_tok=TOP_K,
                                                    norm_topk_prob=True, decoder_sparse_step=1)),
+    # a shared expert beside the routed ones (sigmoid-gated); vLLM takes head size = hidden / heads
+    "Qwen2MoeForCausalLM": ("Qwen2MoeConfig", dict(hidden_size=128, intermediate_size=96, moe_intermediate_size=48,
+                                                   shared_expert_intermediate_size=64, num_experts=EXPERTS,
+                                                   num_experts_per_tok=TOP_K, norm_topk_prob=False,
+                                                   decoder_sparse_step=1, use_sliding_window=False)),
     "MixtralForCausalLM": ("MixtralConfig", dict(intermediate_size=96, num_local_experts=EXPERTS,
                                                  num_experts_per_tok=TOP_K, sliding_window=None)),
     "GptOssForCausalLM": ("GptOssConfig", dict(intermediate_size=128, num_local_experts=EXPERTS,

@@ -36,7 +36,7 @@ MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")
 # Mixtures of experts run on vLLM (CPU build, tensor parallel 1 and 2) equal to the hook-based reference:
 # the hooked sparse block's output is complete there, after the experts' tensor-parallel all-reduce
 # (tests/test_vllm_families.py; README "vLLM engine").
-MOE_RUN = frozenset({"Qwen3MoeForCausalLM", "MixtralForCausalLM", "GptOssForCausalLM"})
+MOE_RUN = frozenset({"Qwen3MoeForCausalLM", "Qwen2MoeForCausalLM", "MixtralForCausalLM", "GptOssForCausalLM"})
 NOT_RUN = ("its sparse block has not been run on the vllm engine against the reference (the value a cell "
            "moves must be the block's output after the tensor-parallel reduction, not one rank's partial sum)")
 
@@ -50,8 +50,8 @@ def is_moe(config: dict) -> bool:
 
 
 def check_model(config: dict, tensor_parallel_size: int) -> None:
-    """Refuse what cannot work, in one line, before vLLM starts: a mixture of experts not run on this
-    engine, a TP size that does not divide the heads or the experts' hidden size."""
+    """Refuse what cannot work, in one line, before vLLM starts: a family not run on this engine, a TP size
+    that does not divide the heads or the experts' intermediate size, or exceeds the experts."""
     tp = tensor_parallel_size
     names = config.get("architectures") or ["?"]
     if names[0] in VIA_TRANSFORMERS_BACKEND:
