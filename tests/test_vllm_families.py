@@ -2,10 +2,11 @@
 and 2, against each other and the hook-based reference, cell for cell.
 
 Families (tests/vllm_families.py: 3 layers, hidden 64, 4 heads over 2 KV heads of size 32, 4 experts
-top 2): Qwen3-MoE (its sparse block `mlp`), Qwen2-MoE (hidden 128; a gated shared expert beside the routed
-ones, reduced together with them), Mixtral (`block_sparse_moe` in vLLM), gpt-oss (attention
-`attn` in vLLM, with attention sinks and a sliding window of 64 on every other layer), Gemma 3 (dense,
-sliding window 64). The 137-token recipient spans the windows.
+top 2): Qwen3-MoE (its sparse block `mlp`), Qwen2-MoE (hidden 128; a gated shared expert beside the
+routed ones, reduced together with them), OLMoE (hidden 128; q/k norms over all heads), Mixtral
+(`block_sparse_moe` in vLLM), gpt-oss (attention `attn` in vLLM, with attention sinks and a sliding
+window of 64 on every other layer), Gemma 3 (dense, sliding window 64). The 137-token recipient spans
+the windows.
 
 What a cell moves is the whole sparse block's output after the experts' tensor-parallel all-reduce: the
 TP 2 grid equals the TP 1 grid and the reference, and each rank captures the same donor values as the
@@ -111,8 +112,7 @@ def test_a_partial_sum_is_refused():
 
 
 def test_families_not_run_on_vllm_are_refused_before_any_work():
-    for name, experts in (("DeepseekV3ForCausalLM", "n_routed_experts"), ("Llama4ForCausalLM", "num_local_experts"),
-                          ("OlmoeForCausalLM", "num_experts")):
+    for name, experts in (("DeepseekV3ForCausalLM", "n_routed_experts"), ("Llama4ForCausalLM", "num_local_experts")):
         with pytest.raises(ValueError, match=f"does not run {name}: .*partial sum"):
             check_model({"architectures": [name], experts: 8}, 1)
     with pytest.raises(ValueError, match="does not run Olmo2ForCausalLM: vLLM runs it through its Transformers"):

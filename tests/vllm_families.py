@@ -31,6 +31,9 @@ FAMILIES = {
                                                    shared_expert_intermediate_size=64, num_experts=EXPERTS,
                                                    num_experts_per_tok=TOP_K, norm_topk_prob=False,
                                                    decoder_sparse_step=1, use_sliding_window=False)),
+    # q/k norms over all heads at once (vLLM gathers the ranks' heads for them); head size = hidden / heads
+    "OlmoeForCausalLM": ("OlmoeConfig", dict(hidden_size=128, intermediate_size=48, num_experts=EXPERTS,
+                                             num_experts_per_tok=TOP_K, norm_topk_prob=False)),
     "MixtralForCausalLM": ("MixtralConfig", dict(intermediate_size=96, num_local_experts=EXPERTS,
                                                  num_experts_per_tok=TOP_K, sliding_window=None)),
     "GptOssForCausalLM": ("GptOssConfig", dict(intermediate_size=128, num_local_experts=EXPERTS,

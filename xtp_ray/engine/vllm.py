@@ -36,7 +36,8 @@ MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")
 # Mixtures of experts run on vLLM (CPU build, tensor parallel 1 and 2) equal to the hook-based reference:
 # the hooked sparse block's output is complete there, after the experts' tensor-parallel all-reduce
 # (tests/test_vllm_families.py; README "vLLM engine").
-MOE_RUN = frozenset({"Qwen3MoeForCausalLM", "Qwen2MoeForCausalLM", "MixtralForCausalLM", "GptOssForCausalLM"})
+MOE_RUN = frozenset({"Qwen3MoeForCausalLM", "Qwen2MoeForCausalLM", "OlmoeForCausalLM", "MixtralForCausalLM",
+                     "GptOssForCausalLM"})
 NOT_RUN = ("its sparse block has not been run on the vllm engine against the reference (the value a cell "
            "moves must be the block's output after the tensor-parallel reduction, not one rank's partial sum)")
 
