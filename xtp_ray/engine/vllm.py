@@ -9,7 +9,14 @@ instance's recipient prefix (whole KV blocks) across its cells; continuous
 batching interleaves them. Option log-probs are the log-probabilities of the
 options' tokens at the patched position (`logprob_token_ids`), as the HF engine
 computes them. With `tensor_parallel_size > 1` vLLM runs tensor parallel over the
-actor's GPUs and every rank applies the same patch.
+actor's GPUs and every rank applies the same patch: the hooked modules' outputs are
+complete on every rank, after the tensor-parallel all-reduce (attention's row-parallel
+o_proj, the MLP's down projection, a sparse block's fused experts, shared expert
+included). The engine checks that at every grid: the ranks' donor values must agree
+(`check_ranks_agree`), as one rank's partial sum would not.
+
+Mixtures of experts run where tests show the vLLM block equal to the reference
+(`MOE_RUN`); the others, and shapes vLLM's CPU build cannot run, are refused at load.
 
 `logits` of a CellResult (keep_logits) are the next-token log-probabilities at the
 patched position (`logprobs=-1`): the HF engine's logits up to a constant per row.
@@ -25,22 +32,87 @@ from .hf import CellResult
 
 WORKER_EXTENSION = "xtp_ray.engine.vllm_worker.TransplantWorker"
 MODULES = ("ffn", "attn")
-MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_intermediate_size")
+MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")
+# Mixtures of experts run on vLLM (CPU build, tensor parallel 1 and 2) equal to the hook-based reference:
+# the hooked sparse block's output is complete there, after the experts' tensor-parallel all-reduce
+# (tests/test_vllm_families.py; README "vLLM engine").
+MOE_RUN = frozenset({"Qwen3MoeForCausalLM", "Qwen2MoeForCausalLM", "OlmoeForCausalLM", "MixtralForCausalLM",
+                     "GptOssForCausalLM"})
+NOT_RUN = ("its sparse block has not been run on the vllm engine against the reference (the value a cell "
+           "moves must be the block's output after the tensor-parallel reduction, not one rank's partial sum)")
+
+# architectures vLLM has no model class of its own for: it runs them through its Transformers backend
+# (other module names and tensor-parallel layout), which this engine has not been run on
+VIA_TRANSFORMERS_BACKEND = frozenset({"Olmo2ForCausalLM"})
+
+
+def is_moe(config: dict) -> bool:
+    return any(config.get(key) for key in MOE_KEYS)
 
 
 def check_model(config: dict, tensor_parallel_size: int) -> None:
-    """Refuse what cannot work before vLLM starts: MoE models, a TP size that does not divide the heads."""
-    if any(config.get(key) for key in MOE_KEYS):
-        raise ValueError(f"the vllm engine supports dense models only; {config.get('architectures')} is a "
-                         "mixture of experts (its MLP output is not one full-size tensor per rank)")
+    """Refuse what cannot work, in one line, before vLLM starts: a family not run on this engine, a TP size
+    that does not divide the heads or the experts' intermediate size, or exceeds the experts."""
+    tp = tensor_parallel_size
+    names = config.get("architectures") or ["?"]
+    if names[0] in VIA_TRANSFORMERS_BACKEND:
+        raise ValueError(f"the vllm engine does not run {names[0]}: vLLM runs it through its Transformers backend, "
+                         "whose modules this engine has not been run on (use engine: hf)")
+    if is_moe(config):
+        if names[0] not in MOE_RUN:
+            raise ValueError(f"the vllm engine does not run {names[0]}: {NOT_RUN}; it runs the mixtures of experts "
+                             f"{', '.join(sorted(MOE_RUN))} (use engine: hf)")
+        experts = next(config[key] for key in MOE_KEYS if config.get(key))
+        if tp > experts:
+            raise ValueError(f"tensor parallel size {tp} exceeds the model's {experts} experts")
+        width = config.get("moe_intermediate_size") or config.get("intermediate_size")
+        if width and width % tp:
+            raise ValueError(f"tensor parallel size {tp} does not divide the experts' intermediate size {width}")
     heads = config.get("num_attention_heads") or config.get("n_head")
     kv_heads = config.get("num_key_value_heads") or heads
-    if heads and heads % tensor_parallel_size:
-        raise ValueError(f"tensor parallel size {tensor_parallel_size} does not divide the model's "
+    if heads and heads % tp:
+        raise ValueError(f"tensor parallel size {tp} does not divide the model's "
                          f"{heads} attention heads")
-    if kv_heads and kv_heads % tensor_parallel_size and tensor_parallel_size % kv_heads:
-        raise ValueError(f"tensor parallel size {tensor_parallel_size} and the model's {kv_heads} KV heads "
+    if kv_heads and kv_heads % tp and tp % kv_heads:
+        raise ValueError(f"tensor parallel size {tp} and the model's {kv_heads} KV heads "
                          "do not divide one another")
+
+
+# vLLM's CPU MoE kernel (CPUUnquantizedExperts) tiles its outputs by 32 and pads an expert's intermediate
+# size per rank up to that, except under gpt-oss's swigluoai activation, which it does not pad
+CPU_MOE_ALIGNMENT = 32
+UNPADDED_ON_CPU = frozenset({"GptOssForCausalLM"})
+
+
+def check_cpu_build(config: dict, tensor_parallel_size: int) -> None:
+    """Refuse, before vLLM starts, a mixture of experts whose shape vLLM's CPU MoE kernel cannot run."""
+    if not is_moe(config):
+        return
+    name, align = (config.get("architectures") or ["?"])[0], CPU_MOE_ALIGNMENT
+    hidden = config.get("hidden_size")
+    if hidden and hidden % align:
+        raise ValueError(f"vLLM's CPU build cannot run {name} with hidden size {hidden}: its MoE kernel needs a "
+                         f"multiple of {align}")
+    width = config.get("moe_intermediate_size") or config.get("intermediate_size")
+    if name in UNPADDED_ON_CPU and width and (width // tensor_parallel_size) % align:
+        raise ValueError(f"vLLM's CPU build cannot run {name} at tensor parallel {tensor_parallel_size}: its MoE "
+                         f"kernel needs the experts' intermediate size per rank ({width} / {tensor_parallel_size}) "
+                         f"to be a multiple of {align} (the swigluoai activation is not padded)")
+
+
+def check_ranks_agree(digests: list[dict[str, list[list[float]]]], tolerance: float = 1e-4) -> None:
+    """Every rank holds the same captured donor values: a module output read below the tensor-parallel
+    all-reduce would hold one rank's partial sum, different on each rank. `digests`: per rank,
+    key -> per layer (sum, sum of squares) of the captured vector."""
+    first = digests[0]
+    for rank, other in enumerate(digests[1:], start=1):
+        for key, layers in first.items():
+            for layer, (a, b) in enumerate(zip(layers, other[key], strict=True)):
+                norm2 = max(a[1], b[1], 1e-12)  # squared L2 norm: the scale of both digests
+                if abs(a[0] - b[0]) > tolerance * math.sqrt(norm2) or abs(a[1] - b[1]) > tolerance * norm2:
+                    raise RuntimeError(f"the donor value of layer {layer} differs between tensor-parallel ranks "
+                                       f"0 and {rank} (sum {a[0]:.6g} vs {b[0]:.6g}): the hooked module's output "
+                                       "is one rank's partial sum, not the reduced output; refusing the grid")
 
 
 class VllmEngine:
@@ -64,9 +136,10 @@ class VllmEngine:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
             memory = {"gpu_memory_utilization": 0.5}
         config_path = os.path.join(model_path, "config.json")
-        if os.path.exists(config_path):
+        local = os.path.exists(config_path)
+        if local:  # refused before vLLM starts
             with open(config_path, encoding="utf-8") as f:
-                check_model(json.load(f), tensor_parallel_size)
+                self._check(json.load(f), tensor_parallel_size)
         from vllm import LLM
 
         from .models import DTYPES
@@ -84,12 +157,30 @@ class VllmEngine:
                        enforce_eager=True,  # compiled graphs bypass forward hooks
                        enable_prefix_caching=True, block_size=32,  # CPU attention: multiples of 32
                        max_logprobs=-1, worker_extension_cls=WORKER_EXTENSION, **memory, **kwargs)
+        self.tensor_parallel_size = tensor_parallel_size
+        if not local:  # a hub id: its config is known now, still before any work
+            try:
+                self._check(self.llm.llm_engine.model_config.hf_config.to_dict(), tensor_parallel_size)
+            except ValueError:
+                self.close()
+                raise
         self.tokenizer = self.llm.get_tokenizer()
         self.model_config = self.llm.llm_engine.model_config
         self.num_layers = self.model_config.hf_config.num_hidden_layers
         self.context_length = self.model_config.max_model_len
         self.module = None
         self.last_cached_tokens: list[list[int]] = []  # per instance, per cell: prefix-cache hits
+
+    @staticmethod
+    def _check(config: dict, tensor_parallel_size: int) -> None:
+        import torch
+
+        from .architectures import lookup
+
+        lookup(config)  # the worker hooks the modules the registry names
+        check_model(config, tensor_parallel_size)
+        if not torch.cuda.is_available():
+            check_cpu_build(config, tensor_parallel_size)
 
     def close(self) -> None:
         """Stop vLLM's engine core (and its rank processes at tensor parallel > 1) now, not at exit."""
@@ -101,6 +192,11 @@ class VllmEngine:
 
     def fetch_donors(self, keys: list[str]) -> dict[str, list[list[float]]]:
         return self.llm.collective_rpc("xtp_fetch", args=(keys,))[0]
+
+    def check_donors(self, keys: list[str]) -> None:
+        """At tensor parallel > 1: refuse unless every rank captured the same (reduced) donor values."""
+        if self.tensor_parallel_size > 1:
+            check_ranks_agree(self.llm.collective_rpc("xtp_digest", args=(keys,)))
 
     def _generate(self, prompts: list[str], params: list) -> list:
         return self.llm.generate(prompts, params, use_tqdm=False)
@@ -127,6 +223,7 @@ class VllmEngine:
         self.llm.collective_rpc("xtp_install", args=(module,))
         try:
             self.capture(donors, keys)
+            self.check_donors(keys)
             prompts, params = [], []
             for b, recipient in enumerate(recipients):
                 wanted = sorted({t for ids in option_token_ids[b] for t in ids}) if option_token_ids else None

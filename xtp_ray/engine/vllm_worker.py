@@ -2,8 +2,9 @@
 
 vLLM mixes this class into its GPU/CPU worker; `LLM.collective_rpc` calls its
 methods on every worker (every tensor-parallel rank). `xtp_install` registers
-forward hooks on every decoder layer's MLP (ffn) or self-attention (attn) module;
-the hooks only act on requests whose `SamplingParams.extra_args["xtp"]` asks:
+forward hooks on every decoder layer's MLP or sparse MoE block (ffn) or self-attention
+(attn) module; the hooks only act on requests whose `SamplingParams.extra_args["xtp"]`
+asks:
 
 - `{"capture": KEY}`: record the module output at the request's last prompt token
   on every layer (a donor pass); `xtp_fetch` returns them;
@@ -15,21 +16,33 @@ tokens this step are rows [qsl[k], qsl[k+1]) at positions c .. c + n - 1, c bein
 its computed tokens. Its last prompt token (position P - 1) is in this step when
 c <= P - 1 < c + n, at row qsl[k] + (P - 1 - c). That covers prefix-cache hits,
 chunked prefill and a re-prefill after preemption, and never fires on a decode step
-(c >= P there). Dense models' MLP / attention outputs are all-reduced and
-full-size on every rank, so every rank applies the same patch.
+(c >= P there). The hooked modules are the registry's, under vLLM's names
+(`Architecture.in_vllm()`). Their outputs are all-reduced and full-size on every
+rank (a mixture of experts' sparse block reduces inside its fused experts), so every
+rank applies the same patch; `xtp_digest` lets the engine check that the ranks agree.
 
 Hooks need an eager model (`enforce_eager=True`: compiled graphs bypass them) and
 the V1 model runner with a persistent `input_batch` (`VLLM_USE_V2_MODEL_RUNNER=0`).
 """
 from __future__ import annotations
 
+from .architectures import lookup
 
-def _module_of(layer, module: str):
-    if module == "ffn":
-        return layer.mlp
-    if module == "attn":
-        return layer.self_attn
-    raise ValueError(f"the vllm engine supports modules ffn and attn, not {module!r}")
+
+def _resolve(obj, dotted: str):
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def hooked_modules(model, hf_config, module: str) -> list:
+    """Per decoder layer, the module whose output a cell replaces, under vLLM's names for the model's
+    architecture (the registry's `Architecture.in_vllm()`: gpt-oss's attention is `attn`, Mixtral's
+    sparse block `block_sparse_moe`)."""
+    if module not in ("ffn", "attn"):
+        raise ValueError(f"the vllm engine supports modules ffn and attn, not {module!r}")
+    names = lookup(hf_config).in_vllm()
+    return [getattr(layer, names.ffn if module == "ffn" else names.attn) for layer in _resolve(model, names.layers)]
 
 
 class TransplantWorker:
@@ -39,14 +52,13 @@ class TransplantWorker:
         """Hooks on every decoder layer's `module`; returns how many are installed."""
         self.xtp_remove()
         runner = self.model_runner
-        layers = runner.model.model.layers
+        modules = hooked_modules(runner.model, runner.model_config.hf_config, module)
         self.xtp_captured = getattr(self, "xtp_captured", {})
         self.xtp_step_rows = []
         # which rows to act on is worked out once per forward, not once per layer
         self.xtp_handles = [runner.model.register_forward_pre_hook(self._xtp_plan_step)]
-        for index, layer in enumerate(layers):
-            hook = self._xtp_hook(index)
-            self.xtp_handles.append(_module_of(layer, module).register_forward_hook(hook))
+        for index, target in enumerate(modules):
+            self.xtp_handles.append(target.register_forward_hook(self._xtp_hook(index)))
         return len(self.xtp_handles) - 1  # the layer hooks
 
     def xtp_remove(self) -> int:
@@ -65,6 +77,15 @@ class TransplantWorker:
         captured = getattr(self, "xtp_captured", {})
         return {key: [captured[key][layer].tolist() for layer in sorted(captured[key])] for key in keys
                 if key in captured}
+
+    def xtp_digest(self, keys: list[str]) -> dict[str, list[list[float]]]:
+        """Per captured donor and layer, (sum, sum of squares) in float64: enough to tell ranks apart."""
+        captured = getattr(self, "xtp_captured", {})
+        digests = {}
+        for key in keys:
+            values = [captured[key][layer].double() for layer in sorted(captured.get(key, {}))]
+            digests[key] = [[float(v.sum()), float((v * v).sum())] for v in values]
+        return digests
 
     def xtp_forget(self, keys: list[str]) -> None:
         captured = getattr(self, "xtp_captured", {})
