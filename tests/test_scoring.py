@@ -3,8 +3,15 @@ import math
 
 import pytest
 
-from xtp_ray.metrics import (get_metric, js_similarity, last_number, match_letter, metric_names, register_metric,
-                             squad_em_f1)
+from xtp_ray.metrics import (
+    get_metric,
+    js_similarity,
+    last_number,
+    match_letter,
+    metric_names,
+    register_metric,
+    squad_em_f1,
+)
 from xtp_ray.scoring import option_token_ids
 from xtp_ray.tasks import get, load_instances
 
@@ -140,7 +147,8 @@ def test_metrics_by_name():
 def test_a_metric_scores_any_instance_like_object():
     """Metrics read fields, not the tasks' Instance type: they import nothing from the tasks."""
     from types import SimpleNamespace
-    target = SimpleNamespace(lang="de", gold="B", options=["A", "B"], label_words={}, extra={"distribution": [0.2, 0.8]})
+    target = SimpleNamespace(lang="de", gold="B", options=["A", "B"], label_words={},
+                             extra={"distribution": [0.2, 0.8]})
     result = get_metric("distribution").score(target, None, [math.log(0.2), math.log(0.8)])
     assert result["correct"] and result["prediction"] == "B" and result["js_similarity"] == pytest.approx(1.0)
     assert get_metric("letter").score(target, " (b)") == {"correct": True, "score": 1.0}

@@ -29,8 +29,9 @@ import math
 import re
 import string
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 # ------------------------------------------------------------------ options named in text
 
@@ -307,11 +308,9 @@ def _letter(target: Target, text: str) -> dict:
     return {"correct": match_letter(text, target.gold)}
 
 
-@register_metric("distribution", names=("js_similarity",), options=_distribution_similarity)
-def _distribution(target: Target, text: str) -> dict:
-    """GlobalOpinionQA: `match_letter`; from the option log-probs also the JS similarity to
-    `extra["distribution"]`."""
-    return {"correct": match_letter(text, target.gold)}
+# GlobalOpinionQA: the letter as `letter` scores it; from the option log-probs also the JS similarity of the
+# option probabilities to the instance's `extra["distribution"]`
+register_metric("distribution", names=("js_similarity",), options=_distribution_similarity)(_letter)
 
 
 @register_metric("true_false")
