@@ -11,8 +11,7 @@ from xtp_ray.results.aggregation import aggregate_merged
 from xtp_ray.results.partials import Merged, shard_partials
 from xtp_ray.results.rows import aggregate_frame
 from xtp_ray.results.synthetic import synthetic_shard
-from xtp_ray.scoring import score
-from xtp_ray.tasks import list_languages, load_instances
+from xtp_ray.tasks import get, list_languages, load_instances
 
 FIELDS = ["data_idx", "question_idx", "prompt_question", "prompt_option", "answer", "country"]
 
@@ -62,8 +61,9 @@ def test_rows_in_the_datasets_format_with_translations(tmp_path, fmt):
     de, errors = load_instances("culturalbench", "de", "test", root)
     assert errors == [] and de[5].donor.startswith("[de] Frage") and de[5].recipient == en[5].recipient
     assert de[5].direction == "de->en" and de[5].lang == "de"
-    assert score(first, " True, because ...")["correct"] and not score(first, " False")["correct"]
-    assert score(first, None, [-0.2, -1.5])["correct"]
+    task = get(first.task)
+    assert task.score(first, " True, because ...")["correct"] and not task.score(first, " False")["correct"]
+    assert task.score(first, None, [-0.2, -1.5])["correct"]
 
 
 def test_bad_rows_a_short_question_and_a_missing_translation_get_one_line_each(tmp_path):

@@ -5,8 +5,7 @@ import json
 import pytest
 
 from xtp_ray.cli import main
-from xtp_ray.scoring import score
-from xtp_ray.tasks import load_instances
+from xtp_ray.tasks import get, load_instances
 
 TASK_YAML = """name: mybench
 family: understanding
@@ -47,8 +46,9 @@ def test_an_own_task_is_listed_loaded_and_scored(tmp_path, capsys):
     assert first.direction == "en->sw" and first.options == ["1", "2"]
     assert first.recipient == "Question: Je, barafu ni baridi? (1) ndiyo (2) hapana\nAnswer:"
     assert first.donor.startswith("Question: Is ice cold?")
-    assert score(first, " (1)")["correct"] and not score(first, " (1) or (2)")["correct"]
-    assert score(first, None, [-0.1, -2.0])["correct"]
+    task = get(first.task)
+    assert task.score(first, " (1)")["correct"] and not task.score(first, " (1) or (2)")["correct"]
+    assert task.score(first, None, [-0.1, -2.0])["correct"]
 
 
 def test_bad_lines_are_reported_one_by_one_and_the_rest_goes_on(tmp_path):
@@ -84,13 +84,18 @@ def test_every_metric_scores_as_its_built_in_model(tmp_path, metric, line, answe
     root = write_own_task(tmp_path / "data", {"de": [row]}, spec=spec)
     [instance], errors = load_instances("mybench", "de", "test", str(root))
     assert errors == []
-    result = score(instance, answer)
+    result = get(instance.task).score(instance, answer)
     assert result["correct"] is correct
+    built_in = {"contains": "xquad", "number": "mgsm", "distribution": "globalopinionqa"}[metric]
+    own = get(instance.task)  # the built-in task's metric, per-row metrics and open answers; its family's setting
+    assert (own.metric, own.metrics, own.open_answer) == (get(built_in).metric, get(built_in).metrics,
+                                                          get(built_in).open_answer)
+    assert own.coarse == get("xnli").coarse  # TASK_YAML's family: understanding
     if metric == "contains":
         assert set(result) >= {"em", "f1"}
     if metric == "distribution":
         assert instance.options == ["A", "B", "C"] and instance.gold == "B"
-        assert 0 < score(instance, None, [-1.0, -0.2, -3.0])["js_similarity"] <= 1
+        assert 0 < get(instance.task).score(instance, None, [-1.0, -0.2, -3.0])["js_similarity"] <= 1
 
 
 @pytest.mark.parametrize("spec, message", [

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from xtp_ray.scoring import score
+from xtp_ray.metrics import mkqa_em_f1 as em_f1
+from xtp_ray.metrics import mkqa_normalize as normalize
 from xtp_ray.tasks import get, list_languages, load_instances
-from xtp_ray.tasks.mkqa import em_f1, normalize
 
 SAMPLE = Path(__file__).parent / "data" / "mkqa" / "mkqa_sample6.jsonl.gz"
 
@@ -111,8 +111,9 @@ def test_correct_is_a_normalised_gold_in_the_first_line(tmp_path):
                              "answers": {"de": [{"type": "entity", "text": "William Shakespeare",
                                                  "aliases": ["Shakespeare"]}]}}])
     [inst] = load_instances("mkqa", "de", "train", root)[0]
-    assert score(inst, " Das war shakespeare.")["correct"]  # case and punctuation as MKQA normalises them
-    assert not score(inst, " Goethe\nShakespeare")["correct"]  # only the first line counts
-    result = score(inst, " Shakespeare")
+    task = get(inst.task)
+    assert task.score(inst, " Das war shakespeare.")["correct"]  # case and punctuation as MKQA normalises them
+    assert not task.score(inst, " Goethe\nShakespeare")["correct"]  # only the first line counts
+    result = task.score(inst, " Shakespeare")
     assert (result["em"], result["f1"]) == (1.0, 1.0) and result["score"] == 1.0
     assert normalize("Der Shakespeare!", "de") == "shakespeare"

@@ -1,8 +1,24 @@
-"""Scores of hand-checked predictions on real instances."""
+"""Scores of hand-checked predictions on real instances; the metrics by name."""
+import math
+
 import pytest
 
-from xtp_ray.scoring import js_similarity, last_number, match_letter, option_token_ids, score, squad_em_f1
-from xtp_ray.tasks import load_instances
+from xtp_ray.metrics import (
+    get_metric,
+    js_similarity,
+    last_number,
+    match_letter,
+    metric_names,
+    register_metric,
+    squad_em_f1,
+)
+from xtp_ray.scoring import option_token_ids
+from xtp_ray.tasks import get, load_instances
+
+
+def score(instance, text=None, option_logprobs=None):
+    """The instance's task scores the answer (as the actor asks it)."""
+    return get(instance.task).score(instance, text, option_logprobs)
 
 
 def _first(task, lang):
@@ -57,7 +73,6 @@ def test_goqa_scores_as_the_release_does():
 
 def test_goqa_distribution_similarity():
     goqa = _first("globalopinionqa", "de")  # country distribution [0.16, 0.84]
-    import math
     exact = score(goqa, option_logprobs=[math.log(0.16161616161616163), math.log(0.8383838383838383)])
     assert exact["correct"] and exact["js_similarity"] == pytest.approx(1.0, abs=1e-6)
     opposite = score(goqa, option_logprobs=[0.0, -50.0])
@@ -97,3 +112,44 @@ def test_option_token_ids_leave_out_shared_first_tokens(tokenizer):
     assert all(ids) and not set(ids[0]) & set(ids[1])
     paren = tokenizer("(", add_special_tokens=False).input_ids[0]
     assert all(paren not in group for group in ids)
+
+
+# what each task was scored by, with its per-row metrics, open answers and coarse setting, before the metrics floor
+TASK_METRICS = {
+    "xnli": ("choice", (), False, ("attn", ("last", 0))),
+    "xcopa": ("choice", (), False, ("attn", ("last", 0))),
+    "xquad": ("contains", ("em", "f1"), True, ("ffn", (0, 0))),
+    "globalopinionqa": ("distribution", ("js_similarity",), False, ("ffn", (0, 0))),
+    "mgsm": ("number", (), True, ("ffn", (0, 0))),
+    "mkqa": ("mkqa", ("em", "f1"), True, ("ffn", (0, 0))),
+    "culturalbench": ("true_false", (), False, ("ffn", (0, 0))),
+}
+
+
+def test_every_task_names_a_registered_metric():
+    from xtp_ray.tasks import TASKS
+    assert set(TASKS) == set(TASK_METRICS)
+    for name, (metric, names, open_answer, coarse) in TASK_METRICS.items():
+        task = get(name)
+        assert (task.metric, task.metrics, task.open_answer, task.coarse) == (metric, names, open_answer, coarse), name
+        assert get_metric(task.metric).name == metric
+
+
+def test_metrics_by_name():
+    assert {"choice", "letter", "contains", "number", "distribution", "mkqa", "true_false"} <= set(metric_names())
+    with pytest.raises(ValueError, match="unknown metric 'bleu'; metrics: choice, "):
+        get_metric("bleu")
+    with pytest.raises(ValueError, match="registered twice"):
+        register_metric("choice")(lambda target, text: {"correct": False})
+    assert get_metric("choice").text is not None and get_metric("letter").options is None
+
+
+def test_a_metric_scores_any_instance_like_object():
+    """Metrics read fields, not the tasks' Instance type: they import nothing from the tasks."""
+    from types import SimpleNamespace
+    target = SimpleNamespace(lang="de", gold="B", options=["A", "B"], label_words={},
+                             extra={"distribution": [0.2, 0.8]})
+    result = get_metric("distribution").score(target, None, [math.log(0.2), math.log(0.8)])
+    assert result["correct"] and result["prediction"] == "B" and result["js_similarity"] == pytest.approx(1.0)
+    assert get_metric("letter").score(target, " (b)") == {"correct": True, "score": 1.0}
+    assert get_metric("choice").score(target, "(A) (B)") == {"correct": False, "score": 0.0}

@@ -13,7 +13,8 @@ from .. import __version__, storage
 from ..candidates import CANDIDATE_SCHEMA
 from ..cells import parse_cells
 from ..results import leftout
-from ..tasks import Instance
+from ..scoring import option_token_ids
+from ..tasks import Instance, get
 from .config import TINY_PREFIX, TINY_RUN_SHAPE, RunConfig, coarse_setting, tensor_parallel_size, tiny_spec
 from .shards import write_shard
 
@@ -143,8 +144,6 @@ class GridSearch:
         return [(module, parse_cells(self.config.cells, self.num_layers)) for module in self.config.modules]
 
     def run_shard(self, instances: list[Instance]) -> tuple[pa.Table, list[dict], int]:
-        from ..scoring import option_token_ids, score
-
         kept, skipped = [], []
         for inst in instances:
             too_long = self._too_long(inst)
@@ -176,7 +175,7 @@ class GridSearch:
                 for inst, cell_results in zip(batch, results):
                     for result in cell_results:
                         cells_run += 1
-                        rows.append(self._row(inst, module, result, score))
+                        rows.append(self._row(inst, module, result))
         return pa.Table.from_pylist(rows, schema=CANDIDATE_SCHEMA), skipped, cells_run
 
     def _too_long(self, inst: Instance) -> dict | None:
@@ -193,9 +192,9 @@ class GridSearch:
                                       limit=self.max_tokens)
         return None
 
-    def _row(self, inst: Instance, module: str, result, score) -> dict:
+    def _row(self, inst: Instance, module: str, result) -> dict:
         text = self.tokenizer.decode(result.token_ids, skip_special_tokens=True) if result.token_ids else None
-        scored = score(inst, text, result.option_logprobs)
+        scored = get(inst.task).score(inst, text, result.option_logprobs)
         metrics = {k: v for k, v in scored.items() if k not in ("correct", "score", "prediction")}
         return {"run_id": self.config.run_id, "model": self.config.model, "model_revision": self.revision,
                 "dtype": self.config.dtype, "task": inst.task, "split": inst.split, "lang": inst.lang,

@@ -257,7 +257,7 @@ def render_html(report: dict) -> str:
     """The "Left out" section as HTML ("" where nothing was)."""
     import html
 
-    from .report import html_table
+    from .markup import html_table
 
     part = report.get("left_out")
     if not part or not part["by_lang"]:

@@ -21,6 +21,7 @@ import re
 
 from ..names import is_name
 from . import leftout
+from .markup import html_table
 from .scaling import single_cell
 
 PAGE_STYLE = """
@@ -429,15 +430,6 @@ def render_markdown(report: dict) -> str:
 
 def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-def html_table(header: list[str], rows: list[list[str]], summary_rows: int = 0) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = []
-    for k, row in enumerate(rows):
-        css = ' class="summary"' if k >= len(rows) - summary_rows else ""
-        body.append(f"<tr{css}>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>")
-    return f"<div class=\"scroll\"><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
 
 
 def html_figure(png: bytes, caption: str) -> str:

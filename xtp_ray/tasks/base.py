@@ -1,5 +1,6 @@
 """What a benchmark is to xtp-ray: a `Task` owns its splits and formats, its direction, templates,
-family and coarse setting, and its scoring. Each benchmark is one module that registers one Task.
+family (the coarse setting comes with it, `FAMILIES`), and the metric it is scored by (`metrics.py`, by
+name). Each benchmark is one module that registers one Task.
 
 Sources, chosen by the split name:
 - `sample` / `unseen`: the paper's release files (`xtransplant_release/`), instance for
@@ -13,28 +14,45 @@ where reachable.
 from __future__ import annotations
 
 from .. import storage
+from ..metrics import get_metric
 from . import readers
 from .alignment import drop_misaligned
 from .instance import Instance, InstanceError, RowError
 
 RELEASE_SPLITS = ("sample", "unseen")
 RELEASE_SOURCE = "YYF-Tommy/XTransplant"  # the paper's release (its data/ folder): the sample and unseen splits
+# The paper's coarse setting per family: (module, (source layer, target layer)); "last" = L - 1. Every task of
+# a family, built-in or own, runs its family's.
+FAMILIES = {"understanding": ("attn", ("last", 0)), "generation": ("ffn", (0, 0)), "culture": ("ffn", (0, 0))}
 
 
 class Task:
     name: str = ""
     source: str = ""  # the dataset its original splits come from (its hub name, e.g. apple/mkqa)
     files: str = ""  # where the original splits' files go under a data root ({split}: the split's name)
-    family: str = ""  # understanding | generation | culture: the paper's coarse settings and task types
+    family: str = ""  # understanding | generation | culture (`FAMILIES`): the paper's coarse settings and task types
+    metric: str = ""  # the metric it is scored by (`metrics.get_metric`)
     donor_is_english: bool = True  # En -> non-En (the recipient in `lang` is scored); False: non-En -> En
     release_dir: str | None = None  # its directory in xtransplant_release/, where the release has it
     original_splits: tuple[str, ...] = ()
     template: str | None = None  # the English template of the original format
-    coarse: tuple[str, tuple] = ("ffn", (0, 0))  # (module, (source, target)) the paper fixes; "last" = L - 1
     offline_scaling: str | None = None  # "ID" or "OOD": its place in the paper's offline scaling table
-    metrics: tuple[str, ...] = ()  # per-row metrics beside `correct` (in the tables, report and results.json)
-    open_answer: bool = False  # no options: scored from generated text only
     align_by_gold: bool = True  # parallel original files are checked for drift by their gold labels
+
+    @property
+    def coarse(self) -> tuple[str, tuple]:
+        """(module, (source, target)) the paper fixes for its family; "last" = L - 1."""
+        return FAMILIES[self.family]
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """Per-row metrics beside `correct` (in the tables, report and results.json): its metric's."""
+        return get_metric(self.metric).names
+
+    @property
+    def open_answer(self) -> bool:
+        """No options: scored from generated text only (its metric's kind)."""
+        return get_metric(self.metric).open_answer
 
     def splits(self) -> tuple[str, ...]:
         return (RELEASE_SPLITS if self.release_dir else ()) + self.original_splits
@@ -168,23 +186,8 @@ class Task:
     # ------------------------------------------------------------ scoring
 
     def score(self, instance: Instance, text: str | None = None, option_logprobs: list[float] | None = None) -> dict:
-        """{"correct": bool, "score": float, ...metrics} for one answer: the generated text, or without
-        text the argmax of the option log-probs (option tasks only)."""
-        if text is None:
-            if not instance.options or option_logprobs is None:
-                raise ValueError(f"{self.name} needs generated text: it has no options to score by log-probs")
-            best = max(range(len(instance.options)), key=option_logprobs.__getitem__)
-            result = {"correct": instance.options[best] == instance.gold, "prediction": instance.options[best]}
-        else:
-            result = self.score_text(instance, text)
-        result.update(self.option_metrics(instance, option_logprobs) if option_logprobs is not None else {})
-        result["score"] = float(result["correct"])
-        return result
-
-    def score_text(self, instance: Instance, text: str) -> dict:
-        raise NotImplementedError
-
-    def option_metrics(self, instance: Instance, option_logprobs: list[float]) -> dict:
-        """Metrics of the option log-probs beside the answer (none by default)."""
-        return {}
-
+        """{"correct": bool, ...metrics, "score": float} for one answer, by its metric: the generated text,
+        or without text the argmax of the option log-probs (option tasks only)."""
+        if text is None and (not instance.options or option_logprobs is None):
+            raise ValueError(f"{self.name} needs generated text: it has no options to score by log-probs")
+        return get_metric(self.metric).score(instance, text, option_logprobs)

@@ -11,7 +11,7 @@ Translations (the release's are unpublished; you supply them): `<root>/culturalb
 
 Prompt: `Question: {prompt_question}\\nAnswer: {prompt_option}\\nIs this answer true or false for this
 question? You must choose either True or False.` Options True and False, scored from their log-probs
-or from the first generated word.
+or from the first generated word (the metric `true_false`).
 
 Groups: the benchmark counts a question right only when all four of its rows are right, so each
 instance carries its question (`extra["group"]`) and everything downstream counts questions
@@ -57,10 +57,10 @@ class CulturalBench(Task):
     source = "kellycyy/CulturalBench"
     files = "culturalbench/CulturalBench-Hard.csv (.json, .jsonl), translations: culturalbench/translated/<lang>.jsonl"
     family = "culture"
+    metric = "true_false"
     donor_is_english = False
     original_splits = ("test",)
     template = TEMPLATE
-    coarse = ("ffn", (0, 0))
     offline_scaling = "OOD"  # its data in the paper's offline scaling table (release Asset/settings.png)
 
     def _source(self, root: str, split: str, errors) -> tuple[str, list[tuple[int, object]] | None]:
@@ -174,11 +174,6 @@ class CulturalBench(Task):
                                 f"{lang}->en", donor, recipient, row["answer"], list(OPTIONS), {},
                                 {"template": "en", "group": row["question_idx"], "country": row["country"]}))
         return out
-
-    def score_text(self, instance, text):
-        words = text.strip().split()
-        first = words[0].strip(".,:;!?()[]\"'").lower() if words else ""
-        return {"correct": first == instance.gold.lower()}
 
 
 TASK = register(CulturalBench())

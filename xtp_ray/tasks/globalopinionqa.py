@@ -3,15 +3,14 @@
 Splits: the release's `sample`/`unseen` (`split/<lang>.json` English records {input_text, label:
 [probs], country}, `translated/<lang>.json` the same prompts in the country's language: the donor)
 and the original `eval` (`globalopinionqa/eval.json`, English only). Scoring: the gold letter named
-on the upper-cased text and no other capital letter (`scoring.match_letter`); from option log-probs
-also 1 - Jensen-Shannon distance to the country's distribution.
+on the upper-cased text and no other capital letter (`metrics.match_letter`); from option log-probs
+also 1 - Jensen-Shannon distance to the country's distribution (the metric `distribution`).
 """
 from __future__ import annotations
 
 import json
 
 from .. import storage
-from ..scoring import js_similarity, match_letter, option_probabilities
 from . import readers
 from .base import Task
 from .instance import Instance, InstanceError, RowError
@@ -27,13 +26,12 @@ class GlobalOpinionQA(Task):
     source = "Anthropic/llm_global_opinions"
     files = "globalopinionqa/{split}.json"
     family = "culture"
+    metric = "distribution"
     donor_is_english = False
     release_dir = "GlobalOpinionQA"
     original_splits = ("eval",)
     template = TEMPLATE
-    coarse = ("ffn", (0, 0))
     offline_scaling = "ID"  # its data in the paper's offline scaling table (release Asset/settings.png)
-    metrics = ("js_similarity",)
 
     def load_release(self, root, split, lang, errors):
         base = self.release_base(root, split)
@@ -118,13 +116,6 @@ class GlobalOpinionQA(Task):
                                  question=readers.need_str(record.get("question"), "question"), options=listed)
         gold = letters[max(range(len(distribution)), key=distribution.__getitem__)]
         return prompt, gold, letters, {"country": record["country"], "distribution": distribution}
-
-    def score_text(self, instance, text):
-        return {"correct": match_letter(text, instance.gold)}
-
-    def option_metrics(self, instance, option_logprobs):
-        return {"js_similarity": js_similarity(option_probabilities(option_logprobs),
-                                               instance.extra["distribution"])}
 
 
 TASK = register(GlobalOpinionQA())

@@ -1,12 +1,11 @@
 """MGSM (CC BY 4.0; beyond the paper): grade-school maths, question -> final number, En -> non-En.
 
 Split: the original `test` (`mgsm/mgsm_<lang>.tsv`: question, answer). Scoring: the last number in
-the text equals the answer.
+the text equals the answer (the metric `number`).
 """
 from __future__ import annotations
 
 from .. import storage
-from ..scoring import last_number
 from . import readers
 from .base import Task
 from .instance import RowError
@@ -20,10 +19,9 @@ class MGSM(Task):
     source = "juletxara/mgsm"
     files = "mgsm/mgsm_<lang>.tsv"
     family = "generation"
+    metric = "number"
     original_splits = ("test",)
     template = TEMPLATE
-    coarse = ("ffn", (0, 0))
-    open_answer = True
 
     def original_languages(self, split, root):
         return readers.languages_in(storage.join(root, "mgsm"), "mgsm_", ".tsv")
@@ -38,10 +36,6 @@ class MGSM(Task):
         except ValueError:
             raise RowError("answer", f"{answer!r} is not a number") from None
         return TEMPLATE.format(question=readers.need_str(record.get("question"), "question")), answer, [], {}
-
-    def score_text(self, instance, text):
-        predicted = last_number(text)
-        return {"correct": predicted is not None and abs(predicted - float(instance.gold.replace(",", ""))) < 1e-6}
 
 
 TASK = register(MGSM())

@@ -12,18 +12,17 @@ A record whose gold in `lang` is No Answer (unanswerable, or long_answer without
 is left out and counted in the load report, as a note, not an error.
 
 Correct (grid, upper bound): a gold string (text or alias) contained in the answer's first line,
-both normalised as MKQA's evaluation normalises (`normalize`). Also MKQA's official exact match
-and F1 (`em_f1`, as apple/ml-mkqa's `mkqa_eval.py` computes them, no No Answer threshold).
+both normalised as MKQA's evaluation normalises (`metrics.mkqa_normalize`). Also MKQA's official exact
+match and F1 (`metrics.mkqa_em_f1`, as apple/ml-mkqa's `mkqa_eval.py` computes them, no No Answer
+threshold). The metric `mkqa` puts them together.
 """
 from __future__ import annotations
 
 import functools
 import gzip
-import re
-import string
-from collections import Counter
 
 from .. import storage
+from ..metrics import MKQA_LANG, mkqa_lang
 from . import readers
 from .base import Task
 from .instance import Instance, InstanceError, RowError
@@ -31,68 +30,7 @@ from .registry import register
 
 TEMPLATE = ("Human: Please answer these questions only based on the given context.\n\n"
             "Question: {question}\n\nAssistant: My answer would be:")
-DATASET_LANG = {"zh": "zh_cn"}  # our language name -> MKQA's
 NO_ANSWER_TYPES = ("unanswerable", "long_answer")
-# One token per character in these (MKQA's "mixed segmentation"); whitespace tokens elsewhere.
-CHARACTER_LANGS = ("zh_cn", "zh_hk", "zh_tw", "ja", "th", "km")
-# The articles MKQA's evaluation removes, per language (its own patterns, as it applies them).
-ARTICLES = {
-    "en": r"\b(a|an|the)\b",
-    "es": r"\b(un|una|unos|unas|el|la|los|las)\b",
-    "vi": r"\b(của|là|cái|chiếc|những)\b",
-    "de": r"\b(ein|eine|einen|einem|eines|einer|der|die|das|den|dem|des)\b",
-    "ar": r"\sال^|ال",
-    "nl": r"\b(de|het|een|des|der|den)\b",
-    "sv": r"\b(en|ett)\b",
-    "da": r"\b(en|et)\b",
-    "no": r"\b(en|et|ei)\b",
-    "fr": r"\b(le|la|l'|les|du|de|d'|des|un|une|des)",
-    "pt": r"\b(o|a|os|as|um|uma|uns|umas)\b",
-    "it": r"\b(il|lo|la|l'|i|gli|le|del|dello|della|dell'|dei|degli|degl'|delle|un'|uno|una|un)",
-    "fi": r"\b(se|yks|yksi)\b",
-    "hu": r"\b(a|az|egy)\b",
-}
-PUNCTUATION = set(string.punctuation)
-
-
-def dataset_lang(lang: str) -> str:
-    return DATASET_LANG.get(lang, lang)
-
-
-def tokens(text: str, lang: str) -> list[str]:
-    """MKQA's normalisation as tokens: lower case, ASCII punctuation out, the language's articles out,
-    then whitespace tokens, or one token per character in CHARACTER_LANGS. lang: MKQA's code."""
-    text = "".join(ch for ch in text.lower() if ch not in PUNCTUATION)
-    if lang in ARTICLES:
-        text = re.sub(ARTICLES[lang], " ", text)
-    parts = list(text) if lang in CHARACTER_LANGS else text.split()
-    return [t for t in parts if t.strip()]
-
-
-def normalize(text: str, lang: str) -> str:
-    return " ".join(tokens(text, lang))
-
-
-def _f1(prediction: str, gold: str, lang: str) -> float:
-    gold_tokens = tokens(gold, lang) if gold else []
-    predicted = tokens(prediction, lang) if prediction else []
-    if not gold_tokens or not predicted:  # No Answer on either side: right only if both are
-        return float(gold_tokens == predicted)
-    common = sum((Counter(gold_tokens) & Counter(predicted)).values())
-    if common == 0:
-        return 0.0
-    recall, precision = common / len(gold_tokens), common / len(predicted)
-    return 2 * precision * recall / (precision + recall)
-
-
-def em_f1(prediction: str, golds: list[str], lang: str) -> tuple[float, float]:
-    """MKQA's official exact match and F1 of one prediction: the best over the gold strings. lang: ours
-    or MKQA's code (`zh` and `zh_cn` alike)."""
-    if not golds:
-        raise ValueError("MKQA scores a prediction against at least one gold answer")
-    lang = dataset_lang(lang)
-    em = max(float(normalize(prediction, lang) == normalize(gold, lang)) for gold in golds)
-    return em, max(_f1(prediction, gold, lang) for gold in golds)
 
 
 def golds_of(answers, lang: str) -> list[str] | None:
@@ -129,12 +67,10 @@ class MKQA(Task):
     source = "apple/mkqa"
     files = "mkqa/mkqa.jsonl.gz (or mkqa.jsonl)"
     family = "generation"
+    metric = "mkqa"
     original_splits = ("train",)
     template = TEMPLATE
-    coarse = ("ffn", (0, 0))
     offline_scaling = "OOD"  # its data in the paper's offline scaling table (release Asset/settings.png)
-    metrics = ("em", "f1")
-    open_answer = True
 
     def _file(self, root: str) -> str:
         directory = storage.join(root, "mkqa")
@@ -170,14 +106,14 @@ class MKQA(Task):
         for _, record in records or []:
             if isinstance(record, dict) and isinstance(record.get("queries"), dict):
                 found.update(record["queries"])
-        ours = {theirs: lang for lang, theirs in DATASET_LANG.items()}
+        ours = {theirs: lang for lang, theirs in MKQA_LANG.items()}
         return sorted(ours.get(lang, lang) for lang in found)
 
     def load_original(self, root, split, lang, errors):
         source, records = self._records(root, split, errors)
         if records is None:
             return []
-        theirs = dataset_lang(lang)
+        theirs = mkqa_lang(lang)
         out, no_answer = [], 0
         for line, record in records:
             try:
@@ -209,14 +145,6 @@ class MKQA(Task):
                                         f"{lang} is No Answer left out (counted, not an error)", note=True,
                                         reason="no_answer", rows=no_answer))
         return out
-
-    def score_text(self, instance, text):
-        lang = dataset_lang(instance.lang)
-        golds = instance.extra.get("answers") or [instance.gold]
-        first_line = normalize(text.strip().split("\n", 1)[0] if text.strip() else "", lang)
-        contained = any(g and g in first_line for g in (normalize(gold, lang) for gold in golds))
-        em, f1 = em_f1(text, golds, lang)
-        return {"correct": contained, "em": em, "f1": f1}
 
 
 TASK = register(MKQA())

@@ -2,12 +2,11 @@
 
 Splits: the release's `sample`/`unseen` and the original `test`/`val`
 (`xcopa/data/<lang>/<split>.<lang>.jsonl`, English `xcopa/copa_en_from_COPA-SSE/<split>.en.jsonl`).
-Scoring as XNLI's without label words (the release no longer scores XCOPA).
+Scoring as XNLI's (the metric `choice`), without label words (the release no longer scores XCOPA).
 """
 from __future__ import annotations
 
 from .. import storage
-from ..scoring import match_option
 from . import readers
 from .base import Task
 from .instance import RowError
@@ -25,10 +24,10 @@ class XCOPA(Task):
     source = "cambridgeltl/xcopa"
     files = "xcopa/data/<lang>/{split}.<lang>.jsonl, English: xcopa/copa_en_from_COPA-SSE/{split}.en.jsonl"
     family = "understanding"
+    metric = "choice"
     release_dir = "XCOPA"
     original_splits = ("test", "val")
     template = TEMPLATE
-    coarse = ("attn", ("last", 0))
     offline_scaling = "OOD"  # its data in the paper's offline scaling table (release Asset/settings.png)
 
     def load_release(self, root, split, lang, errors):
@@ -53,9 +52,6 @@ class XCOPA(Task):
                                  choice1=readers.need_str(record.get("choice1"), "choice1"),
                                  choice2=readers.need_str(record.get("choice2"), "choice2"), relation=relation)
         return prompt, str(record["label"] + 1), list(OPTIONS), {"idx": record.get("idx")}
-
-    def score_text(self, instance, text):
-        return {"correct": match_option(text, instance.gold, instance.options, None)}
 
 
 TASK = register(XCOPA())

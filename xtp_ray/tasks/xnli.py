@@ -2,12 +2,11 @@
 
 Splits: the release's `sample`/`unseen` (prompt-ready, with label words per language) and the
 original `dev` (`xnli/dev/dev-<lang>.tsv`: premise, hypothesis, label). Scoring: the option
-named in the text, brackets normalised, label words accepted (`scoring.match_option`).
+named in the text, brackets normalised, label words accepted (the metric `choice`, `metrics.match_option`).
 """
 from __future__ import annotations
 
 from .. import storage
-from ..scoring import match_option
 from . import readers
 from .base import Task
 from .instance import RowError
@@ -27,10 +26,10 @@ class XNLI(Task):
     source = "facebook/xnli"
     files = "xnli/{split}/{split}-<lang>.tsv"
     family = "understanding"
+    metric = "choice"
     release_dir = "XNLI"
     original_splits = ("dev",)
     template = TEMPLATE
-    coarse = ("attn", ("last", 0))
     offline_scaling = "ID"  # its data in the paper's offline scaling table (release Asset/settings.png)
 
     def load_release(self, root, split, lang, errors):
@@ -53,9 +52,6 @@ class XNLI(Task):
 
     def label_words(self, lang):
         return WORDS_EN if lang == "en" else {}
-
-    def score_text(self, instance, text):
-        return {"correct": match_option(text, instance.gold, instance.options, instance.label_words)}
 
 
 TASK = register(XNLI())
