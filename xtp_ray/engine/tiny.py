@@ -27,6 +27,35 @@ TINY_CONFIGS = {
                                             "query_pre_attn_scalar": 16}),
     "Phi3ForCausalLM": ("Phi3Config", {"pad_token_id": 0}),
     "GPT2LMHeadModel": ("GPT2Config", {}),
+    # Mixture-of-experts families: few experts, two per token; every layer sparse unless noted
+    "Qwen3MoeForCausalLM": ("Qwen3MoeConfig", {"head_dim": 16, "num_experts": 4, "num_experts_per_tok": 2,
+                                               "moe_intermediate_size": 32}),
+    # a shared expert beside the routed ones, and one dense layer (mlp_only_layers)
+    "Qwen2MoeForCausalLM": ("Qwen2MoeConfig", {"num_experts": 4, "num_experts_per_tok": 2,
+                                               "moe_intermediate_size": 32, "shared_expert_intermediate_size": 48,
+                                               "mlp_only_layers": [0]}),
+    "OlmoeForCausalLM": ("OlmoeConfig", {"num_experts": 4, "num_experts_per_tok": 2}),
+    "MixtralForCausalLM": ("MixtralConfig", {"num_local_experts": 4, "num_experts_per_tok": 2,
+                                             "sliding_window": None}),
+    # attention sinks; sliding and full layers alternate (a window prompts outgrow, 20 new tokens fit it)
+    "GptOssForCausalLM": ("GptOssConfig", {"head_dim": 16, "num_local_experts": 4, "num_experts_per_tok": 2,
+                                           "sliding_window": 24}),
+    # MLA (value head 16 != query/key head 8 + 16), one dense first layer, routed and shared experts
+    "DeepseekV3ForCausalLM": ("DeepseekV3Config", {"kv_lora_rank": 16, "q_lora_rank": 24, "qk_rope_head_dim": 8,
+                                                   "qk_nope_head_dim": 16, "v_head_dim": 16,
+                                                   "n_routed_experts": 4, "n_shared_experts": 1,
+                                                   "num_experts_per_tok": 2, "n_group": 2, "topk_group": 1,
+                                                   "moe_intermediate_size": 32, "first_k_dense_replace": 1,
+                                                   "rope_interleave": True}),
+    # feed_forward; MoE on every other layer (with a shared expert); chunked attention on the RoPE layers,
+    # global attention without RoPE (NoPE) on the others
+    "Llama4ForCausalLM": ("Llama4TextConfig", {"head_dim": 16, "num_local_experts": 4, "num_experts_per_tok": 1,
+                                               "interleave_moe_layer_step": 2, "intermediate_size_mlp": 128,
+                                               "no_rope_layer_interval": 2, "attention_chunk_size": 24}),
+    # sliding (local RoPE) and global layers, q/k norms
+    "Gemma3ForCausalLM": ("Gemma3TextConfig", {"head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 24,
+                                               "sliding_window_pattern": 2}),
+    "Olmo2ForCausalLM": ("Olmo2Config", {}),
 }
 
 
