@@ -139,7 +139,8 @@ def sliding_window(model) -> int | None:
 
 def _dims(model) -> dict:
     """`footprint.dims` of the model's config, its layers as the registry finds them, and its element size."""
-    return {**footprint.dims(model.config), "layers": num_layers(model), "element": torch.finfo(model.dtype).bits // 8}
+    return {**footprint.dims(model.config.get_text_config()), "layers": num_layers(model),
+            "element": torch.finfo(model.dtype).bits // 8}
 
 
 def chunk_bytes(model, batch: int, prefix_len: int, n: int, max_new_tokens: int) -> int:
@@ -280,7 +281,7 @@ def temperature_tuning_limit(model) -> int | None:
     """Llama 4's NoPE layers scale their queries by a function of the position that is 1 below `floor_scale`
     and counted there from the cache's length: the engine's rows hold only their own tokens in that cache,
     so it agrees with HF only while every position stays below it. None: no such layers."""
-    config = model.config
+    config = model.config.get_text_config()
     if not getattr(config, "attn_temperature_tuning", False) or all(getattr(config, "no_rope_layers", None) or [1]):
         return None
     return config.floor_scale
