@@ -161,8 +161,11 @@ def num_layers(model: torch.nn.Module) -> int:
 
 
 def num_layers_of_config(config: dict) -> int | None:
-    """Decoder layers from a config.json dict, without building the model."""
+    """Decoder layers from a config.json dict, without building the model (a multimodal config: its text
+    model's)."""
     for key in ("num_hidden_layers", "n_layer", "num_layers"):
         if isinstance(config.get(key), int):
             return config[key]
+    if isinstance(config.get("text_config"), dict):
+        return num_layers_of_config(config["text_config"])
     return None

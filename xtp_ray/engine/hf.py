@@ -250,7 +250,8 @@ def donors_and_prefix(model, tokenizer, donors: list[str], ids: torch.Tensor, ma
     return donor_values, SharedPrefix(keys, values, mask[:, :-1].bool(), pos[:, :-1])  # masks [B, P]
 
 
-def attention_kv(attention, cached_keys: torch.Tensor, cached_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_kv(attention, cached_keys: torch.Tensor, cached_values: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """What the attention function sees as keys and values, from what the module's cache layer holds (copies):
     the same, except where a module caches compressed latents and expands them before attention itself
     (DeepSeek-V3's MLA: latents [B, 1, P, r] and shared rotary keys [B, 1, P, d_rope] -> keys
