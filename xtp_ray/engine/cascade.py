@@ -482,6 +482,8 @@ def cascade_attention_forward(module, query, key, value, attention_mask, scaling
     own keys all lie inside it (the engine refuses more new tokens than that). A chunked layer (Llama 4)
     masks the prefix and own keys outside the query's chunk. Attention sinks (s_aux) are a third part of the
     softmax. Values may have another head size than queries and keys (MLA). Any other argument is refused.
+    attention_mask is HF's mask over the keys it passed, the rows' own only (the engine's forwards pass no
+    padding: each row's own keys are all real); every mask here comes from xtp_prefix's positions instead.
     """
     refuse_unknown_arguments(module, dropout, kwargs)
     if xtp_prefix is None:
