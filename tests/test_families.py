@@ -227,3 +227,28 @@ def test_a_refused_checkpoint_fails_before_its_weights_are_read(tmp_path):
                                                       "model_type": "qwen3_next"}))
     with pytest.raises(RefusedArchitectureError, match="Qwen3NextForCausalLM.*Gated DeltaNet"):
         load_model(str(tmp_path), device="cpu")
+
+
+def test_llama4_rows_decoding_across_a_chunk_boundary(tokenizer, monkeypatch):
+    """Chunks of 8: the long recipient's rows decode from position 68 across the chunk boundary at 72, so
+    their earlier own keys (the patched token's among them) leave the query's chunk and are masked."""
+    model = _model("Llama4ForCausalLM", tokenizer, attention_chunk_size=8)
+    last = len(tokenizer(RECIPIENTS[0]).input_ids) - 1
+    assert last // 8 != (last + 5) // 8  # the inputs of 6 new tokens sit at last ... last + 5
+    masked = []
+    own_masked = cascade.own_masked
+    monkeypatch.setattr(cascade, "own_masked", lambda *args: masked.append(1) or own_masked(*args))
+    cells = parse_cells("0:0,1:0,2:2,0:1", LAYERS)
+    for module in ("ffn", "attn"):
+        fast = hf.run_grid(model, tokenizer, DONORS, RECIPIENTS, cells, module, 6, keep_logits=True)
+        assert_same(fast, reference.run_grid(model, tokenizer, DONORS, RECIPIENTS, cells, module, 6))
+    assert masked  # own keys were masked by chunk
+
+
+@pytest.mark.parametrize("architecture", FAMILIES)
+def test_reference_compatible_attention_equals_reference(architecture, tokenizer):
+    """`attn_ref` (the published code's post-attention residual) on a few cells of each family."""
+    model = _model(architecture, tokenizer)
+    cells = parse_cells("0:0,2:1,1:2", LAYERS)
+    fast = hf.run_grid(model, tokenizer, DONORS, RECIPIENTS, cells, "attn_ref", 2, keep_logits=True)
+    assert_same(fast, reference.run_grid(model, tokenizer, DONORS, RECIPIENTS, cells, "attn_ref", 2))
