@@ -10,6 +10,7 @@ import torch
 
 from xtp_ray.engine.cascade import (
     BIAS_ALIGNMENT,
+    IRRELEVANT_ARGUMENTS,
     KERNELS,
     SharedPrefix,
     attend_fused,
@@ -19,6 +20,7 @@ from xtp_ray.engine.cascade import (
     check_own_kernel,
     own_part,
     padding_bias,
+    UnsupportedAttentionArgument,
 )
 
 TOL = 1e-5
@@ -164,3 +166,77 @@ def test_unknown_own_kernel_is_refused():
     assert check_own_kernel("fused") == "fused"
     with pytest.raises(ValueError, match="choose one of fused, matmul"):
         check_own_kernel("flash")
+
+
+def _plain_general(query, prefix_k, prefix_v, visible, own_k, own_v, own_visible, scaling, sinks=None):
+    """Row by row: softmax over [visible prefix keys, visible own keys(, one sink logit per head with no
+    value)], as HF's eager attention (gpt-oss: the sink column is dropped after the softmax)."""
+    rows, heads = query.shape[:2]
+    batch = prefix_k.shape[0]
+    group = heads // prefix_k.shape[1]
+    out = query.new_empty(rows, heads, 1, prefix_v.shape[-1])
+    for r in range(rows):
+        b = r % batch
+        keys = torch.cat([prefix_k[b][:, visible[b]], own_k[r][:, own_visible[b]]], 1).repeat_interleave(group, 0)
+        values = torch.cat([prefix_v[b][:, visible[b]], own_v[r][:, own_visible[b]]], 1).repeat_interleave(group, 0)
+        scores = query[r] @ keys.transpose(-1, -2) * scaling  # [H, 1, k]
+        if sinks is not None:
+            scores = torch.cat([scores, sinks.view(heads, 1, 1)], dim=-1)
+        weights = torch.softmax(scores, dim=-1)[..., :keys.shape[1]]
+        out[r] = weights @ values
+    return out
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_attention_sinks_are_a_third_part_of_the_softmax(fused):
+    """gpt-oss's sinks (`s_aux`: a learned logit per head in the denominator, no value) merged exactly."""
+    query, pk, pv, ok, ov, mask, _ = _case()
+    sinks = torch.tensor([2.0, -1.0, 0.5, 4.0])  # [H]
+    got = _cascade(query, pk, pv, ok, ov, mask, fused=fused, scaling=0.25, s_aux=sinks)
+    everything = torch.ones(ok.shape[0], ok.shape[2], dtype=torch.bool)
+    want = _plain_general(query, pk, pv, mask, ok, ov, everything, 0.25, sinks)
+    assert torch.allclose(got, want, atol=TOL, rtol=0), (got - want).abs().max()
+    assert not torch.allclose(got, _cascade(query, pk, pv, ok, ov, mask, scaling=0.25), atol=1e-3)
+
+
+def test_chunked_attention_masks_prefix_and_own_keys_outside_the_query_chunk():
+    """Llama 4's chunked layers: a query sees only keys in its own chunk of positions, prefix keys and the
+    row's own (earlier generated) keys alike; each instance's rows sit at their own position."""
+    query, pk, pv, ok, ov, mask, positions = _case(prefix=12, own=4)
+    chunk = 7  # instance 0 is past its prefix's chunk; 1 and 2 see part of their prefix and all own keys
+    query_positions = positions[:, -1] + 4  # the row's own keys sit at query_position - 3 ... query_position
+    visible = mask & (positions // chunk == query_positions[:, None] // chunk)
+    own_at = query_positions[:, None] - torch.arange(3, -1, -1)
+    own_visible = own_at // chunk == query_positions[:, None] // chunk  # [B, s]
+    assert not own_visible.all() and own_visible[:, -1].all()  # some own keys fell into an earlier chunk
+    assert (visible.sum(-1) < mask.sum(-1)).all() and visible.any()
+    module = SimpleNamespace(layer_idx=0, config=SimpleNamespace(layer_types=["chunked_attention"],
+                                                                 attention_chunk_size=chunk))
+    for fused in (True, False):
+        shared = SharedPrefix([pk], [pv], mask, positions, query_positions, fused=fused)
+        got = cascade_attention_forward(module, query, ok, ov, None, scaling=0.25, xtp_prefix=shared)[0]
+        want = _plain_general(query, pk, pv, visible, ok, ov, own_visible, 0.25)
+        assert torch.allclose(got.transpose(1, 2), want, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_values_of_another_head_size_than_keys(fused):
+    """MLA (DeepSeek-V3): keys and queries of one head size, values of another, GQA-free."""
+    query, pk, _, ok, _, mask, _ = _case(kv_heads=4, dim=24)
+    g = torch.Generator().manual_seed(5)
+    pv = torch.randn(pk.shape[0], 4, pk.shape[2], 16, generator=g)
+    ov = torch.randn(ok.shape[0], 4, ok.shape[2], 16, generator=g)
+    got = _cascade(query, pk, pv, ok, ov, mask, fused=fused, scaling=0.25)
+    everything = torch.ones(ok.shape[0], ok.shape[2], dtype=torch.bool)
+    assert got.shape[-1] == 16
+    assert torch.allclose(got, _plain_general(query, pk, pv, mask, ok, ov, everything, 0.25), atol=TOL, rtol=0)
+
+
+def test_an_unknown_argument_is_refused_in_one_line():
+    query, pk, pv, ok, ov, mask, _ = _case()
+    with pytest.raises(UnsupportedAttentionArgument, match="'bogus'") as refused:
+        _cascade(query, pk, pv, ok, ov, mask, scaling=0.25, bogus=True)
+    assert "\n" not in str(refused.value)
+    for name in IRRELEVANT_ARGUMENTS:  # accepted, and without effect
+        got = _cascade(query, pk, pv, ok, ov, mask, scaling=0.25, **{name: True})
+        assert torch.equal(got, _cascade(query, pk, pv, ok, ov, mask, scaling=0.25))

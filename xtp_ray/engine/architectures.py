@@ -54,10 +54,51 @@ REGISTRY: dict[str, Architecture] = {
     "Llama4ForCausalLM": Architecture(layers="model.layers", ffn="feed_forward", attn="self_attn"),
     "Gemma3ForCausalLM": _LLAMA_STYLE,
     "Olmo2ForCausalLM": _LLAMA_STYLE,
+    # multimodal, run whole on text prompts: the decoder layers are its language model's
+    # (AutoModelForCausalLM loads a Gemma 3 checkpoint as this class)
+    "Gemma3ForConditionalGeneration": Architecture(layers="model.language_model.layers", ffn="mlp", attn="self_attn"),
+}
+
+# Multimodal checkpoints that AutoModelForCausalLM (the loader) loads as their text model alone: the config
+# names the multimodal class, the model built is the text class (Llama 4: Llama4ForCausalLM, its weights
+# under `language_model.`).
+TEXT_MODEL_OF = {"Llama4ForConditionalGeneration": "Llama4ForCausalLM"}
+
+# Architectures whose layers the engine cannot transplant exactly: refused at load, in one line. A cell's
+# patch at the last token reaches later tokens only through attention's keys and values, which the engine
+# shares as a prefix; a recurrent or linear-attention layer carries a running state instead.
+_RECURRENT = ("has {what} layers, whose recurrent state the hf engine's shared prefix and per-cell rows do not "
+              "carry; the engine cannot transplant it exactly")
+REFUSED = {
+    "Qwen3NextForCausalLM": _RECURRENT.format(what="Gated DeltaNet (linear attention)"),
+    "Qwen3_5ForCausalLM": _RECURRENT.format(what="Gated DeltaNet (linear attention)"),
+    "Qwen3_5MoeForCausalLM": _RECURRENT.format(what="Gated DeltaNet (linear attention)"),
+    "KimiLinearForCausalLM": _RECURRENT.format(what="Kimi Delta Attention (linear attention)"),
+    "MiniMaxForCausalLM": _RECURRENT.format(what="lightning (linear) attention"),
+    "OlmoHybridForCausalLM": _RECURRENT.format(what="linear-attention (recurrent)"),
+    "JambaForCausalLM": _RECURRENT.format(what="Mamba"),
+    "BambaForCausalLM": _RECURRENT.format(what="Mamba 2"),
+    "FalconH1ForCausalLM": _RECURRENT.format(what="Mamba 2"),
+    "ZambaForCausalLM": _RECURRENT.format(what="Mamba"),
+    "Zamba2ForCausalLM": _RECURRENT.format(what="Mamba 2"),
+    "GraniteMoeHybridForCausalLM": _RECURRENT.format(what="Mamba 2"),
+    "NemotronHForCausalLM": _RECURRENT.format(what="Mamba 2"),
+    "MambaForCausalLM": _RECURRENT.format(what="Mamba (state-space)"),
+    "Mamba2ForCausalLM": _RECURRENT.format(what="Mamba 2 (state-space)"),
+    "FalconMambaForCausalLM": _RECURRENT.format(what="Mamba (state-space)"),
+    "RecurrentGemmaForCausalLM": _RECURRENT.format(what="RG-LRU (recurrent)"),
+    "RwkvForCausalLM": _RECURRENT.format(what="RWKV (recurrent)"),
+    "xLSTMForCausalLM": _RECURRENT.format(what="xLSTM (recurrent)"),
+    "Lfm2ForCausalLM": _RECURRENT.format(what="short-convolution"),
+    "Lfm2MoeForCausalLM": _RECURRENT.format(what="short-convolution"),
 }
 
 class UnknownArchitectureError(ValueError):
     pass
+
+
+class RefusedArchitectureError(UnknownArchitectureError):
+    """An architecture the engine knows it cannot run exactly (recurrent or linear-attention layers)."""
 
 
 def architecture_name(model_or_config) -> str:
@@ -76,13 +117,26 @@ def architecture_name(model_or_config) -> str:
 
 
 def lookup(model_or_config) -> Architecture:
+    """The registry entry of a model or config; one line naming what to do where there is none."""
     name = architecture_name(model_or_config)
+    if name in REFUSED:
+        raise RefusedArchitectureError(f"{name} {REFUSED[name]}; refused (see README, architecture coverage)")
+    if name in TEXT_MODEL_OF:
+        text = TEXT_MODEL_OF[name]
+        if type(model_or_config).__name__ == name:  # the multimodal model itself, not its language model
+            raise UnknownArchitectureError(
+                f"{name} is multimodal: the hf engine transplants within its language model; load the checkpoint "
+                f"with AutoModelForCausalLM (xtp-ray's loader does), which builds {text} from it, or pass its "
+                "`language_model`")
+        name = text
     if name not in REGISTRY:
         raise UnknownArchitectureError(
-            f"unknown architecture {name!r}. Known: {', '.join(sorted(REGISTRY))}. "
+            f"unknown architecture {name!r}. Known: {', '.join(sorted(REGISTRY))} (multimodal, through their "
+            f"language model: {', '.join(sorted(TEXT_MODEL_OF))}). "
             "To add one, map its `architectures` string in xtp_ray/engine/architectures.py REGISTRY "
             "to Architecture(layers=<dotted path to the decoder ModuleList>, "
-            "ffn=<MLP attribute of a layer>, attn=<self-attention attribute of a layer>)."
+            "ffn=<MLP attribute of a layer>, attn=<self-attention attribute of a layer>), add its tiny config to "
+            "xtp_ray/engine/tiny.py and check it against the reference in tests/test_families.py."
         )
     return REGISTRY[name]
 
@@ -108,8 +162,11 @@ def num_layers(model: torch.nn.Module) -> int:
 
 
 def num_layers_of_config(config: dict) -> int | None:
-    """Decoder layers from a config.json dict, without building the model."""
+    """Decoder layers from a config.json dict, without building the model (a multimodal config: its text
+    model's)."""
     for key in ("num_hidden_layers", "n_layer", "num_layers"):
         if isinstance(config.get(key), int):
             return config[key]
+    if isinstance(config.get("text_config"), dict):
+        return num_layers_of_config(config["text_config"])
     return None

@@ -2,7 +2,9 @@
 
 Shapes: B = batch rows, T = positions in the current forward, d = hidden size.
 Every hooked submodule (MLP or self-attention) returns either a tensor [B, T, d]
-or a tuple whose first element is that tensor.
+or a tuple whose first element is that tensor; a sparse block may return its tokens
+flattened, [B * T, d] (Llama 4's MoE), which the hooks read as [B, T, d] by the
+shape of the block's input.
 """
 from __future__ import annotations
 
@@ -20,6 +22,16 @@ def first_tensor(output) -> torch.Tensor:
 
 def _with_first(output, tensor: torch.Tensor):
     return (tensor, *output[1:]) if isinstance(output, tuple) else tensor
+
+
+def by_token(output, args, kwargs) -> torch.Tensor:
+    """A hooked module's output as [B, T, d]: its first tensor, unflattened where the module returns
+    [B * T, d] for an input hidden states [B, T, d]."""
+    hidden = first_tensor(output)
+    if hidden.dim() == 2:
+        inputs = args[0] if args else kwargs["hidden_states"]  # [B, T, d]
+        hidden = hidden.view(*inputs.shape[:-1], hidden.shape[-1])
+    return hidden
 
 
 @contextmanager
@@ -48,13 +60,13 @@ def capture_last_token(model, module: str, layers: list[int]) -> Iterator[dict[i
 
     def register(handles):
         for layer in layers:
-            def on_output(_mod, _args, output, layer=layer):
-                value = first_tensor(output)[:, -1].detach()  # [B, d]
+            def on_output(_mod, args, kwargs, output, layer=layer):
+                value = by_token(output, args, kwargs)[:, -1].detach()  # [B, d]
                 if module == "attn_ref":
                     value = layer_inputs.pop(layer) + value
                 store[layer] = value
 
-            handles.append(submodule(model, module, layer).register_forward_hook(on_output))
+            handles.append(submodule(model, module, layer).register_forward_hook(on_output, with_kwargs=True))
             if module == "attn_ref":
                 def on_layer_input(_mod, args, kwargs, layer=layer):
                     hidden = args[0] if args else kwargs["hidden_states"]  # [B, T, d]
@@ -81,15 +93,16 @@ def replace_rows(model, module: str, patches: dict[int, tuple[torch.Tensor, torc
         for layer, (rows, values) in patches.items():
             done = [False]
 
-            def on_output(_mod, _args, output, rows=rows, values=values, done=done):
+            def on_output(_mod, args, kwargs, output, rows=rows, values=values, done=done):
                 if first_call_only and done[0]:
                     return output
                 done[0] = True
-                hidden = first_tensor(output).clone()  # [R, T, d]
+                flat = first_tensor(output)  # [R, T, d] (or [R * T, d])
+                hidden = by_token(output, args, kwargs).clone()  # [R, T, d]
                 hidden[rows.to(hidden.device), -1] = values.to(hidden.device, hidden.dtype)
-                return _with_first(output, hidden)
+                return _with_first(output, hidden.view(flat.shape))
 
-            handles.append(submodule(model, module, layer).register_forward_hook(on_output))
+            handles.append(submodule(model, module, layer).register_forward_hook(on_output, with_kwargs=True))
 
     with _hooks(register):
         yield

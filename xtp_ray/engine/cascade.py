@@ -53,18 +53,34 @@ class SharedPrefix:
         if self.dense is None:
             self.dense = bool(self.mask.all())
 
-    def key_mask(self, layer: int, window: int | None) -> torch.Tensor | None:
-        """[B, P_l] visible prefix keys of a layer (None: all); a sliding layer's cache may keep only its last P_l."""
-        if window is None and self.dense:
+    def key_mask(self, layer: int, window: int | None, chunk: int | None = None) -> torch.Tensor | None:
+        """[B, P_l] visible prefix keys of a layer (None: all); a sliding or chunked layer's cache may keep only
+        its last P_l. window: keys less than `window` positions before the query (HF's sliding window);
+        chunk: keys in the query's chunk of `chunk` positions (Llama 4's chunked attention)."""
+        if window is None and chunk is None and self.dense:
             return None  # the fused kernels run faster without a mask
         kept = self.keys[layer].shape[2]
         visible = self.mask[:, self.mask.shape[1] - kept:]
-        if window is not None:
+        if window is not None or chunk is not None:
             if self.key_positions is None or self.query_positions is None:
-                raise RuntimeError("a sliding-window layer needs the key and query positions")
-            keys_at = self.key_positions[:, self.key_positions.shape[1] - kept:]
-            visible = visible & (self.query_positions[:, None] - keys_at < window)
+                raise RuntimeError("a sliding-window or chunked layer needs the key and query positions")
+            keys_at = self.key_positions[:, self.key_positions.shape[1] - kept:]  # [B, P_l]
+            if window is not None:
+                visible = visible & (self.query_positions[:, None] - keys_at < window)
+            if chunk is not None:
+                visible = visible & (keys_at // chunk == self.query_positions[:, None] // chunk)
         return visible
+
+    def own_key_mask(self, own: int, chunk: int | None) -> torch.Tensor | None:
+        """[B, s] which of a row's s own keys (its last prompt token, then one per generated token, the last
+        at the query's position) lie in the query's chunk; None: all (no chunks, or every own key in it)."""
+        if chunk is None:
+            return None
+        if self.query_positions is None:
+            raise RuntimeError("a chunked layer needs the query positions")
+        at = self.query_positions[:, None] - torch.arange(own - 1, -1, -1, device=self.query_positions.device)
+        visible = at // chunk == self.query_positions[:, None] // chunk  # [B, s]
+        return None if bool(visible.all()) else visible
 
 
 class OwnTokensLayer(DynamicLayer):
@@ -238,6 +254,8 @@ def attend_fused(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, sc
     private ops: any failure falls back to `attend_matmul` (tests hold both equal) and
     is counted in KERNELS.
     """
+    if query.is_cpu and value.shape[-1] != query.shape[-1]:
+        return None  # the CPU kernel wants one head size for Q, K and V (MLA's values differ): not a failure
     bias = None
     if key_mask is not None:
         bias = padding_bias(key_mask, query.dtype).expand(*query.shape[:-1], key.shape[-2])
@@ -292,7 +310,7 @@ def prefix_part(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, m
     kv_heads, prefix_len = keys.shape[1], keys.shape[2]
     n, group = rows // batch, heads // kv_heads
     if prefix_len == 0:  # a one-token prompt: no prefix keys; lse -inf gives this part no weight in `merge`
-        return (query.new_zeros(n, batch, kv_heads, group, q_len, dim),
+        return (query.new_zeros(n, batch, kv_heads, group, q_len, values.shape[-1]),
                 query.new_full((n, batch, kv_heads, group, q_len), float("-inf"), dtype=torch.float32))
     # fold: [n, B, K_h, G, q, D] -> [B, K_h, n, G, q, D] -> [B, K_h, n * G * q, D] (a view where G * q == 1)
     folded = query.view(n, batch, kv_heads, group, q_len, dim).permute(1, 2, 0, 3, 4, 5)
@@ -302,7 +320,7 @@ def prefix_part(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, m
     if result is None:
         result = attend_matmul(folded, keys, values, scaling, key_mask, softcap)
     out, lse = result  # [B, K_h, n*G*q, D], [B, K_h, n*G*q]
-    return (out.view(batch, kv_heads, n, group, q_len, dim).permute(2, 0, 1, 3, 4, 5),
+    return (out.view(batch, kv_heads, n, group, q_len, -1).permute(2, 0, 1, 3, 4, 5),
             lse.view(batch, kv_heads, n, group, q_len).permute(2, 0, 1, 3, 4))
 
 
@@ -313,9 +331,13 @@ def check_own_kernel(kernel: str) -> str:
 
 
 def own_part(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float,
-             softcap: float | None, kernel: str = DEFAULT_OWN_KERNEL) -> tuple[torch.Tensor, torch.Tensor]:
+             softcap: float | None, kernel: str = DEFAULT_OWN_KERNEL, key_mask: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
     """query [R, H, q, D] against each row's own keys [R, K_h, s, D] (causal over the last q):
     (out [R, K_h, G, q, D], lse [R, K_h, G, q]).
+
+    key_mask [R, s] (one query per row): the own keys each row may see (a chunked layer's, where a row's
+    earlier tokens fell into an earlier chunk), through `attend_matmul`, which allows any key masked.
 
     kernel "fused": torch's fused kernel where it applies (one query per row, no softcap), else `bmm`s;
     "matmul": `bmm`s always. On the CPU the two are level on the bench grid and at 1,024 rows, and the
@@ -324,11 +346,25 @@ def own_part(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scalin
     head) for G queries; whether it or `bmm`s win at 2,050 rows is what the GPU check's `own_attention`
     phase measures.
     """
+    if key_mask is not None:
+        return own_masked(query, key, value, scaling, softcap, key_mask)
     if kernel == "fused" and query.shape[2] == 1 and softcap is None:
         result = own_fused(query, key, value, scaling)
         if result is not None:
             return result
     return own_matmul(query, key, value, scaling, softcap)
+
+
+def own_masked(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, softcap: float | None,
+               key_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`own_part` for one query per row where some own keys are masked (key_mask [R, s])."""
+    rows, heads, q_len, dim = query.shape
+    if q_len != 1:
+        raise RuntimeError("masked own keys take one query per row")
+    kv_heads = key.shape[1]
+    out, lse = attend_matmul(query.view(rows, kv_heads, heads // kv_heads, dim), key, value, scaling,
+                             key_mask[:, None, None, :], softcap)  # [R, K_h, G, D], [R, K_h, G]
+    return out.unsqueeze(3), lse.unsqueeze(3)
 
 
 def own_fused(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float
@@ -380,27 +416,96 @@ def attend_own_matmul(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
     return torch.bmm(weights if weights.dtype == value.dtype else weights.to(value.dtype), value), lse
 
 
-def cascade_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None,
-                              sliding_window=None, xtp_prefix: SharedPrefix | None = None, **kwargs):
-    """The registered attention function: HF passes query [R, H, q, D] and the rows' own
-    key/value [R, K_h, s, D] (their cache holds nothing else); returns ([R, q, H, D], None).
+# Keyword arguments HF's attention modules pass to an attention function, beyond the named ones that
+# `cascade_attention_forward` implements (scaling, dropout 0, softcap, sliding_window, s_aux) and the engine's
+# own xtp_prefix. Seen from every registered family's modules (transformers 5.19); each cannot change the result:
+IRRELEVANT_ARGUMENTS = {
+    # rotary embeddings are applied by the module before the call; masks come from xtp_prefix's positions
+    "position_ids": "applied by the module (rotary) before the call",
+    # the module has written this step's keys/values to the cache before the call
+    "use_cache": "the cache is written before the call",
+    # a mixture-of-experts router's flag, passed down with every model kwarg; attention never reads it
+    "output_router_logits": "read by MoE routers only",
+}
 
-    A sliding-window layer (Gemma2) masks the prefix keys that fell out of the window;
-    the rows' own keys all lie inside it (the engine refuses more new tokens than that).
+
+class UnsupportedAttentionArgument(ValueError):
+    """An attention module passed an argument the cascade function does not implement: refused, never run."""
+
+
+def _model_name(module) -> str:
+    config = getattr(module, "config", None)
+    names = getattr(config, "architectures", None) or []
+    return f"{names[0]} ({type(module).__name__})" if names else type(module).__name__
+
+
+def refuse_unknown_arguments(module, dropout: float, kwargs: dict) -> None:
+    """One line naming the model and the argument for anything the cascade function would otherwise ignore."""
+    unknown = sorted(set(kwargs) - set(IRRELEVANT_ARGUMENTS))
+    if unknown:
+        raise UnsupportedAttentionArgument(
+            f"{_model_name(module)}: the hf engine's attention does not implement the argument "
+            f"{', '.join(map(repr, unknown))}; refusing rather than ignoring it (use the reference engine)")
+    if dropout:
+        raise UnsupportedAttentionArgument(f"{_model_name(module)}: attention dropout {dropout} (training mode) "
+                                           "is not implemented; put the model in eval mode")
+
+
+def attention_chunk(module) -> int | None:
+    """The chunk size of a chunked-attention layer (Llama 4: `layer_types` "chunked_attention"), else None.
+    HF's modules do not pass it to the attention function; the mask builder reads it from the config."""
+    config = getattr(module, "config", None)
+    types = getattr(config, "layer_types", None)
+    if not types or types[module.layer_idx] != "chunked_attention":
+        return None
+    return config.attention_chunk_size
+
+
+def with_sinks(out: torch.Tensor, lse: torch.Tensor, sinks: torch.Tensor) -> torch.Tensor:
+    """Attention sinks (gpt-oss `s_aux`): one learned logit per head in the softmax denominator, with no
+    value, as a third part of the merge: out * e^lse / (e^lse + e^sink) = out * sigmoid(lse - sink).
+
+    out [n, B, K_h, G, q, D] over the keys, lse [n, B, K_h, G, q] their log-sum-exp, sinks [H] (H = K_h * G).
     """
+    kv_heads, group = out.shape[2], out.shape[3]
+    sink = sinks.float().view(kv_heads, group, 1)  # [K_h, G, 1], broadcast over n, B and q
+    weight = torch.sigmoid(lse - sink).unsqueeze(-1)  # [n, B, K_h, G, q, 1]
+    return (out.float() * weight).to(out.dtype)
+
+
+def cascade_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None,
+                              sliding_window=None, s_aux=None, xtp_prefix: SharedPrefix | None = None, **kwargs):
+    """The registered attention function: HF passes query [R, H, q, D] and the rows' own
+    key/value [R, K_h, s, D] (their cache holds nothing else); returns ([R, q, H, D_v], None).
+
+    A sliding-window layer (Gemma 2/3, gpt-oss) masks the prefix keys that fell out of the window; the rows'
+    own keys all lie inside it (the engine refuses more new tokens than that). A chunked layer (Llama 4)
+    masks the prefix and own keys outside the query's chunk. Attention sinks (s_aux) are a third part of the
+    softmax. Values may have another head size than queries and keys (MLA). Any other argument is refused.
+    attention_mask is HF's mask over the keys it passed, the rows' own only (the engine's forwards pass no
+    padding: each row's own keys are all real); every mask here comes from xtp_prefix's positions instead.
+    """
+    refuse_unknown_arguments(module, dropout, kwargs)
     if xtp_prefix is None:
         raise RuntimeError(f"{ATTENTION_NAME} attention needs the shared prefix (model kwarg xtp_prefix)")
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     layer, (rows, heads, q_len, _) = module.layer_idx, query.shape
+    chunk = attention_chunk(module)
     keys = xtp_prefix.keys[layer]
     batch, kv_heads = keys.shape[0], keys.shape[1]
-    out_p, lse_p = prefix_part(query, keys, xtp_prefix.values[layer], xtp_prefix.key_mask(layer, sliding_window),
+    out_p, lse_p = prefix_part(query, keys, xtp_prefix.values[layer],
+                               xtp_prefix.key_mask(layer, sliding_window, chunk),
                                scaling, softcap, xtp_prefix.fused, batch)  # [n, B, K_h, G, q, D], [n, B, K_h, G, q]
     kernel = xtp_prefix.own_kernel if xtp_prefix.fused else "matmul"
-    out_o, lse_o = own_part(query, key, value, scaling, softcap, kernel)  # [R, K_h, G, q, D], [R, K_h, G, q]
+    own_mask = xtp_prefix.own_key_mask(key.shape[2], chunk)  # [B, s] or None
+    if own_mask is not None:
+        own_mask = own_mask.repeat(rows // batch, 1)  # [R, s]: row r = c * B + b is instance b's
+    out_o, lse_o = own_part(query, key, value, scaling, softcap, kernel, own_mask)  # [R, K_h, G, q, D], [R, K_h, G, q]
     grouped = (rows // batch, batch, kv_heads, heads // kv_heads, q_len)
     # `merge` lerps from the own part, so the output takes its layout: [R, H, q, D], HF's [R, q, H, D] where q == 1
     out = merge(out_p, lse_p, out_o.view(*grouped, -1), lse_o.view(grouped))  # [n, B, K_h, G, q, D]
+    if s_aux is not None:
+        out = with_sinks(out, torch.logaddexp(lse_p, lse_o.view(grouped)), s_aux)
     return out.permute(0, 1, 4, 2, 3, 5).reshape(rows, q_len, heads, -1), None  # a view where q == 1
 
 

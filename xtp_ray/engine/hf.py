@@ -32,7 +32,7 @@ from transformers import DynamicCache
 from ..cells import VANILLA, Cell
 from ..names import DEFAULT_OWN_KERNEL
 from . import footprint
-from .architectures import num_layers
+from .architectures import num_layers, submodule
 from .capture import capture_last_token, replace_rows
 from .cascade import (
     OwnTokenStore,
@@ -139,7 +139,8 @@ def sliding_window(model) -> int | None:
 
 def _dims(model) -> dict:
     """`footprint.dims` of the model's config, its layers as the registry finds them, and its element size."""
-    return {**footprint.dims(model.config), "layers": num_layers(model), "element": torch.finfo(model.dtype).bits // 8}
+    return {**footprint.dims(model.config.get_text_config()), "layers": num_layers(model),
+            "element": torch.finfo(model.dtype).bits // 8}
 
 
 def chunk_bytes(model, batch: int, prefix_len: int, n: int, max_new_tokens: int) -> int:
@@ -239,11 +240,52 @@ def donors_and_prefix(model, tokenizer, donors: list[str], ids: torch.Tensor, ma
               past_key_values=cache, use_cache=True, logits_to_keep=1)
     donor_values = _by_layer(model, store)[:batch]  # [B, L, d]
     keys, values = [], []
-    for layer in cache.layers:  # [2B, K_h, W_l, D] -> the recipients' last min(W_l, P) positions
+    for index, layer in enumerate(cache.layers):  # [2B, K_h, W_l, D] -> the recipients' last min(W_l, P) positions
         kept = min(layer.keys.shape[2], prefix_len)
-        keys.append(layer.keys[batch:, :, -kept:].clone())  # copies: the donors' half is freed with the cache
-        values.append(layer.values[batch:, :, -kept:].clone())
+        # copies: the donors' half is freed with the cache
+        layer_keys, layer_values = attention_kv(submodule(model, "attn", index), layer.keys[batch:, :, -kept:],
+                                                layer.values[batch:, :, -kept:])
+        keys.append(layer_keys)
+        values.append(layer_values)
     return donor_values, SharedPrefix(keys, values, mask[:, :-1].bool(), pos[:, :-1])  # masks [B, P]
+
+
+def attention_kv(attention, cached_keys: torch.Tensor, cached_values: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the attention function sees as keys and values, from what the module's cache layer holds (copies):
+    the same, except where a module caches compressed latents and expands them before attention itself
+    (DeepSeek-V3's MLA: latents [B, 1, P, r] and shared rotary keys [B, 1, P, d_rope] -> keys
+    [B, H, P, d_nope + d_rope], values [B, H, P, d_v], by the module's own `expand_kv`, token by token
+    as it does on every call)."""
+    if hasattr(attention, "expand_kv"):
+        keys, values = attention.expand_kv(cached_keys, cached_values)
+        return keys.contiguous(), values.contiguous()
+    return cached_keys.clone(), cached_values.clone()
+
+
+def empty_prefix(model, batch: int) -> SharedPrefix:
+    """The shared prefix of one-token prompts: no keys, in the shapes the attention function sees."""
+    attention = submodule(model, "attn", 0)
+    if hasattr(attention, "expand_kv"):  # MLA: every head its own keys; values of another head size
+        heads, key_dim, value_dim = attention.num_heads, attention.qk_head_dim, attention.v_head_dim
+    else:
+        d = _dims(model)
+        heads, key_dim, value_dim = d["kv_heads"], d["head_dim"], d["head_dim"]
+    keys = torch.zeros(batch, heads, 0, key_dim, dtype=model.dtype, device=model.device)
+    values = torch.zeros(batch, heads, 0, value_dim, dtype=model.dtype, device=model.device)
+    nothing = torch.zeros(batch, 0, dtype=torch.long, device=model.device)
+    layers = num_layers(model)
+    return SharedPrefix([keys] * layers, [values] * layers, nothing.bool(), nothing)
+
+
+def temperature_tuning_limit(model) -> int | None:
+    """Llama 4's NoPE layers scale their queries by a function of the position that is 1 below `floor_scale`
+    and counted there from the cache's length: the engine's rows hold only their own tokens in that cache,
+    so it agrees with HF only while every position stays below it. None: no such layers."""
+    config = model.config.get_text_config()
+    if not getattr(config, "attn_temperature_tuning", False) or all(getattr(config, "no_rope_layers", None) or [1]):
+        return None
+    return config.floor_scale
 
 
 @torch.inference_mode()
@@ -285,14 +327,19 @@ def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: 
                          "use the reference engine")
     pos = positions(mask)  # [B, T]
     prefix_len = ids.shape[1] - 1
+    limit = temperature_tuning_limit(model)
+    if limit is not None:
+        # positions a forward reaches: a padded prefill row's last index, a recipient's last generated token
+        longest = max(ids.shape[1] + max_new_tokens, max(len(tokenizer(d).input_ids) for d in donors)) + 1
+        if longest >= limit:
+            raise ValueError(f"prompts plus {max_new_tokens} new tokens reach position {longest}, past the "
+                             f"floor_scale {limit} of the model's attention temperature tuning (NoPE layers), "
+                             "which the hf engine does not implement there; use the reference engine")
     if prefix_len > 0:
         donor_values, shared = donors_and_prefix(model, tokenizer, donors, ids, mask, pos, module)
     else:  # one-token prompts: an empty prefix
         donor_values = capture_donors(model, tokenizer, donors, module)  # [B, L, d]
-        d = _dims(model)
-        empty = torch.zeros(batch, d["kv_heads"], 0, d["head_dim"], dtype=model.dtype, device=device)
-        nothing = torch.zeros(batch, 0, dtype=torch.long, device=device)
-        shared = SharedPrefix([empty] * num_layers(model), [empty] * num_layers(model), nothing.bool(), nothing)
+        shared = empty_prefix(model, batch)
     shared.own_kernel = own_kernel
 
     all_cells = [VANILLA, *cells]

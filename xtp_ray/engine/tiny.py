@@ -27,6 +27,48 @@ TINY_CONFIGS = {
                                             "query_pre_attn_scalar": 16}),
     "Phi3ForCausalLM": ("Phi3Config", {"pad_token_id": 0}),
     "GPT2LMHeadModel": ("GPT2Config", {}),
+    # Mixture-of-experts families: few experts, two per token; every layer sparse unless noted
+    "Qwen3MoeForCausalLM": ("Qwen3MoeConfig", {"head_dim": 16, "num_experts": 4, "num_experts_per_tok": 2,
+                                               "moe_intermediate_size": 32}),
+    # a shared expert beside the routed ones, and one dense layer (mlp_only_layers)
+    "Qwen2MoeForCausalLM": ("Qwen2MoeConfig", {"num_experts": 4, "num_experts_per_tok": 2,
+                                               "moe_intermediate_size": 32, "shared_expert_intermediate_size": 48,
+                                               "mlp_only_layers": [0]}),
+    "OlmoeForCausalLM": ("OlmoeConfig", {"num_experts": 4, "num_experts_per_tok": 2}),
+    "MixtralForCausalLM": ("MixtralConfig", {"num_local_experts": 4, "num_experts_per_tok": 2,
+                                             "sliding_window": None}),
+    # attention sinks; sliding and full layers alternate (a window prompts outgrow, 20 new tokens fit it)
+    "GptOssForCausalLM": ("GptOssConfig", {"head_dim": 16, "num_local_experts": 4, "num_experts_per_tok": 2,
+                                           "sliding_window": 24}),
+    # MLA (value head 16 != query/key head 8 + 16; every head its own keys: `tiny_config` gives it as many
+    # KV heads as heads), one dense first layer, routed and shared experts
+    "DeepseekV3ForCausalLM": ("DeepseekV3Config", {"kv_lora_rank": 16, "q_lora_rank": 24, "qk_rope_head_dim": 8,
+                                                   "qk_nope_head_dim": 16, "v_head_dim": 16,
+                                                   "n_routed_experts": 4, "n_shared_experts": 1,
+                                                   "num_experts_per_tok": 2, "n_group": 2, "topk_group": 1,
+                                                   "moe_intermediate_size": 32, "first_k_dense_replace": 1,
+                                                   "rope_interleave": True}),
+    # feed_forward; MoE on every other layer (with a shared expert); chunked attention on the RoPE layers,
+    # global attention without RoPE (NoPE) on the others
+    "Llama4ForCausalLM": ("Llama4TextConfig", {"head_dim": 16, "num_local_experts": 4, "num_experts_per_tok": 1,
+                                               "interleave_moe_layer_step": 2, "intermediate_size_mlp": 128,
+                                               "no_rope_layer_interval": 2, "attention_chunk_size": 24}),
+    # sliding (local RoPE) and global layers, q/k norms
+    "Gemma3ForCausalLM": ("Gemma3TextConfig", {"head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 24,
+                                               "sliding_window_pattern": 2}),
+    "Olmo2ForCausalLM": ("Olmo2Config", {}),
+}
+
+# Multimodal checkpoints of those families: (config class, text architecture, a tiny vision tower's config).
+TINY_MULTIMODAL = {
+    "Gemma3ForConditionalGeneration": ("Gemma3Config", "Gemma3ForCausalLM",
+                                       {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                                        "num_attention_heads": 2, "image_size": 28, "patch_size": 14}),
+    "Llama4ForConditionalGeneration": ("Llama4Config", "Llama4ForCausalLM",
+                                       {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                                        "num_attention_heads": 2, "image_size": 28, "patch_size": 14,
+                                        "vision_output_dim": 32, "projector_input_dim": 32,
+                                        "projector_output_dim": 64}),
 }
 
 
@@ -46,7 +88,16 @@ def train_tokenizer(texts: list[str], vocab_size: int = 512) -> PreTrainedTokeni
 
 def tiny_config(architecture: str, vocab_size: int, num_layers: int = 4, hidden: int = 64, heads: int = 4,
                 kv_heads: int = 2, initializer_range: float = 0.2, **overrides):
-    """The transformers config of a tiny model of a registered architecture."""
+    """The transformers config of a tiny model of a registered architecture (or a multimodal one of
+    TINY_MULTIMODAL: the text model's tiny config with a tiny vision tower)."""
+    if architecture in TINY_MULTIMODAL:
+        config_name, text_architecture, vision = TINY_MULTIMODAL[architecture]
+        text = tiny_config(text_architecture, vocab_size, num_layers, hidden, heads, kv_heads, initializer_range,
+                           **overrides)
+        config = getattr(transformers, config_name)(text_config=text.to_dict(), vision_config=vision,
+                                                    image_token_index=5)
+        config.architectures = [architecture]
+        return config
     if architecture not in TINY_CONFIGS:
         raise ValueError(f"no tiny config for {architecture!r}; known: {', '.join(TINY_CONFIGS)}")
     config_name, extra = TINY_CONFIGS[architecture]
@@ -59,6 +110,8 @@ def tiny_config(architecture: str, vocab_size: int, num_layers: int = 4, hidden:
                       intermediate_size=hidden * 2, num_attention_heads=heads,
                       num_key_value_heads=kv_heads, max_position_embeddings=1024,
                       bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
+        if architecture == "DeepseekV3ForCausalLM":  # MLA expands its latents into every head's own keys
+            kwargs["num_key_value_heads"] = heads
     config = config_cls(**{**kwargs, **extra, "initializer_range": initializer_range, **overrides})
     config.architectures = [architecture]
     lookup(config)
