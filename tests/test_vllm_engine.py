@@ -148,6 +148,9 @@ def test_what_cannot_work_is_refused():
     with pytest.raises(ValueError, match="does not run DeepseekV3ForCausalLM: its sparse block has not been run"):
         check_model({"architectures": ["DeepseekV3ForCausalLM"], "n_routed_experts": 8}, 1)
     check_model({"architectures": ["MixtralForCausalLM"], "num_local_experts": 8}, 1)  # tests/test_vllm_families.py
+    for multimodal in ("Gemma3ForConditionalGeneration", "Llama4ForConditionalGeneration"):
+        with pytest.raises(ValueError, match=f"does not run the multimodal {multimodal}: .*use engine: hf"):
+            check_model({"architectures": [multimodal], "text_config": {"num_attention_heads": 4}}, 1)
     with pytest.raises(ValueError, match="does not divide the model's 6 attention heads"):
         check_model({"num_attention_heads": 6, "num_key_value_heads": 2}, 4)
     check_model({"num_attention_heads": 64, "num_key_value_heads": 8}, 8)  # Llama-70B on 8 GPUs

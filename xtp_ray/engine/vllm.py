@@ -55,6 +55,9 @@ def check_model(config: dict, tensor_parallel_size: int) -> None:
     that does not divide the heads or the experts' intermediate size, or exceeds the experts."""
     tp = tensor_parallel_size
     names = config.get("architectures") or ["?"]
+    if isinstance(config.get("text_config"), dict):  # vLLM's multimodal classes name their layers their own way
+        raise ValueError(f"the vllm engine does not run the multimodal {names[0]}: not run against the reference "
+                         "on this engine (use engine: hf, which runs its language model)")
     if names[0] in VIA_TRANSFORMERS_BACKEND:
         raise ValueError(f"the vllm engine does not run {names[0]}: vLLM runs it through its Transformers backend, "
                          "whose modules this engine has not been run on (use engine: hf)")
