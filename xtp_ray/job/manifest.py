@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from typing import Collection
 
 from .. import __version__, storage
 from ..errors import root_cause
@@ -40,7 +41,7 @@ def open_manifest(config: RunConfig) -> dict:
     return manifest
 
 
-def begin_attempt(config: RunConfig, manifest: dict, shards: dict[str, list[Instance]], done: set[str] | dict,
+def begin_attempt(config: RunConfig, manifest: dict, shards: dict[str, list[Instance]], done: Collection[str],
                   todo: list[str]) -> dict:
     """Record the run's config and plan and a new running attempt (written before any work); the attempt."""
     attempt = {"started": time.time(), "status": "running", "shards_total": len(shards),

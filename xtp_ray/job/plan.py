@@ -127,6 +127,7 @@ def plan(config: RunConfig, shape: tuple[dict, int] | None = None, loaded: tuple
 
 
 def digest_plan(shards: dict[str, list[Instance]]) -> str:
+    """16 hex digits naming the plan (shard names and their instance ids), kept in the manifest."""
     import hashlib
 
     plan_ids = {name: [i.id for i in instances] for name, instances in sorted(shards.items())}
