@@ -7,6 +7,7 @@ the usual AWS environment and are never logged.
 """
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from contextlib import contextmanager
@@ -197,16 +198,28 @@ class _LocalObject:
                 self.path.unlink(missing_ok=True)
 
 
+def _s3_client():
+    """A boto3 S3 client for the current endpoint, timeout and credentials, made once (making one takes
+    a while, and a lease's refresh must land well within its time to live)."""
+    return _s3_client_for(s3_endpoint(), float(os.environ.get("XTP_S3_TIMEOUT", "30")),
+                          *(os.environ.get(name) for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                                             "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
+                                                             "AWS_REGION")))
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_client_for(endpoint: str | None, timeout: float, *environment: str | None):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=endpoint,
+                        config=Config(connect_timeout=timeout, read_timeout=timeout, retries={"max_attempts": 3}))
+
+
 class _S3Object:
     def __init__(self, uri: str):
-        import boto3
-        from botocore.config import Config
-
         self.bucket, _, self.key = str(uri)[len("s3://"):].partition("/")
-        timeout = float(os.environ.get("XTP_S3_TIMEOUT", "30"))
-        self.client = boto3.client("s3", endpoint_url=s3_endpoint(),
-                                   config=Config(connect_timeout=timeout, read_timeout=timeout,
-                                                 retries={"max_attempts": 3}))
+        self.client = _s3_client()
 
     @staticmethod
     def _refused(exc) -> bool:
