@@ -42,8 +42,8 @@ def main() -> int:
 
     from xtp_ray import storage
     from xtp_ray.job.config import RunConfig, validate
-    from xtp_ray.job.pipeline import run_job
-    from xtp_ray.job.planning import plan
+    from xtp_ray.job.run import run_job
+    from xtp_ray.job.plan import plan
 
     boto3.client("s3", endpoint_url=server.endpoint).create_bucket(Bucket="soak")
     config = RunConfig(model="tiny:LlamaForCausalLM:8", tasks=["xnli", "xcopa"], langs=["all"],

@@ -11,7 +11,7 @@ import pytest
 from support import candidate_rows, make_config
 
 from xtp_ray.errors import root_cause
-from xtp_ray.job.pipeline import run_job
+from xtp_ray.job.run import run_job
 from xtp_ray.job.shards import committed_shards
 
 EVIL = "../../../../tmp/xtp-evil-lang"

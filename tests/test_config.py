@@ -6,8 +6,8 @@ import pytest
 from xtp_ray.engine.models import load_model
 from xtp_ray.engine.tiny import build_tiny_model
 from xtp_ray.job.config import ConfigError, RunConfig, load_config, validate
-from xtp_ray.job.pipeline import check_writable
-from xtp_ray.job.planning import plan, preflight
+from xtp_ray.job.checks import check_writable, preflight
+from xtp_ray.job.plan import plan
 
 
 def _write(tmp_path, text):

@@ -9,7 +9,7 @@ from xtp_ray.engine.footprint import GB, need_per_gpu, parameter_count
 from xtp_ray.job.config import load_config
 from xtp_ray.job.fit import GPU_MEMORY_GB, check_fit
 from xtp_ray.job.placement import smallest_gpu
-from xtp_ray.job.planning import read_model_config
+from xtp_ray.job.checks import read_model_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = Path(__file__).parent / "data" / "models"
@@ -110,7 +110,7 @@ def _model(name: str) -> dict:
 @pytest.mark.parametrize("name", sorted(MOE))
 def test_moe_totals_count_every_expert_and_the_cost_model_counts_the_active_ones(name):
     from xtp_ray.engine.footprint import count_parameters
-    from xtp_ray.job.planning import model_shape
+    from xtp_ray.job.plan import model_shape
 
     total, active, embedding = MOE[name]
     count = count_parameters(_model(name))

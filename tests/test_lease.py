@@ -123,9 +123,9 @@ def test_a_refresh_never_leaves_a_gap_a_competitor_can_take(tmp_path):
     stop, stolen = threading.Event(), []
 
     def compete():
-        store = lease._store(storage.join(run_uri, lease.LEASE_NAME))
+        uri = storage.join(run_uri, lease.LEASE_NAME)
         while not stop.is_set():
-            if store.create({"expires": 0}) is not None:
+            if storage.create_exclusive(uri, json.dumps({"expires": 0})) is not None:
                 stolen.append(1)
                 return
 

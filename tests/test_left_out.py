@@ -48,7 +48,7 @@ def _config(tmp_path, **values):
 def test_loading_names_every_reason_with_its_task_split_and_language(tmp_path):
     import shutil
 
-    from xtp_ray.job.planning import load_groups
+    from xtp_ray.job.plan import load_groups
 
     root = write_xnli(tmp_path / "data", broken="sw", shifted="de")
     (root / "xquad").mkdir()

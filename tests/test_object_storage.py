@@ -11,7 +11,7 @@ from support import s3_environment  # noqa: E402
 
 from xtp_ray import storage  # noqa: E402
 from xtp_ray.job.config import RunConfig, validate  # noqa: E402
-from xtp_ray.job.pipeline import run_job  # noqa: E402
+from xtp_ray.job.run import run_job  # noqa: E402
 from xtp_ray.results.aggregation import aggregate_run  # noqa: E402
 from xtp_ray.tasks import bundled_root  # noqa: E402
 

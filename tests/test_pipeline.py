@@ -12,7 +12,7 @@ ray = pytest.importorskip("ray")
 
 from support import candidate_rows, make_config  # noqa: E402
 
-from xtp_ray.job.pipeline import run_job  # noqa: E402
+from xtp_ray.job.run import run_job  # noqa: E402
 from xtp_ray.results.aggregation import aggregate_run  # noqa: E402
 
 LAYERS = 3
@@ -119,24 +119,21 @@ def test_a_plan_by_cost_records_its_shards_and_resumes_under_itself(tmp_path):
     assert json.loads((Path(config.output) / "bycost" / "manifest.json").read_text())["plan"] == plan
 
 
-def test_a_run_planned_before_plans_were_kept_resumes_under_its_plan_by_size(tmp_path):
-    old = _config(tmp_path, run_id="old", sharding="size")
-    run_job(old)
-    rows = candidate_rows(old)
-    manifest_path = Path(old.output) / "old" / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    del manifest["plan"]  # as a run planned by an earlier version left it: names and their digest only
-    manifest_path.write_text(json.dumps(manifest))
-    for f in sorted((Path(old.output) / "old" / "candidates").glob("*.parquet"))[:2]:
-        f.unlink()
-    again = run_job(_config(tmp_path, run_id="old"))  # today's default plans by cost: the old plan is kept
-    assert again["shards"] == 8 and again["shards_run"] == 2
-    assert Counter(map(_key, candidate_rows(old))) == Counter(map(_key, rows))
-    manifest = json.loads(manifest_path.read_text())
-    del manifest["plan"]
-    manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match="planned over other instances.*shard_size"):  # neither plan: refused
-        run_job(_config(tmp_path, run_id="old", shard_size=4))
+def test_a_run_planned_before_plans_were_kept_is_refused_in_one_line(tmp_path):
+    config = _config(tmp_path, run_id="old")
+    run = Path(config.output) / "old"
+    run.mkdir(parents=True)
+    # as a run planned by an earlier version left it: the shard names and their digest, no plan
+    manifest = {"run_id": "old", "config_digest": config.digest(), "shards": ["xnli-sample-sw-0000"],
+                "plan_digest": "0123456789abcdef", "status": "complete", "attempts": [{"status": "complete"}]}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError) as refused:
+        run_job(config)
+    line = str(refused.value)
+    assert "\n" not in line and line.startswith("run 'old' in ") and "planned by an earlier xtp-ray" in line
+    assert line.endswith("use a new run_id")
+    assert json.loads((run / "manifest.json").read_text()) == manifest  # refused before any attempt
+    assert not (run / "candidates").exists()
 
 
 def test_generate_mode_scores_text_and_reports_bad_rows(tmp_path):

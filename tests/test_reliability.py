@@ -21,7 +21,7 @@ from xtp_ray import storage  # noqa: E402
 from xtp_ray.candidates import CANDIDATE_SCHEMA  # noqa: E402
 from xtp_ray.job.config import RunConfig  # noqa: E402
 from xtp_ray.job.lease import LeaseHeldError  # noqa: E402
-from xtp_ray.job.pipeline import run_job  # noqa: E402
+from xtp_ray.job.run import run_job  # noqa: E402
 from xtp_ray.job.shards import ShardWriteError, write_shard  # noqa: E402
 from xtp_ray.results.aggregation import aggregate_run  # noqa: E402
 

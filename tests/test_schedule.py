@@ -145,7 +145,7 @@ def test_the_dry_runs_gpu_seconds_count_every_gpu_an_actor_holds(tmp_path, capsy
     result = json.loads(out)
     assert code == 0 and result["memory_fit"]["verdict"] == "fits" and result["gpus_per_actor"] == 8
     from xtp_ray.job.config import load_config
-    from xtp_ray.job.planning import plan
+    from xtp_ray.job.plan import plan
     from xtp_ray.job.schedule import makespan
 
     planned = plan(load_config(_args(*flags)))
@@ -223,7 +223,7 @@ def test_the_dry_run_counts_the_prompts_an_actor_would_skip_per_task_and_languag
 
     from xtp_ray.job.actor import GridSearch
     from xtp_ray.job.config import RunConfig
-    from xtp_ray.job.planning import load_groups
+    from xtp_ray.job.plan import load_groups
 
     flags = ["--model", str(tiny_model_dir), "--tasks", "xquad,xcopa", "--langs", "en,zh", "--limit", "20",
              "--max-prompt-tokens", "150", "--scoring", "generate", "--max-new-tokens", "8",

@@ -7,4 +7,4 @@ managers), `cascade` (shared-prefix attention function and own-token cache layer
 that compute alike share a slot), `transfers` (host<->device traffic, counted), `hf` (the fast grid),
 `reference` (the slow definition), `vllm` and `vllm_worker` (the same contract on vLLM), `load`
 (choosing an engine), `models` (loading from disk or the hub), `tiny` (tiny models and a local
-tokenizer)."""
+tokenizer), `footprint` (a model's parameters and an engine's memory per GPU, from the config alone)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 
+from .checks import ClusterCheck, assess_cluster
 from .config import RunConfig
 
 
@@ -39,7 +40,7 @@ def _cluster_checks(config: RunConfig, model_config: dict | None) -> tuple[str, 
 
     address = os.environ.get("RAY_ADDRESS", "")
     if ray.is_initialized():  # a caller's own session (tests, notebooks): use it, leave it running
-        return _checks_on_cluster(config, model_config)
+        return _shown(assess_cluster(config, model_config))
     if not reachable(address):
         return (f"not checked: no cluster reachable (RAY_ADDRESS {address or 'unset'}; `ray job submit` sets "
                 "it)"), None
@@ -48,30 +49,15 @@ def _cluster_checks(config: RunConfig, model_config: dict | None) -> tuple[str, 
     except (ConnectionError, RuntimeError, ValueError) as exc:
         return f"not checked: cluster at {address} did not answer ({exc})", None
     try:
-        return _checks_on_cluster(config, model_config)
+        return _shown(assess_cluster(config, model_config))
     finally:
         ray.shutdown()
 
 
-def _checks_on_cluster(config: RunConfig, model_config: dict | None) -> tuple[str, dict | None]:
+def _shown(checked: ClusterCheck) -> tuple[str, dict | None]:
     """The run's feasibility ("REFUSED: ..." where the run would be refused) and, for GPU actors without
-    gpu_memory_gb, the memory fit on the nodes' GPUs (`fit.assess_on_cluster`)."""
-    from .fit import assess_on_cluster
-    from .placement import check_feasible
-
-    feasible = _refused_or(lambda: check_feasible(config.num_cpus_per_actor, config.num_gpus_per_actor))
-    fit = None
-    if config.num_gpus_per_actor > 0 and config.gpu_memory_gb is None:
-        fit = assess_on_cluster(config, model_config)
-    return feasible, fit
-
-
-def _refused_or(check) -> str:
-    """What a check says, or "REFUSED: ..." where it refuses the run (ValueError)."""
-    try:
-        return check()
-    except ValueError as exc:
-        return f"REFUSED: {exc}"
+    gpu_memory_gb, the memory fit on the nodes' GPUs: the checks the run makes (`checks.check_cluster`)."""
+    return (f"REFUSED: {checked.feasibility}" if checked.refused else checked.feasibility), checked.fit
 
 
 def _parameters(model_config: dict, trust_remote_code: bool) -> dict:
@@ -90,7 +76,8 @@ def dry_run(config: RunConfig) -> dict:
     from .cost import CALIBRATION, estimate_tokens
     from .fit import assess_fit, not_checked
     from .lengths import token_counter, token_limit, too_long
-    from .planning import model_shape, plan, preflight
+    from .checks import preflight
+    from .plan import model_shape, plan
     from .schedule import makespan
 
     preflight(config, tokenizer=False, fit=False)  # the fit is shown below, refused or not

@@ -56,7 +56,7 @@ def _grid_search(args, aggregate: bool) -> int:
         from ..results.aggregation import earlier_report_uri
 
         earlier_report_uri(config.output, args.compare_with)  # before any work, not after it
-    from .pipeline import run_job
+    from .run import run_job
 
     summary = run_job(config, take_over=args.take_over)
     print_left_out(summary["left_out"], summary["languages"])

@@ -95,10 +95,3 @@ def assess_on_cluster(config: RunConfig, model_config: dict | None) -> dict:
     gb, where = gpu_memory_gb(config.num_cpus_per_actor, config.num_gpus_per_actor, GPU_MEMORY_GB)
     return assess_fit(config, model_config, gb, where) if gb else not_checked(f"{where} (give gpu_memory_gb)")
 
-
-def fit_on_cluster(config: RunConfig, model_config: dict | None) -> str:
-    """`assess_on_cluster` as a line; ValueError (that line) where it is refused."""
-    fit = assess_on_cluster(config, model_config)
-    if fit["verdict"] == "refused":
-        raise ValueError(fit["line"])
-    return fit["line"]

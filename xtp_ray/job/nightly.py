@@ -73,7 +73,7 @@ def _run_models(base, models: list[str], night: str, threshold: float, alpha: fl
     from ..errors import root_cause
     from ..results.aggregation import aggregate_run
     from ..results.history import REGRESSION_EXIT, write_history
-    from .pipeline import run_job
+    from .run import run_job
 
     done = Night()
     for model in models:

@@ -1,4 +1,5 @@
-"""Committed candidate shards: where they live and how one is written whole or not at all.
+"""Committed candidate shards: where they live, how one is written whole or not at all, and which a resume
+keeps.
 
 A shard is the unit of work and of resume: the actor that runs it writes
 `<output>/<run_id>/candidates/<shard>.parquet` through a temporary name and a move,
@@ -17,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import storage
-from ..candidates import inspect_committed, report_damaged
+from ..candidates import committed_footers, inspect_committed, report_damaged
 from ..names import check_name
 from ..results.partials import KEY, shard_partials, to_footer
 from .config import RunConfig
@@ -39,6 +40,30 @@ def committed_shards(config: RunConfig) -> set[str]:
     committed, damaged = inspect_committed(candidates_dir(config))
     report_damaged(damaged)
     return set(committed)
+
+
+def resumable_shards(config: RunConfig) -> dict[str, dict[str, str]]:
+    """Committed shards a resume may keep, with their footers: all made with this run's config digest
+    (checked whether or not the manifest is there: its loss must not let a run mix configurations).
+    Damaged shards are reported and run again."""
+    footers, damaged = committed_footers(candidates_dir(config))
+    committed = {name: meta.get("xtp_config_digest") for name, meta in footers.items()}
+    foreign = sorted(name for name, digest in committed.items() if digest != config.digest())
+    if foreign:
+        raise ValueError(f"run {config.run_id!r} in {config.output} holds {len(foreign)} shard(s) made with another "
+                         f"model/cells/scoring configuration (e.g. {foreign[0]}: digest "
+                         f"{committed[foreign[0]]}, this run's is {config.digest()}); use a new run_id")
+    report_damaged(damaged)
+    return footers
+
+
+def remove_temporaries(config: RunConfig) -> None:
+    """Drop `<run>/_tmp` once every actor is done: what is left there is from attempts that died."""
+    fs, path = storage.resolve(storage.join(run_dir(config), "_tmp"))
+    try:
+        fs.delete_dir(path)
+    except OSError:  # absent, or the store refused: nothing is lost either way
+        pass
 
 
 class ShardWriteError(RuntimeError):

@@ -1,10 +1,11 @@
 """The tasks floor: benchmarks as registered tasks behind one interface.
 
-One module per benchmark (`xnli`, `xcopa`, `xquad`, `globalopinionqa`, `mgsm`, `mkqa`) owns its splits and
-formats, direction, template, family (and so its coarse setting) and its metric (`metrics.py`, by name),
-which `Task.score` applies; `registry.get(name)` finds it.
-The shared parts: `instance` (Instance, InstanceError), `readers` (files, parallel files, `hf:`
-datasets), `alignment` (drifted parallel files), `release` (the release's option files), `base`
+One module per benchmark (`xnli`, `xcopa`, `xquad`, `globalopinionqa`, `mgsm`, `mkqa`, `culturalbench`) owns
+its splits and formats, direction, template, family (and so its coarse setting) and its metric (`metrics.py`,
+by name), which `Task.score` applies; `registry` (tasks by name: `registry.get(name)`) finds it, and `custom`
+makes a lab's own benchmark from a directory holding `task.yaml`, without code. The shared parts: `instance`
+(Instance, InstanceError), `readers` (files, parallel files, `hf:` datasets), `alignment` (drifted parallel
+files), `release` (the release's option files), `base`
 (the Task interface and the original-format pairing). The default data root is the package's
 bundled sample splits.
 

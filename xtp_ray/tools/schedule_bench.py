@@ -34,7 +34,7 @@ def model_dir(model: str) -> str:
 def simulate(config_name: str, actors: tuple[int, ...] = ACTORS, data_root: str | None = None) -> list[dict]:
     """One row per pool size: makespan / lower bound today and by cost, and the shards of each."""
     from ..job.config import load_config
-    from ..job.planning import load_groups, model_shape, plan
+    from ..job.plan import load_groups, model_shape, plan
     from ..job.schedule import lower_bound, makespan
 
     config = load_config(path=str(ROOT / "jobs" / config_name))

@@ -1,85 +1,16 @@
-"""Planning a run: checks that need no weights, then the shards (one task/split/lang
-each, `shard_size` instances, named deterministically) and the rows left out (`results.leftout` records)."""
+"""A run's plan: its instances loaded (the rows left out recorded as `results.leftout` records), cut into
+shards (one task/split/lang each, named deterministically), and on a resume the plan the run was made with."""
 from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 
-from .. import storage
-from ..cells import parse_cells
 from ..tasks import RELEASE_SPLITS, Instance, InstanceError, check_root, list_languages, load_instances, task_splits
-from .config import TINY_PREFIX, RunConfig, tensor_parallel_size, tiny_spec
+from .checks import read_model_config
+from .config import TINY_PREFIX, RunConfig, tiny_spec
 
 log = logging.getLogger("xtp_ray")
-
-
-def read_model_config(config: RunConfig) -> dict | None:
-    """The model's config.json as a dict, read without weights (None for a tiny model). A config-only
-    directory is enough: what needs only the shape (the memory fit, planning) runs from it."""
-    if config.model.startswith(TINY_PREFIX):
-        return None
-    config_uri = storage.join(config.model, "config.json")
-    if not config.model.startswith("s3://") and not os.path.isdir(config.model) and (
-            os.path.exists(config.model) or config.model.startswith((".", "/", "~"))
-            or config.model.count("/") > 1):
-        what = "is a file, not a save_pretrained directory" if os.path.exists(config.model) else "does not exist"
-        raise ValueError(f"model {config.model}: {what}")
-    if config.model.startswith("s3://") or os.path.isdir(config.model):
-        if not storage.exists(config_uri):
-            raise ValueError(f"model {config.model!r} has no config.json (expected a save_pretrained directory)")
-        try:
-            model_config = json.loads(storage.read_text(config_uri))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{config_uri}: not a JSON model config ({exc})") from None
-        return model_config
-    import transformers
-
-    return transformers.AutoConfig.from_pretrained(
-        config.model, revision=config.model_revision, trust_remote_code=config.trust_remote_code).to_dict()
-
-
-def preflight(config: RunConfig, tokenizer: bool = True, fit: bool = True) -> int | None:
-    """Checks that need the model's config but no weights: architecture, layer indices, the TP size,
-    the memory fit where the GPUs' memory is given (`gpu_memory_gb`; fit=False leaves it to the
-    caller), and a model directory's tokenizer files (tokenizer=False: a config-only directory).
-
-    Returns the number of layers where it can be known without loading weights.
-    """
-    from ..engine.architectures import lookup, num_layers_of_config
-    from .fit import check_fit
-
-    if config.model.startswith(TINY_PREFIX):
-        _, layers = tiny_spec(config.model)
-    else:
-        model_config = read_model_config(config)
-        lookup(model_config)
-        layers = num_layers_of_config(model_config)
-        if config.engine == "vllm":
-            from ..engine.vllm import check_model
-
-            check_model(model_config, tensor_parallel_size(config))
-        if fit and config.gpu_memory_gb is not None:  # before the tokenizer: a config-only directory is enough
-            log.info("%s", check_fit(config, model_config, config.gpu_memory_gb, "gpu_memory_gb"))
-        if tokenizer and (config.model.startswith("s3://") or os.path.isdir(config.model)):
-            check_tokenizer_files(config.model)
-    if layers and config.cells not in ("full", "target-first", "coarse"):
-        parse_cells(config.cells, layers)
-    return layers
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
-                   "sentencepiece.bpe.model", "tokenizer_config.json")
-
-
-def check_tokenizer_files(model: str) -> None:
-    """A model directory must carry its tokenizer; without one, transformers fails deep inside the
-    actor (and suggests installing sentencepiece)."""
-    names = set(storage.list_names(model))
-    if not names & set(TOKENIZER_FILES):
-        raise ValueError(f"model {model} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}): save "
-                         "the tokenizer into the model directory (tokenizer.save_pretrained(directory))")
 
 
 @dataclass
@@ -196,7 +127,39 @@ def plan(config: RunConfig, shape: tuple[dict, int] | None = None, loaded: tuple
 
 
 def digest_plan(shards: dict[str, list[Instance]]) -> str:
+    """16 hex digits naming the plan (shard names and their instance ids), kept in the manifest."""
     import hashlib
 
     plan_ids = {name: [i.id for i in instances] for name, instances in sorted(shards.items())}
     return hashlib.sha256(json.dumps(plan_ids).encode()).hexdigest()[:16]
+
+
+def resumed_plan(config: RunConfig, manifest: dict, planned: Plan) -> dict[str, list[Instance]]:
+    """The shards to run: the run's own plan where its manifest holds one (a rerun keeps its shards
+    whatever the pool or the sharding now, so nothing is lost or duplicated), else the fresh plan for a
+    new run. A run planned before plans were kept, or over other instances, is refused in one line."""
+    stored = manifest.get("plan")
+    if stored is None:
+        if manifest.get("plan_digest") is not None:  # xtp-ray 0.1 before plans were kept: names and a digest
+            raise ValueError(f"run {config.run_id!r} in {config.output} was planned by an earlier xtp-ray, which "
+                             "kept no plan to resume under; use a new run_id")
+        return planned.shards
+    by_id = {i.id: i for instances in planned.shards.values() for i in instances}
+    ids = [i for names in stored.values() for i in names]
+    if len(ids) != len(set(ids)) or set(ids) != set(by_id):
+        raise ValueError(f"run {config.run_id!r} in {config.output} was planned over other instances (tasks, "
+                         "langs, splits, limit or the data changed); use a new run_id")
+    return {name: [by_id[i] for i in names] for name, names in stored.items()}
+
+
+def scored_languages(planned: Plan, skipped: list[dict]) -> dict[tuple[str, str], set]:
+    """(task, split) -> its languages with at least one instance that ran (not every one left out)."""
+    lost = {}
+    for entry in skipped:
+        key = (entry["task"], entry["split"], entry["lang"])
+        lost[key] = lost.get(key, 0) + 1
+    shown: dict[tuple[str, str], set] = {}
+    for (task, split, lang), instances in planned.groups.items():
+        if len(instances) > lost.get((task, split, lang), 0):
+            shown.setdefault((task, split), set()).add(lang)
+    return shown
