@@ -185,10 +185,10 @@ def test_rows_left_out_are_listed_and_do_not_fail_a_plan_that_fits(tmp_path, cap
     out = capsys.readouterr().out
     assert code == 0, out
     [left_out] = [line for line in out.splitlines() if line.startswith("  left out")]
-    assert "1 row(s) or file(s) (listed below; --json: left_out)" in left_out
+    assert "1 row (1 malformed row; listed below; --json: left_out)" in left_out  # rows, not lines
     [listed] = [line for line in out.splitlines() if line.startswith("left out: ")]
     assert f"{sw}:3" in listed, listed
-    assert "the plan can run (exit 0); 1 row(s) or file(s) left out, listed below" in out
+    assert "the plan can run (exit 0); 1 row left out, listed below" in out
     code = main(["run", "--data-root", str(root), *flags, "--json"])
     result = json.loads(capsys.readouterr().out)
     assert code == 0 and len(result["left_out"]) == 1 and result["memory_fit"]["verdict"] == "fits"

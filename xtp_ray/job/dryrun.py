@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 
+from ..results import leftout
 from .checks import ClusterCheck, assess_cluster
 from .config import RunConfig
 
@@ -104,6 +105,7 @@ def dry_run(config: RunConfig) -> dict:
              "tensor parallelism assumed)"
              + ("; the vllm engine is not calibrated: the hf engine's figures are used" if config.engine == "vllm"
                 else ""))
+    bad = [r for r in planned.left_out if not r["note"]]  # notes (a task's own rule) are no bad data
     return {"config": config.to_json(), "shards": len(planned.shards),
             "sharding": "by size" if config.sharding == "size" or config.max_actors == 1 else
             f"by cost for {config.max_actors} actors, costliest first",
@@ -112,6 +114,8 @@ def dry_run(config: RunConfig) -> dict:
             "cells_per_instance": {task: s.cells for task, s in shapes.items()},
             "prompt_tokens_estimate": prompt_tokens, "new_tokens_at_most": new_tokens,
             "left_out": [str(e) for e in planned.errors],
+            "left_out_count": leftout.total(bad) if bad else None,
+            "left_out_by_reason": leftout.describe(bad) if bad else None,
             "too_long": [t.to_json() for t in long_prompts],
             "too_long_instances": sum(t.left_out for t in long_prompts),
             "token_limit": token_limit(config, shape[0]), "token_limit_of": "max_prompt_tokens" if
@@ -151,7 +155,7 @@ def print_dry_run(result: dict, as_json: bool) -> None:
                 f"an {result['prediction_device']})" if gpus else
                 f"none: CPU actors ({result['predicted_actor_s']:,.0f} s of actor time as predicted for an "
                 f"{result['prediction_device']})")
-    left_out = len(result["left_out"])
+    left_out = result["left_out_count"]  # "790 rows", "790 rows and 1 whole file", None
     refused = refusals(result)
     lines = [
         ("parameters", _parameters_line(result["parameters"])),
@@ -162,7 +166,8 @@ def print_dry_run(result: dict, as_json: bool) -> None:
         ("candidate rows", f"{result['rows']:,} (one per cell)"),
         ("prompt tokens", f"~{result['prompt_tokens_estimate']:,} (estimated from characters)"),
         ("new tokens", f"at most {result['new_tokens_at_most']:,}"),
-        ("left out", f"{left_out} row(s) or file(s)" + (" (listed below; --json: left_out)" if left_out else "")),
+        ("left out", f"{left_out} ({result['left_out_by_reason']}; listed below; --json: left_out)" if left_out
+         else "none"),
         ("over token limit", f"{result['too_long_instances']:,} instance(s) would be skipped"
          + (" (per task and language below; --json: too_long)" if result["too_long"] else "")
          + f": prompt + new tokens over {result['token_limit'] or 'no'} ({result['token_limit_of']}), prompts "
@@ -175,7 +180,7 @@ def print_dry_run(result: dict, as_json: bool) -> None:
                                 "makespan; model loading and scale-up not included)"),
         ("prediction basis", result["prediction_basis"]),
         ("verdict", f"REFUSED by the {' and the '.join(refused)} (exit 2)" if refused else
-         "the plan can run (exit 0)" + (f"; {left_out} row(s) or file(s) left out, listed below" if left_out
+         "the plan can run (exit 0)" + (f"; {left_out} left out, listed below" if left_out
                                         else "")),
     ]
     print("dry run: planned only; nothing ran and nothing was written")
