@@ -6,7 +6,7 @@
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: install demo test bench
+.PHONY: install demo test lint bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ demo: install
 
 test: install
 	HF_HUB_OFFLINE=1 .ci/loopback $(VENV)/bin/python -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
 
 bench: install
 	$(VENV)/bin/xtp bench

@@ -7,7 +7,8 @@ Not a test (pytest does not collect it); run it inside a loopback-only namespace
 It starts moto's S3 server on 127.0.0.1, runs the grid search with 2 actors writing to
 s3://soak/runs (an 8-layer tiny Llama, XNLI + XCOPA in every sample language, 20 new
 tokens: several minutes here), and for as long as the job runs, at random moments,
-SIGKILLs a GridSearch actor or pauses the S3 server (SIGSTOP) for a few seconds. If the job itself fails (a fault it could not
+SIGKILLs a GridSearch actor or pauses the S3 server (SIGSTOP) for a few seconds.
+If the job itself fails (a fault it could not
 ride out), it is rerun with the same run id, as a nightly pipeline would. At the end it
 counts candidates per (instance, cell): zero lost, zero duplicated, or it exits 1.
 """
@@ -42,8 +43,8 @@ def main() -> int:
 
     from xtp_ray import storage
     from xtp_ray.job.config import RunConfig, validate
-    from xtp_ray.job.run import run_job
     from xtp_ray.job.plan import plan
+    from xtp_ray.job.run import run_job
 
     boto3.client("s3", endpoint_url=server.endpoint).create_bucket(Bucket="soak")
     config = RunConfig(model="tiny:LlamaForCausalLM:8", tasks=["xnli", "xcopa"], langs=["all"],

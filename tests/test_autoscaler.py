@@ -1,7 +1,8 @@
 """Ray's fake autoscaler on this machine: a head with no CPU for actors and a GPU-typed node type (1 CPU,
 1 GPU, 0 to 1 nodes). A 0-GPU pool scales the cluster from 0 and completes on the CPU; a request no node
 type can hold is refused within a minute, naming the request and the node types (read from the
-autoscaling config the head's monitor was given); an actor given a GPU where CUDA is absent fails loudly. The head is started as `AutoscalingCluster` starts it (its example config is
+autoscaling config the head's monitor was given); an actor given a GPU where CUDA is absent fails loudly.
+The head is started as `AutoscalingCluster` starts it (its example config is
 shipped in tests/data), and stopped by PID."""
 import json
 import os

@@ -13,6 +13,7 @@ from xtp_ray.engine.cascade import (
     IRRELEVANT_ARGUMENTS,
     KERNELS,
     SharedPrefix,
+    UnsupportedAttentionArgument,
     attend_fused,
     attend_matmul,
     attend_own_matmul,
@@ -20,7 +21,6 @@ from xtp_ray.engine.cascade import (
     check_own_kernel,
     own_part,
     padding_bias,
-    UnsupportedAttentionArgument,
 )
 
 TOL = 1e-5

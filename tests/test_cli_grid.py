@@ -62,7 +62,8 @@ def test_grid_takes_a_task_instead_of_a_file(tiny_model_dir, tmp_path, capsys):
 def test_bad_input_names_file_line_and_field(tiny_model_dir, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(PAIRS[0]) + "\n" + json.dumps({"id": "x", "donor": "hi", "recipient": ""}) + "\n")
-    assert main(["grid", "--model", str(tiny_model_dir), "--input", str(bad), "--output", str(tmp_path / "o.parquet")]) == 2
+    out = str(tmp_path / "o.parquet")
+    assert main(["grid", "--model", str(tiny_model_dir), "--input", str(bad), "--output", out]) == 2
     assert f"{bad}:2: field 'recipient' must be a non-empty string" in capsys.readouterr().err
     assert main(["grid", "--model", str(tiny_model_dir), "--input", str(_write_pairs(tmp_path / "ok.jsonl", PAIRS)),
                  "--cells", "9:0", "--output", str(tmp_path / "o.parquet")]) == 2

@@ -52,5 +52,6 @@ def test_heavy_installs_only_where_gpus_are_and_the_dashboard_stays_private():
     assert types["cpu_small"]["resources"] == {"CPU": 4}  # CPU-only runs hold no GPU node
     head = " ".join(config["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head
-    assert all("RAY_AUTH_MODE=token" in c for c in config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+    assert all("RAY_AUTH_MODE=token" in c
+               for c in config["head_start_ray_commands"] + config["worker_start_ray_commands"]
                if c.startswith(("ray start", "RAY_AUTH_MODE")))

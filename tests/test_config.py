@@ -5,8 +5,8 @@ import pytest
 
 from xtp_ray.engine.models import load_model
 from xtp_ray.engine.tiny import build_tiny_model
-from xtp_ray.job.config import ConfigError, RunConfig, load_config, validate
 from xtp_ray.job.checks import check_writable, preflight
+from xtp_ray.job.config import ConfigError, RunConfig, load_config, validate
 from xtp_ray.job.plan import plan
 
 

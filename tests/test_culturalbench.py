@@ -42,7 +42,8 @@ def write_culturalbench(root, rows=None, translations=("de",), fmt="csv", drop_t
         (directory / "CulturalBench-Hard.json").write_text(json.dumps(rows))
     for lang in translations:
         (directory / "translated" / f"{lang}.jsonl").write_text("".join(
-            json.dumps({"data_idx": r["data_idx"], "prompt": f"[{lang}] Frage: {r['prompt_question']} / {r['prompt_option']}"})
+            json.dumps({"data_idx": r["data_idx"],
+                        "prompt": f"[{lang}] Frage: {r['prompt_question']} / {r['prompt_option']}"})
             + "\n" for r in rows if r.get("data_idx") != drop_translation))
     return root
 

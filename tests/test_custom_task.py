@@ -23,9 +23,11 @@ def write_own_task(root, lines_by_lang=None, spec=TASK_YAML, name="mybench", spl
                 "gold": "1"},
                {"id": "q2", "donor": "Is fire cold? (1) yes (2) no", "recipient": "Is fire cold? (1) yes (2) no",
                 "gold": "2"}],
-        "sw": [{"id": "q1", "donor": "Is ice cold? (1) yes (2) no", "recipient": "Je, barafu ni baridi? (1) ndiyo (2) hapana",
+        "sw": [{"id": "q1", "donor": "Is ice cold? (1) yes (2) no",
+                "recipient": "Je, barafu ni baridi? (1) ndiyo (2) hapana",
                 "gold": "1"},
-               {"id": "q2", "donor": "Is fire cold? (1) yes (2) no", "recipient": "Je, moto ni baridi? (1) ndiyo (2) hapana",
+               {"id": "q2", "donor": "Is fire cold? (1) yes (2) no",
+                "recipient": "Je, moto ni baridi? (1) ndiyo (2) hapana",
                 "gold": "2"}]}
     (root / name / split).mkdir(parents=True, exist_ok=True)
     (root / name / "task.yaml").write_text(spec)

@@ -42,7 +42,8 @@ def assert_same(fast, slow, check_tokens=True):
         for f, s in zip(fast_row, slow_row):
             if check_tokens:
                 assert f.token_ids == s.token_ids, f.cell
-            assert torch.allclose(f.logits, s.logits, atol=LOGIT_TOL, rtol=0), (f.cell, (f.logits - s.logits).abs().max())
+            assert torch.allclose(f.logits, s.logits, atol=LOGIT_TOL, rtol=0), \
+                (f.cell, (f.logits - s.logits).abs().max())
             if s.option_logprobs is not None:
                 assert f.option_logprobs == pytest.approx(s.option_logprobs, abs=LOGIT_TOL)
 

@@ -14,6 +14,7 @@ sliding windows and attention chunks of 24 tokens), chunks of 4 cells (rows spli
 """
 import pytest
 import torch
+from test_engine import DENSE, assert_same
 from transformers import AttentionInterface
 
 from xtp_ray.cells import parse_cells
@@ -27,8 +28,6 @@ from xtp_ray.engine.architectures import (
 )
 from xtp_ray.engine.cascade import IRRELEVANT_ARGUMENTS, UnsupportedAttentionArgument
 from xtp_ray.engine.tiny import TINY_CONFIGS, build_tiny_model
-
-from test_engine import DENSE, assert_same
 
 FAMILIES = sorted(set(TINY_CONFIGS) - set(DENSE))
 DONORS = ["Premise: The girl squeezed her nose.\nHypothesis: the baby soiled his diaper.",

@@ -1,4 +1,5 @@
-"""`ray start --head` on 127.0.0.1, `ray job submit` of jobs/grid_search.py, SUCCEEDED; the cluster stopped by PID (its session)."""
+"""`ray start --head` on 127.0.0.1, `ray job submit` of jobs/grid_search.py, SUCCEEDED; the cluster stopped
+by PID (its session)."""
 import json
 import os
 import secrets

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from test_culturalbench import culturalbench_rows, write_culturalbench
 
 from xtp_ray.results import leftout
@@ -196,7 +195,7 @@ def test_many_rows_of_one_reason_print_a_few_lines_and_a_count(capsys):
 
 
 def test_the_report_names_lost_languages_per_task_and_in_the_tables(tmp_path):
-    from xtp_ray.results.report import md, render_html, render_markdown
+    from xtp_ray.results.report import md
 
     tables = {"xquad/test/ffn": {"by_lang": {"en": {}}}, "mkqa/train/ffn": {"by_lang": {"de": {}}}}
     report = {"tables": tables, "left_out": leftout.section(_records(), tables)}

@@ -85,7 +85,8 @@ def test_the_six_real_records_in_the_datasets_own_format(tmp_path):
 
 
 def test_no_answer_golds_are_left_out_and_bad_records_named(tmp_path):
-    good = {"example_id": 1, "query": "who wrote hamlet", "queries": {"en": "who wrote hamlet", "de": "wer schrieb hamlet"},
+    good = {"example_id": 1, "query": "who wrote hamlet",
+            "queries": {"en": "who wrote hamlet", "de": "wer schrieb hamlet"},
             "answers": {"en": [{"type": "entity", "text": "William Shakespeare", "aliases": ["Shakespeare"]}],
                         "de": [{"type": "entity", "text": "William Shakespeare", "aliases": ["Shakespeare"]}]}}
     unanswerable = {**good, "example_id": 2, "answers": {"en": [{"type": "unanswerable", "text": None}],
@@ -102,7 +103,8 @@ def test_no_answer_golds_are_left_out_and_bad_records_named(tmp_path):
     assert notes == [f"{root}/mkqa/mkqa.jsonl: field 'answers.de': 2 record(s) whose gold in de is No Answer left "
                      "out (counted, not an error)"]
     assert errors == [f"{root}/mkqa/mkqa.jsonl:6: bad JSON (Expecting property name enclosed in double quotes)",
-                      f"{root}/mkqa/mkqa.jsonl:4: field 'queries.de': missing: this record has no question in the language",
+                      f"{root}/mkqa/mkqa.jsonl:4: field 'queries.de': missing: this record has no question in the "
+                      "language",
                       f"{root}/mkqa/mkqa.jsonl:5: field 'answers.de': expected a non-empty list of answers"]
 
 

@@ -9,10 +9,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from xtp_ray.candidates import CANDIDATE_SCHEMA
 from xtp_ray.job.config import RunConfig
 from xtp_ray.job.shards import write_shard
-from xtp_ray.results.aggregation import aggregate_merged, aggregate_run
+from xtp_ray.results.aggregation import aggregate_run
 from xtp_ray.results.partials import Merged, shard_partials, summarise
 from xtp_ray.results.report import render_figures, render_html, render_markdown
 from xtp_ray.results.rows import aggregate_frame, summarise_group

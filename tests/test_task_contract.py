@@ -27,7 +27,7 @@ KNOWN_DEFECTS: dict[tuple[str, str], str] = {}
 PAIRS = [(task, split) for task in names() for split in get(task).splits()]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def at_hand(task: str, split: str) -> tuple[str, list[str]] | None:
     """(data root, languages) of the first root holding the split; None where none does."""
     for root in ROOTS.values():
@@ -56,7 +56,7 @@ def scored_language(languages: list[str]) -> str:
     return next((lang for lang in languages if lang != "en"), languages[0])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def loaded(task: str, split: str) -> tuple[str, str, list[Instance], list]:
     root, languages = at_hand(task, split)
     lang = scored_language(languages)

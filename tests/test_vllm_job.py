@@ -20,7 +20,6 @@ from support import candidate_rows, make_config  # noqa: E402
 
 from xtp_ray.candidates import CANDIDATE_SCHEMA  # noqa: E402
 
-
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": "", "VLLM_CPU_KVCACHE_SPACE": "1"}
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import functools
 import os
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs

@@ -24,7 +24,7 @@ class Architecture:
     vllm_ffn: str | None = None
     vllm_attn: str | None = None
 
-    def in_vllm(self) -> "Architecture":
+    def in_vllm(self) -> Architecture:
         """The same roles under the names of vLLM's model class."""
         return Architecture(layers=self.vllm_layers or self.layers, ffn=self.vllm_ffn or self.ffn,
                             attn=self.vllm_attn or self.attn)

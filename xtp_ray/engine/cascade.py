@@ -24,9 +24,9 @@ P prefix length, q query tokens per row, s own keys per row, D head dim.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from transformers import AttentionInterface

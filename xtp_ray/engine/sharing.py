@@ -30,9 +30,9 @@ output back to all R rows (`share_rows`).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -171,7 +171,7 @@ class RowSharing:
         flat = to_device(np.concatenate(arrays), self.device)  # one host->device copy for all of them
         views = iter(flat.split([len(array) for array in arrays]))  # views, in the order of `arrays`
         every = np.arange(self.rows)
-        for layer, (active, spread, copy_to, copy_from) in zip(layers, host):
+        for layer, (active, spread, copy_to, _copy_from) in zip(layers, host):
             whole = len(active) == self.rows and bool((active == every).all() and (spread == every).all())
             active, spread = next(views), next(views)
             copies = (next(views), next(views)) if copy_to is not None else None

@@ -74,10 +74,10 @@ def _parameters(model_config: dict, trust_remote_code: bool) -> dict:
 
 def dry_run(config: RunConfig) -> dict:
     """The plan's figures and predictions (see the module docstring)."""
+    from .checks import preflight
     from .cost import CALIBRATION, estimate_tokens
     from .fit import assess_fit, not_checked
     from .lengths import token_counter, token_limit, too_long
-    from .checks import preflight
     from .plan import model_shape, plan
     from .schedule import makespan
 

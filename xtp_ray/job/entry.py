@@ -124,7 +124,8 @@ def _print_overview(report: dict) -> None:
     for key, table in report["tables"].items():
         upper = table.get("upper_bound_overall")
         print(f"{key}: vanilla {100 * table['vanilla_overall']:.1f}% (std {100 * table['vanilla_std']:.1f}), "
-              + (f"upper bound {100 * upper:.1f}% (std {100 * table['upper_bound_std']:.1f})" if upper is not None else ""))
+              + (f"upper bound {100 * upper:.1f}% (std {100 * table['upper_bound_std']:.1f})"
+                 if upper is not None else ""))
 
 
 def aggregate_main(argv: list[str] | None = None) -> int:

@@ -46,8 +46,8 @@ class TooLong:
 def token_counter(config: RunConfig) -> tuple[Callable[[str], int], str]:
     """(prompt -> tokens, basis): the model's tokenizer where its local directory carries one, else the
     characters' estimate."""
-    from .cost import estimate_tokens
     from .checks import TOKENIZER_FILES
+    from .cost import estimate_tokens
 
     model = config.model
     if not model.startswith(TINY_PREFIX) and os.path.isdir(model) and set(os.listdir(model)) & set(TOKENIZER_FILES):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Collection
+from collections.abc import Collection
 
 from .. import __version__, storage
 from ..errors import root_cause

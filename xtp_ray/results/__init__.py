@@ -6,6 +6,7 @@ paired tests. Imports neither torch nor transformers.
 shards' partials), `rows` (the plain pandas definition over every row: the tests' reference), `tables`
 (per-language summaries to a task's table), `stats` (order-free means and spreads), `scaling` (the paper's
 offline scaling table), `leftout` (rows left out: errors.jsonl, the counts, the report's section), `report`
-(Markdown, HTML, figures), `markup` (the HTML table both the report and the left-out section draw), `lmeval` (report/results.json in lm-evaluation-harness's shape), `history`
+(Markdown, HTML, figures), `markup` (the HTML table both the report and the left-out section draw), `lmeval`
+(report/results.json in lm-evaluation-harness's shape), `history`
 (trends across runs: `xtp history`), `paired` (McNemar, Holm, Wilson), `synthetic` (realistic shards for
 tests and the results benchmark)."""

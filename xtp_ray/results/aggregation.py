@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import logging
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
 
 import pyarrow.parquet as pq
 

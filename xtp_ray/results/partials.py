@@ -52,7 +52,6 @@ def by_group(rows):
     cell): correct only when every member is, under the group's id; metrics dropped. Rows without a
     group stay as they are. Returns (rows, the rows' own figures (`row_level`) or None)."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     if GROUP not in rows.column_names or rows.column(GROUP).null_count == rows.num_rows:
         return rows, None

@@ -12,7 +12,6 @@ import pyarrow as pa
 from ..candidates import CANDIDATE_SCHEMA
 
 
-
 def synthetic_shard(task: str, split: str, lang: str, instances: range, layers: int, modules=("ffn",),
                     cells: list[tuple[int, int]] | None = None, seed: int = 0, run_id: str = "synthetic",
                     config: str = '{"digest": "synthetic"}', group_size: int | None = None) -> pa.Table:
@@ -32,7 +31,8 @@ def synthetic_shard(task: str, split: str, lang: str, instances: range, layers: 
     ease = np.repeat(rng.random(len(instances) * len(modules)), per_instance)
     helpful = np.where(vanilla, 0.0, 0.3 * np.exp(-np.abs(source - target) / 4.0))
     correct = rng.random(n) < np.clip(0.2 + 0.5 * ease + helpful, 0, 1)
-    from ..tasks import get, names as task_names
+    from ..tasks import get
+    from ..tasks import names as task_names
 
     known = get(task) if task in task_names() else None  # the task's own metrics and answers
     names = known.metrics if known else ()

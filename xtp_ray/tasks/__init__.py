@@ -17,16 +17,19 @@ from __future__ import annotations
 
 from .. import storage
 from ..names import check_name, is_name
+
 # each benchmark module registers its task at import, in this order (TASKS, `xtp tasks`, error messages)
-from . import xnli  # noqa: F401, I001
+# isort: off
+from . import xnli  # noqa: F401
 from . import xcopa  # noqa: F401
 from . import xquad  # noqa: F401
 from . import globalopinionqa  # noqa: F401
 from . import mgsm  # noqa: F401
 from . import mkqa  # noqa: F401
 from . import culturalbench  # noqa: F401
-from .custom import CustomTask, discover
+# isort: on
 from .base import RELEASE_SPLITS, Task
+from .custom import CustomTask, discover
 from .instance import Instance, InstanceError, MissingSplit, RowError
 from .readers import bundled_root, hf_split
 from .registry import get, names

@@ -26,7 +26,7 @@ class Instance:
         return row
 
     @classmethod
-    def from_row(cls, row: dict) -> "Instance":
+    def from_row(cls, row: dict) -> Instance:
         row = dict(row)
         row["options"] = list(row["options"])
         row["label_words"] = json.loads(row["label_words"])

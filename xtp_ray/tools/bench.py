@@ -284,8 +284,8 @@ def run_sweep(chunks: list[int], num_layers: int = 32, hidden: int = 256, prompt
     hf.run_grid(model, tokenizer, donors, recipients, grid[:8], "ffn", 2)  # warm-up
     out = {}
     for chunk in chunks:
-        _, seconds = _timed(lambda: hf.run_grid(model, tokenizer, donors, recipients, grid, "ffn",
-                                                    max_new_tokens, cells_per_chunk=chunk))
+        _, seconds = _timed(lambda chunk=chunk: hf.run_grid(model, tokenizer, donors, recipients, grid, "ffn",
+                                                                max_new_tokens, cells_per_chunk=chunk))
         out[chunk] = 1000 * seconds / (len(grid) + 1)
         log(f"{chunk} cells per forward: {out[chunk]:.2f} ms per cell ({seconds:.2f} s)")
     return out
@@ -362,7 +362,7 @@ def plain_decode_ms(model, rows: int, prompt: int = 32, steps: int = 20) -> floa
     token = model(input_ids=ids, past_key_values=cache, use_cache=True).logits[:, -1].argmax(-1)
     times = []
     for _ in range(steps):
-        token, seconds = _timed(lambda: model(input_ids=token[:, None], past_key_values=cache,
-                                              use_cache=True).logits[:, -1].argmax(-1))
+        token, seconds = _timed(lambda token=token: model(input_ids=token[:, None], past_key_values=cache,
+                                                          use_cache=True).logits[:, -1].argmax(-1))
         times.append(seconds)
     return 1000 * statistics.median(times)

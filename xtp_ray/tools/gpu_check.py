@@ -303,9 +303,9 @@ def measure_subset(model, tokenizer, device: str, cells: int, reference_cells: i
         subset = grid[::max(1, len(grid) // count)][:count]
         engine.run_grid(donors, recipients, subset[:2], "ffn", 2)  # warm-up
         other(subset[:1])
-        fast, fast_s = _timed(lambda: engine.run_grid(donors, recipients, subset, "ffn", NEW_TOKENS,
-                                                      keep_logits=True))
-        slow, slow_s = _timed(lambda: other(subset))
+        fast, fast_s = _timed(lambda subset=subset: engine.run_grid(donors, recipients, subset, "ffn", NEW_TOKENS,
+                                                                    keep_logits=True))
+        slow, slow_s = _timed(lambda other=other, subset=subset: other(subset))
         identical, total, diff = compare(fast, slow, "generate", strict=model.dtype == torch.float32)
         out[name] = {"cells": total, "fast_s": fast_s, f"{name}_s": slow_s, "speedup": slow_s / fast_s,
                      "identical_decisions": identical, "max_logit_diff": diff}

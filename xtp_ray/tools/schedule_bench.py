@@ -96,6 +96,7 @@ def shard_costs_measured(manifest_uri: str) -> list[str]:
     lines = [f"shards: {manifest_uri}: {len(attempt['shards'])} shards, {count} instances, busy share "
              f"{attempt.get('busy_share') or 0:.3f}, {attempt['seconds']:.1f} s"]
     for task, (n, measured, predicted) in sorted(per_task.items()):
-        lines.append(f"shards: {task}: {n} instances, measured {measured / n / measured_mean:.2f}x the mean s/instance, "
+        lines.append(f"shards: {task}: {n} instances, measured {measured / n / measured_mean:.2f}x the mean "
+                     "s/instance, "
                      f"predicted {predicted / n / predicted_mean:.2f}x")
     return lines
