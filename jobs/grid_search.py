@@ -5,7 +5,7 @@ Runs the grid search over every shard not yet committed, then aggregates
 """
 import sys
 
-from xtp_ray.job.entry import grid_search_main
+from xtp_ray.job.entry import run_main
 
 if __name__ == "__main__":
-    sys.exit(grid_search_main(sys.argv[1:]))
+    sys.exit(run_main(sys.argv[1:]))

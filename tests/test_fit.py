@@ -8,7 +8,7 @@ from xtp_ray.cli import main
 from xtp_ray.engine.footprint import GB, need_per_gpu, parameter_count
 from xtp_ray.job.checks import read_model_config
 from xtp_ray.job.config import load_config
-from xtp_ray.job.fit import GPU_MEMORY_GB, check_fit
+from xtp_ray.job.memory_fit import GPU_MEMORY_GB, check_fit
 from xtp_ray.job.placement import smallest_gpu
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,7 +201,7 @@ def test_gpt_oss_120b_fits_one_80gb_gpu_with_mxfp4_experts():
 
 
 def test_a_quantization_that_is_not_modelled_is_not_checked_rather_than_guessed():
-    from xtp_ray.job.fit import assess_fit
+    from xtp_ray.job.memory_fit import assess_fit
 
     awq = {**_model("Llama-2-7b-chat-hf"), "quantization_config": {"quant_method": "awq", "bits": 4}}
     fit = assess_fit(_config("paper.yaml", model=LLAMA_7B), awq, 80, "gpu_memory_gb")
@@ -209,7 +209,7 @@ def test_a_quantization_that_is_not_modelled_is_not_checked_rather_than_guessed(
 
 
 def test_the_fit_is_structured():
-    from xtp_ray.job.fit import assess_fit
+    from xtp_ray.job.memory_fit import assess_fit
 
     two = _config("llama70b.yaml", model=LLAMA_70B, num_gpus_per_actor=2)
     fit = assess_fit(two, read_model_config(two), 40, "gpu_memory_gb")

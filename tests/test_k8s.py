@@ -175,7 +175,7 @@ def test_every_node_mounts_one_shared_model_cache_as_hf_home():
 
 
 def test_the_memory_fit_is_checked_for_the_gpu_groups_accelerator():
-    from xtp_ray.job.fit import GPU_MEMORY_GB
+    from xtp_ray.job.memory_fit import GPU_MEMORY_GB
     from xtp_ray.job.nightly import nightly_parser
 
     args = nightly_parser().parse_args(shlex.split(_spec()["entrypoint"])[2:])  # every flag exists

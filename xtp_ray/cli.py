@@ -257,9 +257,9 @@ def main(argv: list[str] | None = None) -> int:
                    "nights at once (see `xtp nightly --help`)", add_help=False)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("run", "aggregate"):
-        from .job.entry import aggregate_main, grid_search_main
+        from .job.entry import aggregate_main, run_main
 
-        return grid_search_main(argv[1:]) if argv[0] == "run" else aggregate_main(argv[1:])
+        return run_main(argv[1:]) if argv[0] == "run" else aggregate_main(argv[1:])
     if argv and argv[0] == "nightly":
         from .job.nightly import nightly_main
 
@@ -268,9 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args([a for a in argv if a != "--debug"])
     try:
         if args.command == "grid":
-            from .tools.probe import run_probe
+            from .tools.grid import run_grid
 
-            return run_probe(args)
+            return run_grid(args)
         if args.command == "history":
             return _print_history(args)
         if args.command == "tasks":

@@ -7,7 +7,7 @@
 - `schedule`: shards cut by predicted cost, dispatched costliest first; the makespan.
 - `cost`: an instance's predicted GPU-seconds, from its prompts and the model's shape.
 - `lengths`: prompts beyond the run's token limit, counted before launch.
-- `fit`: does one actor's model fit its GPUs (from the config alone).
+- `memory_fit`: does one actor's model fit its GPUs (from the config alone).
 - `placement`: the request against the live nodes and node types, shared paths, an actor's devices.
 - `lease`: one driver per run (a lease object refreshed while the driver lives).
 - `manifest`: the run's manifest: config, plan, model revision, every attempt and its timings.
@@ -15,7 +15,7 @@
 - `pipeline`: Ray Data over the shards to run, on a pool of `actor.GridSearch` actors.
 - `actor`: the Ray Data callable: one engine per actor, one shard per call, committed as Parquet.
 - `shards`: where committed shards live, one written whole or not at all, which a resume keeps.
-- `quiet`: Ray Data's per-actor constructor-argument line kept off stderr.
+- `ray_noise`: Ray Data's per-actor constructor-argument line kept off stderr.
 - `dryrun`: `xtp run --dry-run`: the plan, its figures and predictions, no Ray work.
 - `nightly`: `xtp nightly`: one night of grid searches and their trends, never two nights at once.
 - `alert`: a failed or regressed night posted to a webhook.

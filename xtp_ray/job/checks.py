@@ -53,7 +53,7 @@ def preflight(config: RunConfig, tokenizer: bool = True, fit: bool = True) -> in
     Returns the number of layers where it can be known without loading weights.
     """
     from ..engine.architectures import lookup, num_layers_of_config
-    from .fit import check_fit
+    from .memory_fit import check_fit
 
     if config.model.startswith(TINY_PREFIX):
         _, layers = tiny_spec(config.model)
@@ -119,7 +119,7 @@ class ClusterCheck:
 
 def assess_cluster(config: RunConfig, model_config: dict | None) -> ClusterCheck:
     """The request's feasibility and memory fit on the cluster Ray is connected to; nothing is refused here."""
-    from .fit import assess_on_cluster
+    from .memory_fit import assess_on_cluster
     from .placement import check_feasible
 
     try:

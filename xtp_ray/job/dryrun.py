@@ -76,8 +76,8 @@ def dry_run(config: RunConfig) -> dict:
     """The plan's figures and predictions (see the module docstring)."""
     from .checks import preflight
     from .cost import CALIBRATION, estimate_tokens
-    from .fit import assess_fit, not_checked
     from .lengths import token_counter, token_limit, too_long
+    from .memory_fit import assess_fit, not_checked
     from .plan import model_shape, plan
     from .schedule import makespan
 

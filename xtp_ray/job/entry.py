@@ -24,7 +24,7 @@ def _debug(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one line per error")
 
 
-def grid_search_main(argv: list[str] | None = None, aggregate: bool = True) -> int:
+def run_main(argv: list[str] | None = None, aggregate: bool = True) -> int:
     parser = argparse.ArgumentParser(prog="xtp run", description="grid search (and aggregation) as one job")
     add_flags(parser)
     parser.add_argument("--no-aggregate", action="store_true", help="only write the candidates")

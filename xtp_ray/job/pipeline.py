@@ -10,7 +10,7 @@ from ..tasks import Instance
 from .actor import GridSearch
 from .checks import check_cluster, request_text
 from .config import RunConfig
-from .quiet import without_noise
+from .ray_noise import without_noise
 
 
 def run_shards(config: RunConfig, shards: dict[str, list[Instance]], todo: list[str],

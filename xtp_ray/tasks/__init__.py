@@ -4,8 +4,8 @@ One module per benchmark (`xnli`, `xcopa`, `xquad`, `globalopinionqa`, `mgsm`, `
 its splits and formats, direction, template, family (and so its coarse setting) and its metric (`metrics.py`,
 by name), which `Task.score` applies; `registry` (tasks by name: `registry.get(name)`) finds it, and `custom`
 makes a lab's own benchmark from a directory holding `task.yaml`, without code. The shared parts: `instance`
-(Instance, InstanceError), `readers` (files, parallel files, `hf:` datasets), `alignment` (drifted parallel
-files), `release` (the release's option files), `base`
+(Instance, InstanceError), `readers` (files, parallel files, `hf:` datasets), `misalignment` (drifted parallel
+files), `release_options` (the release's option files: XNLI, XCOPA), `base`
 (the Task interface and the original-format pairing). The default data root is the package's
 bundled sample splits.
 

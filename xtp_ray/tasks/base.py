@@ -16,8 +16,8 @@ from __future__ import annotations
 from .. import storage
 from ..metrics import get_metric
 from . import readers
-from .alignment import drop_misaligned
 from .instance import Instance, InstanceError, RowError
+from .misalignment import drop_misaligned
 
 RELEASE_SPLITS = ("sample", "unseen")
 RELEASE_SOURCE = "YYF-Tommy/XTransplant"  # the paper's release (its data/ folder): the sample and unseen splits

@@ -11,7 +11,7 @@ from . import readers
 from .base import Task
 from .instance import RowError
 from .registry import register
-from .release import load_option_release
+from .release_options import load_option_release
 
 OPTIONS = ["1", "2"]
 TEMPLATE = ("You are assigned to complete a two-category classification task.\n\nPremise: {premise}\n"

@@ -11,7 +11,7 @@ from . import readers
 from .base import Task
 from .instance import RowError
 from .registry import register
-from .release import load_option_release
+from .release_options import load_option_release
 
 LABELS = {"entailment": "1", "neutral": "2", "contradiction": "3"}
 WORDS_EN = {"1": "Entail", "2": "Neutral", "3": "Contradict"}

@@ -86,7 +86,7 @@ def _open_output(path: str) -> tuple[Path, pq.ParquetWriter]:
         raise ValueError(f"--output {path}: cannot write there ({exc.strerror or exc})") from None
 
 
-def run_probe(args) -> int:
+def run_grid(args) -> int:
     """Exit code: 0, or 2 when rows of a --task were left out (the rest is written)."""
     check_positive(limit=args.limit, batch_size=args.batch_size, cells_per_chunk=args.cells_per_chunk,
                    max_new_tokens=args.max_new_tokens)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from .. import storage
 from . import readers
-from .alignment import drop_misaligned
 from .instance import Instance, InstanceError, RowError
+from .misalignment import drop_misaligned
 
 
 def load_option_release(task, root: str, split: str, lang: str, options: list[str], errors: list[InstanceError],
