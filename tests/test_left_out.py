@@ -47,7 +47,7 @@ def _config(tmp_path, **values):
 def test_loading_names_every_reason_with_its_task_split_and_language(tmp_path):
     import shutil
 
-    from xtp_ray.job.plan import load_groups
+    from xtp_ray.job.plan import load_slices
 
     root = write_xnli(tmp_path / "data", broken="sw", shifted="de")
     (root / "xquad").mkdir()
@@ -63,7 +63,7 @@ def test_loading_names_every_reason_with_its_task_split_and_language(tmp_path):
 
     config = _config(tmp_path, tasks=["xnli", "xquad", "culturalbench", "mkqa"], splits=["sample", "test", "train"],
                      langs=["all"], data_root=str(root), limit=None, scoring="generate")
-    groups, records = load_groups(config)
+    slices, records = load_slices(config)
     assert all(set(r) == set(leftout.KEYS) for r in records)
     by_reason = {}
     for r in records:
@@ -76,11 +76,11 @@ def test_loading_names_every_reason_with_its_task_split_and_language(tmp_path):
 
     [shift] = by_reason["misaligned"]
     assert (shift["task"], shift["lang"], shift["line"], shift["rows"]) == ("xnli", "de", 11, 40)
-    assert len(groups[("xnli", "sample", "de")]) == 10  # the 40 shifted pairs are the 40 rows of the record
+    assert len(slices[("xnli", "sample", "de")]) == 10  # the 40 shifted pairs are the 40 rows of the record
 
     [empty] = by_reason["empty"]
     assert (empty["task"], empty["split"], empty["lang"], empty["rows"]) == ("xquad", "test", "de", None)
-    assert ("xquad", "test", "de") not in groups
+    assert ("xquad", "test", "de") not in slices
 
     [absent] = by_reason["missing"]  # asked for (xquad, sample), and this root holds no release XQuAD
     assert (absent["task"], absent["split"], absent["lang"], absent["rows"]) == ("xquad", "sample", None, None)
@@ -91,7 +91,7 @@ def test_loading_names_every_reason_with_its_task_split_and_language(tmp_path):
     assert missing["field"] == "answer" and missing["lang"] == "en"
     skipped = [r for r in by_reason["group_skipped"] if r["lang"] == "en"]
     assert [(r["field"], r["rows"]) for r in skipped] == [("question_idx", 3)]
-    assert len(groups[("culturalbench", "test", "en")]) == 8  # questions 1 and 2, whole
+    assert len(slices[("culturalbench", "test", "en")]) == 8  # questions 1 and 2, whole
 
     notes = by_reason["no_answer"]
     assert notes and all(r["note"] and r["task"] == "mkqa" and r["rows"] >= 1 for r in notes)
@@ -183,13 +183,13 @@ def test_the_last_line_counts_by_reason_and_only_bad_data_exits_2(capsys):
 
 
 def test_many_rows_of_one_reason_print_a_few_lines_and_a_count(capsys):
-    from xtp_ray.job.entry import SHOWN_PER_GROUP, print_left_out
+    from xtp_ray.job.entry import SHOWN_PER_REASON, print_left_out
 
     records = [leftout.record("too_long", f"xquad/test/ar/{k}: too long", task="xquad", split="test", lang="ar",
-                              limit=1024) for k in range(SHOWN_PER_GROUP + 7)]
+                              limit=1024) for k in range(SHOWN_PER_REASON + 7)]
     print_left_out(records, {})
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == SHOWN_PER_GROUP + 1
+    assert len(err) == SHOWN_PER_REASON + 1
     assert err[-1] == ("left out: ... and 7 more of xquad test ar (7 rows longer than 1,024 tokens), all in "
                        "errors.jsonl")
 

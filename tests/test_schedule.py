@@ -17,28 +17,28 @@ LLAMA_7B = str(ROOT / "tests" / "data" / "models" / "Llama-2-7b-chat-hf")
 LLAMA_70B = str(ROOT / "tests" / "data" / "models" / "Llama-2-70b-chat-hf")
 
 
-def _groups(seed: int, grouped: bool = False):
+def _slices(seed: int, grouped: bool = False):
     """(task, split, lang) -> instances, with costs from 0.1 to 10 (as prompt lengths vary); `grouped`:
     runs of four instances share a group (CulturalBench-style questions)."""
     rng = random.Random(seed)
-    groups, costs = {}, {}
+    slices, costs = {}, {}
     for task in ("xnli", "xquad"):
         for lang in ("en", "sw", "zh")[:rng.randint(1, 3)]:
             n = rng.randint(1, 60) * (4 if grouped else 1)
-            groups[(task, "sample", lang)] = [
+            slices[(task, "sample", lang)] = [
                 Instance(f"{task}/sample/{lang}/{k}", task, "sample", lang, "en->" + lang, "d", "r", "1",
                          extra={"group": f"q{k // 4}"} if grouped else {}) for k in range(n)]
             costs[(task, "sample", lang)] = [rng.uniform(0.1, 10) for _ in range(n)]
-    return groups, costs
+    return slices, costs
 
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("actors, shard_size, batch", [(1, 64, 4), (3, 5, 2), (8, 50, 8), (32, 7, 1), (128, 64, 8)])
 def test_no_instance_is_lost_or_duplicated_and_shards_hold_one_language(seed, actors, shard_size, batch):
-    groups, costs = _groups(seed)
-    every = Counter(i.id for instances in groups.values() for i in instances)
-    for shards, shard_costs in (cut_by_cost(groups, costs, actors, shard_size, batch),
-                                cut_by_size(groups, shard_size, costs)):
+    slices, costs = _slices(seed)
+    every = Counter(i.id for instances in slices.values() for i in instances)
+    for shards, shard_costs in (cut_by_cost(slices, costs, actors, shard_size, batch),
+                                cut_by_size(slices, shard_size, costs)):
         assert Counter(i.id for instances in shards.values() for i in instances) == every
         assert all(0 < len(instances) <= shard_size for instances in shards.values())
         for name, instances in shards.items():
@@ -49,10 +49,10 @@ def test_no_instance_is_lost_or_duplicated_and_shards_hold_one_language(seed, ac
 
 @pytest.mark.parametrize("seed", range(4))
 def test_groups_are_never_split(seed):
-    groups, costs = _groups(seed, grouped=True)
+    slices, costs = _slices(seed, grouped=True)
     for actors in (2, 16, 128):
-        for shards, _ in (cut_by_cost(groups, costs, actors, shard_size=6, batch_size=1),
-                          cut_by_size(groups, 6, costs)):
+        for shards, _ in (cut_by_cost(slices, costs, actors, shard_size=6, batch_size=1),
+                          cut_by_size(slices, 6, costs)):
             where = {}
             for name, instances in shards.items():
                 for i in instances:
@@ -60,9 +60,9 @@ def test_groups_are_never_split(seed):
 
 
 def test_costliest_first_and_the_last_wave_finer():
-    groups, costs = _groups(1)
+    slices, costs = _slices(1)
     actors = 8
-    shards, shard_costs = cut_by_cost(groups, costs, actors, shard_size=64)
+    shards, shard_costs = cut_by_cost(slices, costs, actors, shard_size=64)
     ordered = list(shard_costs.values())
     assert ordered == sorted(ordered, reverse=True)  # the dispatch order
     total = sum(ordered)
@@ -71,7 +71,7 @@ def test_costliest_first_and_the_last_wave_finer():
     assert max(ordered) <= target + 10  # one instance may overshoot by its own cost
     assert max(ordered[-actors:]) <= target / 4 + 10
     # and the schedule is near its bound
-    every = [c for key in groups for c in costs[key]]
+    every = [c for key in slices for c in costs[key]]
     assert makespan(ordered, actors) / lower_bound(every, actors) < 1.1
 
 
@@ -94,7 +94,8 @@ def test_the_dry_run_prices_the_paper_config_without_running_anything(tmp_path):
     argv = [sys.executable, "jobs/grid_search.py", "--config", "jobs/paper.yaml", "--model", LLAMA_7B,
             "--data-root", str(ROOT / "xtp_ray" / "data"), "--output", str(tmp_path / "out"), "--dry-run", "--json"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT,
-                          env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ""})
+                          env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": "",
+                               "PYTHONPATH": str(ROOT)})  # this checkout's xtp_ray, not an installed one
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
     # the bundled sample splits: 50 per (task, language), 1,024 cells + vanilla each, by cost for 32 actors
@@ -108,7 +109,7 @@ def test_the_dry_run_prices_the_paper_config_without_running_anything(tmp_path):
     assert not (tmp_path / "out").exists()  # nothing written
 
     table = subprocess.run(argv[:-1], capture_output=True, text=True, timeout=300, cwd=ROOT,
-                           env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+                           env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)})
     assert table.returncode == 0, table.stderr[-3000:]
     for label in ("shards", "instances", "candidate rows", "new tokens", "feasibility", "memory fit",
                   "predicted GPU time", "predicted wall time", "prediction basis"):
@@ -223,7 +224,7 @@ def test_the_dry_run_counts_the_prompts_an_actor_would_skip_per_task_and_languag
 
     from xtp_ray.job.actor import GridSearch
     from xtp_ray.job.config import RunConfig
-    from xtp_ray.job.plan import load_groups
+    from xtp_ray.job.plan import load_slices
 
     flags = ["--model", str(tiny_model_dir), "--tasks", "xquad,xcopa", "--langs", "en,zh", "--limit", "20",
              "--max-prompt-tokens", "150", "--scoring", "generate", "--max-new-tokens", "8",
@@ -238,7 +239,7 @@ def test_the_dry_run_counts_the_prompts_an_actor_would_skip_per_task_and_languag
     actor = SimpleNamespace(config=config, max_tokens=150,
                             tokenizer=transformers.AutoTokenizer.from_pretrained(tiny_model_dir))
     expected = {}
-    for (task, split, lang), instances in load_groups(config)[0].items():
+    for (task, split, lang), instances in load_slices(config)[0].items():
         skipped = sum(1 for i in instances if GridSearch._too_long(actor, i))
         if skipped:
             expected[(task, split, lang)] = skipped

@@ -95,7 +95,7 @@ def dry_run(config: RunConfig) -> dict:
         fit = assess_fit(config, model_config, config.gpu_memory_gb, "gpu_memory_gb")
     feasible, cluster_fit = _cluster_checks(config, model_config)
     count, token_basis = token_counter(config)
-    long_prompts = too_long(config, shape[0], planned.groups, count, token_basis)
+    long_prompts = too_long(config, shape[0], planned.slices, count, token_basis)
     actor_s = sum(planned.costs.values())  # the actors' busy time: each shard's predicted seconds
     gpus = config.num_gpus_per_actor
     wall_s = makespan(list(planned.costs.values()), config.max_actors)

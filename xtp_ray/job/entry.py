@@ -77,23 +77,23 @@ def _grid_search(args, aggregate: bool) -> int:
     return finish_left_out(summary["left_out"], summary["run_dir"])
 
 
-SHOWN_PER_GROUP = 5  # lines printed per (task, split, lang, reason); errors.jsonl holds them all
+SHOWN_PER_REASON = 5  # lines printed per (task, split, lang, reason); errors.jsonl holds them all
 
 
 def print_left_out(records: list[dict], languages: dict[str, dict]) -> None:
-    """One `left out: ...` line (`note: ...` for a task's own rule) per record, at most SHOWN_PER_GROUP per
+    """One `left out: ...` line (`note: ...` for a task's own rule) per record, at most SHOWN_PER_REASON per
     task, split, language and reason, then a line per (task, split) that lost languages whole."""
     from ..results.leftout import describe
 
-    groups: dict[tuple, list[dict]] = {}
+    by_reason: dict[tuple, list[dict]] = {}
     for r in records:
-        groups.setdefault((r["task"], r["split"], r["lang"], r["reason"]), []).append(r)
-    for (task, split, lang, _), members in groups.items():
+        by_reason.setdefault((r["task"], r["split"], r["lang"], r["reason"]), []).append(r)
+    for (task, split, lang, _), members in by_reason.items():
         word = "note" if members[0]["note"] else "left out"
-        for r in members[:SHOWN_PER_GROUP]:
+        for r in members[:SHOWN_PER_REASON]:
             print(f"{word}: {r['error']}", file=sys.stderr)
-        if len(members) > SHOWN_PER_GROUP:
-            rest = members[SHOWN_PER_GROUP:]
+        if len(members) > SHOWN_PER_REASON:
+            rest = members[SHOWN_PER_REASON:]
             print(f"{word}: ... and {len(rest)} more of {task} {split} {lang} ({describe(rest)}), all in "
                   "errors.jsonl", file=sys.stderr)
     for key, langs in languages.items():

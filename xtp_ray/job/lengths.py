@@ -24,7 +24,7 @@ class TooLong:
     task: str
     split: str
     lang: str
-    instances: int  # of the group
+    instances: int  # of the slice
     too_long: int  # a prompt over the limit
     left_out: int  # those and the rest of their groups
     longest: int  # tokens of the longest prompt among them
@@ -68,7 +68,7 @@ def token_limit(config: RunConfig, model_config: dict) -> int | None:
     return config.max_prompt_tokens or dims(model_config)["context"]
 
 
-def too_long(config: RunConfig, model_config: dict, groups: dict[tuple[str, str, str], list],
+def too_long(config: RunConfig, model_config: dict, slices: dict[tuple[str, str, str], list],
              count: Callable[[str], int], basis: str) -> list[TooLong]:
     """Per (task, split, lang) with any, the instances the run would leave out for their length."""
     limit = token_limit(config, model_config)
@@ -76,7 +76,7 @@ def too_long(config: RunConfig, model_config: dict, groups: dict[tuple[str, str,
         return []
     new_tokens = config.max_new_tokens if config.scoring == "generate" else 0  # option scoring: none
     found = []
-    for (task, split, lang), instances in groups.items():
+    for (task, split, lang), instances in slices.items():
         lengths = {i.id: max(count(i.donor), count(i.recipient)) for i in instances}
         over = {i.id for i in instances if lengths[i.id] + new_tokens > limit}
         if not over:

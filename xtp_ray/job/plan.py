@@ -1,5 +1,8 @@
 """A run's plan: its instances loaded (the rows left out recorded as `results.leftout` records), cut into
-shards (one task/split/lang each, named deterministically), and on a resume the plan the run was made with."""
+shards (one task/split/lang each, named deterministically), and on a resume the plan the run was made with.
+
+A slice is one (task, split, lang) and its instances; a group is the instances scored together (a
+CulturalBench question's), which a limit or a shard takes whole."""
 from __future__ import annotations
 
 import json
@@ -19,18 +22,18 @@ class Plan:
     shards: dict[str, list[Instance]]  # name -> instances, in the order the pool gets them
     costs: dict[str, float]  # name -> predicted actor-seconds (as on one `cost.CALIBRATION` GPU)
     instance_costs: list[float]  # every instance's, for the schedule's lower bound
-    groups: dict[tuple[str, str, str], list[Instance]]  # (task, split, lang) -> instances
+    slices: dict[tuple[str, str, str], list[Instance]]  # (task, split, lang) -> instances
     errors: list[str]  # the lines of the rows and files left out as bad data (notes not included)
     shapes: dict  # task -> `cost.Shape`: what its instances' costs were predicted from
     left_out: list[dict]  # every row and file left out while loading, notes included (`results.leftout` records)
 
 
-def load_groups(config: RunConfig) -> tuple[dict[tuple[str, str, str], list[Instance]], list[dict]]:
+def load_slices(config: RunConfig) -> tuple[dict[tuple[str, str, str], list[Instance]], list[dict]]:
     """(task, split, lang) -> its instances (after `limit`), and what was left out: one `results.leftout`
     record per row or file (notes, a task's own rule, included), naming its task, split and language."""
     from ..results.leftout import from_instance_error, record
 
-    groups: dict[tuple[str, str, str], list[Instance]] = {}
+    slices: dict[tuple[str, str, str], list[Instance]] = {}
     left_out: list[dict] = []
     if config.data_root:
         check_root(config.data_root)
@@ -71,11 +74,11 @@ def load_groups(config: RunConfig) -> tuple[dict[tuple[str, str, str], list[Inst
                                            lang=lang, rows=None))
                 instances = limited(instances, config.limit)
                 if instances:
-                    groups[(task, split, lang)] = instances
-    if not groups:
+                    slices[(task, split, lang)] = instances
+    if not slices:
         raise ValueError(f"empty dataset: no instances for tasks {config.tasks}, languages {config.langs}, "
                          f"splits {config.splits} in {config.data_root or 'the bundled samples'}")
-    return groups, left_out
+    return slices, left_out
 
 
 def limited(instances: list[Instance], limit: int | None) -> list[Instance]:
@@ -109,21 +112,21 @@ def model_shape(config: RunConfig) -> tuple[dict, int]:
 def plan(config: RunConfig, shape: tuple[dict, int] | None = None, loaded: tuple | None = None) -> Plan:
     """Every (task, split, lang)'s instances cut into shards: by predicted cost for the pool
     (`schedule.cut_by_cost`, costliest first) or, with `sharding: size`, by instance count.
-    shape: `model_shape(config)`, loaded: `load_groups(config)`, where the caller has them."""
+    shape: `model_shape(config)`, loaded: `load_slices(config)`, where the caller has them."""
     from .cost import Shape, instance_costs
     from .schedule import cut_by_cost, cut_by_size
 
-    groups, left_out = loaded or load_groups(config)
+    slices, left_out = loaded or load_slices(config)
     model_config, parameters = shape or model_shape(config)
     shapes = {task: Shape.of_run(config, model_config, parameters, task) for task in config.tasks}
-    costs = {key: instance_costs(instances, shapes.__getitem__) for key, instances in groups.items()}
+    costs = {key: instance_costs(instances, shapes.__getitem__) for key, instances in slices.items()}
     if config.sharding == "size" or config.max_actors == 1:  # one actor: any cut takes as long
-        shards, shard_costs = cut_by_size(groups, config.shard_size, costs)
+        shards, shard_costs = cut_by_size(slices, config.shard_size, costs)
     else:
-        shards, shard_costs = cut_by_cost(groups, costs, config.max_actors, config.shard_size, config.batch_size)
-    every = [c for key in groups for c in costs[key]]
+        shards, shard_costs = cut_by_cost(slices, costs, config.max_actors, config.shard_size, config.batch_size)
+    every = [c for key in slices for c in costs[key]]
     errors = [r["error"] for r in left_out if not r["note"]]
-    return Plan(shards, shard_costs, every, groups, errors, shapes, left_out)
+    return Plan(shards, shard_costs, every, slices, errors, shapes, left_out)
 
 
 def digest_plan(shards: dict[str, list[Instance]]) -> str:
@@ -159,7 +162,7 @@ def scored_languages(planned: Plan, skipped: list[dict]) -> dict[tuple[str, str]
         key = (entry["task"], entry["split"], entry["lang"])
         lost[key] = lost.get(key, 0) + 1
     shown: dict[tuple[str, str], set] = {}
-    for (task, split, lang), instances in planned.groups.items():
+    for (task, split, lang), instances in planned.slices.items():
         if len(instances) > lost.get((task, split, lang), 0):
             shown.setdefault((task, split), set()).add(lang)
     return shown

@@ -10,7 +10,7 @@ first: the order the pipeline dispatches them in.
 
 `cut_by_size` is the plan before this one: `shard_size` instances per (task, split, lang),
 dispatched in name order. Both name shards `<task>-<split>-<lang>-<k>`, k counting a
-group's shards in instance order, so a shard holds one language of one task.
+slice's shards in instance order, so a shard holds one language of one task.
 
 `makespan` simulates the dispatch: each shard, in order, goes to the actor free first (Ray
 Data's actor pool with one shard in flight per actor does that).
@@ -27,7 +27,7 @@ TAIL_PARTS = 4  # the last wave's shards are cut this much finer
 @dataclass(frozen=True)
 class Piece:
     key: tuple[str, str, str]  # (task, split, lang)
-    start: int  # first instance (index in its group)
+    start: int  # first instance (index in its slice)
     end: int  # past the last
     cost: float
 
@@ -67,23 +67,23 @@ def _ordered(pieces: list[Piece]) -> list[Piece]:
     return sorted(pieces, key=lambda p: (-p.cost, p.key, p.start))
 
 
-def _named(pieces: list[Piece], groups: dict) -> dict[str, list]:
-    """Shard name -> instances, in the pieces' order; k numbers a group's pieces by position."""
+def _named(pieces: list[Piece], slices: dict) -> dict[str, list]:
+    """Shard name -> instances, in the pieces' order; k numbers a slice's pieces by position."""
     index = {}
     for key in {p.key for p in pieces}:
         for k, piece in enumerate(sorted((p for p in pieces if p.key == key), key=lambda p: p.start)):
             index[(key, piece.start)] = k
-    return {f"{'-'.join(p.key)}-{index[(p.key, p.start)]:05d}": groups[p.key][p.start:p.end] for p in pieces}
+    return {f"{'-'.join(p.key)}-{index[(p.key, p.start)]:05d}": slices[p.key][p.start:p.end] for p in pieces}
 
 
-def cut_by_cost(groups: dict[tuple, list], costs: dict[tuple, list[float]], actors: int,
+def cut_by_cost(slices: dict[tuple, list], costs: dict[tuple, list[float]], actors: int,
                 shard_size: int, batch_size: int = 1) -> tuple[dict[str, list], dict[str, float]]:
     """(shard name -> instances, shard name -> predicted seconds), costliest first. Outside the last
     wave a shard holds about `batch_size` instances or more, so the engine's calls stay full."""
     total = sum(sum(c) for c in costs.values())
     count = sum(len(c) for c in costs.values())
     target = max(total / (max(1, actors) * WAVES), total / max(1, count) * batch_size) if total > 0 else float("inf")
-    pieces = _ordered([p for key in sorted(groups) for p in _pieces(key, groups[key], costs[key], target,
+    pieces = _ordered([p for key in sorted(slices) for p in _pieces(key, slices[key], costs[key], target,
                                                                          shard_size)])
     tail, tail_cost = [], 0.0
     for piece in reversed(pieces):  # the last wave: what the pool runs after everything else has started
@@ -91,21 +91,21 @@ def cut_by_cost(groups: dict[tuple, list], costs: dict[tuple, list[float]], acto
             break
         tail.append(piece)
         tail_cost += piece.cost
-    finer = [part for piece in tail for part in _pieces(piece.key, groups[piece.key], costs[piece.key],
+    finer = [part for piece in tail for part in _pieces(piece.key, slices[piece.key], costs[piece.key],
                                                         target / TAIL_PARTS, shard_size, piece.start, piece.end)]
     pieces = _ordered(pieces[:len(pieces) - len(tail)] + finer)
-    shards = _named(pieces, groups)
+    shards = _named(pieces, slices)
     return shards, {name: piece.cost for name, piece in zip(shards, pieces)}
 
 
-def cut_by_size(groups: dict[tuple, list], shard_size: int,
+def cut_by_size(slices: dict[tuple, list], shard_size: int,
                 costs: dict[tuple, list[float]] | None = None) -> tuple[dict[str, list], dict[str, float]]:
     """The plan by instance count: `shard_size` per (task, split, lang) (a group of instances scored
     together is never split: a shard ends before the group that would overflow it), in name order;
     with each shard's predicted seconds where `costs` are given."""
-    costs = costs or {key: [0.0] * len(instances) for key, instances in groups.items()}
-    pieces = [p for key in groups for p in _pieces(key, groups[key], costs[key], float("inf"), shard_size)]
-    shards = _named(pieces, groups)
+    costs = costs or {key: [0.0] * len(instances) for key, instances in slices.items()}
+    pieces = [p for key in slices for p in _pieces(key, slices[key], costs[key], float("inf"), shard_size)]
+    shards = _named(pieces, slices)
     shard_costs = dict(zip(shards, (p.cost for p in pieces)))
     names = sorted(shards)
     return {n: shards[n] for n in names}, {n: shard_costs[n] for n in names}

@@ -34,7 +34,7 @@ def model_dir(model: str) -> str:
 def simulate(config_name: str, actors: tuple[int, ...] = ACTORS, data_root: str | None = None) -> list[dict]:
     """One row per pool size: makespan / lower bound today and by cost, and the shards of each."""
     from ..job.config import load_config
-    from ..job.plan import load_groups, model_shape, plan
+    from ..job.plan import load_slices, model_shape, plan
     from ..job.schedule import lower_bound, makespan
 
     config = load_config(path=str(ROOT / "jobs" / config_name))
@@ -42,7 +42,7 @@ def simulate(config_name: str, actors: tuple[int, ...] = ACTORS, data_root: str 
     splits = [s for s in config.splits if data_root or s in ("sample", "unseen")]
     config = config.replace(splits=splits)
     shape = model_shape(config)
-    loaded = load_groups(config)
+    loaded = load_slices(config)
     rows = []
     for n in actors:
         today = plan(config.replace(max_actors=n, sharding="size"), shape, loaded)
