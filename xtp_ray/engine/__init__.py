@@ -2,6 +2,7 @@
 (vllm in `vllm.py` and `vllm_worker.py`, imported only when that engine is chosen): no ray,
 pyarrow or matplotlib, so the engine and `xtp bench` run from a plain checkout on a bare GPU image.
 
+`contract` (the `Engine` protocol, `CellResult` and the helpers every engine shares),
 `architectures` (registry keyed by the HF `architectures` string), `capture` (hooks, only in context
 managers), `cascade` (shared-prefix attention function and own-token cache layer), `sharing` (rows
 that compute alike share a slot), `transfers` (host<->device traffic, counted), `hf` (the fast grid),

@@ -23,7 +23,7 @@ prefix scores are [B, K_h, n * G, P], the own scores [R, H, 1, steps + 1].
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ from .cascade import (
     own_tokens_cache,
     rewind,
 )
+from .contract import CellResult, encode_left_padded, eos_ids, option_logprobs_all
 from .sharing import RowSharing, share_rows
 from .transfers import Counters, HostCopy
 
@@ -51,83 +52,9 @@ DEFAULT_ROWS_GENERATE = 1024
 DEFAULT_ROWS_SCORE = 4096
 
 
-@dataclass
-class CellResult:
-    cell: Cell
-    token_ids: list[int] = field(default_factory=list)  # greedy continuation, eos included
-    logits: torch.Tensor | None = None  # [V] next-token logits at the patched position
-    option_logprobs: list[float] | None = None  # per option, from next-token log-probs
-
-
-def eos_ids(model, tokenizer) -> set[int]:
-    eos = model.generation_config.eos_token_id
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    if eos is None:
-        return set()
-    return set(eos) if isinstance(eos, (list, tuple)) else {eos}
-
-
-def trim_at_stop(tokens: list[int], stop) -> list[int]:
-    """A continuation up to and including its first stop token (generate pads after it)."""
-    end = next((k + 1 for k, token in enumerate(tokens) if token in stop), len(tokens))
-    return tokens[:end]
-
-
-def encode_left_padded(tokenizer, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """ids [B, T], mask [B, T], left padded so position -1 is each prompt's last token."""
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    enc = tokenizer(prompts, return_tensors="pt", padding=True)
-    if enc["input_ids"].shape[1] == 0 or (enc["attention_mask"].sum(-1) == 0).any():
-        raise ValueError("empty prompt: it has no tokens")
-    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
-
-
 def positions(mask: torch.Tensor) -> torch.Tensor:
     """Position ids [B, T] that skip left padding (the same as an unpadded run)."""
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def option_logprobs(logits: torch.Tensor, option_token_ids: list[list[int]]) -> list[float]:
-    """log P(option) at one position: logsumexp of the log-probs of the option's tokens."""
-    logp = torch.log_softmax(logits.float(), dim=-1)  # [V]
-    return [torch.logsumexp(logp[ids], dim=0).item() for ids in option_token_ids]
-
-
-def option_logprobs_all(logits: torch.Tensor, option_token_ids: list[list[list[int]]]) -> list[list[list[float]]]:
-    """log P(option) for every row at once: [B, n, V] logits -> [b][c][k] floats.
-
-    option_token_ids[b][k]: the token ids of option k of instance b. One gather and one
-    masked logsumexp over a padded [B, K, M] index, no per-cell loop.
-    """
-    batch = logits.shape[0]
-    options = max(len(o) for o in option_token_ids)
-    width = max(len(ids) for o in option_token_ids for ids in o)
-    index = torch.zeros(batch, options, width, dtype=torch.long)
-    valid = torch.zeros(batch, options, width, dtype=torch.bool)
-    for b, per_option in enumerate(option_token_ids):
-        for k, ids in enumerate(per_option):
-            index[b, k, :len(ids)] = torch.tensor(ids)
-            valid[b, k, :len(ids)] = True
-    index, valid = index.to(logits.device), valid.to(logits.device)
-    logp = torch.log_softmax(logits.float(), dim=-1)  # [B, n, V]
-    picked = torch.gather(logp, 2, index.view(batch, 1, -1).expand(-1, logp.shape[1], -1))
-    picked = picked.view(batch, logp.shape[1], options, width).masked_fill(~valid[:, None], float("-inf"))
-    table = torch.logsumexp(picked, dim=-1).tolist()  # [B][n][K]
-    return [[row[:len(option_token_ids[b])] for row in table[b]] for b in range(batch)]
-
-
-def record_next_token(results: list[CellResult], logits: torch.Tensor,
-                      option_token_ids: list[list[int]] | None) -> None:
-    """One instance's rows (results[r] is row r) from their next-token logits [R, V]: the logits on the
-    host and, given the instance's options, each row's option log-probs."""
-    table = option_logprobs_all(logits[None], [option_token_ids]) if option_token_ids else None
-    for r, result in enumerate(results):
-        result.logits = logits[r].float().cpu()
-        if table is not None:
-            result.option_logprobs = table[0][r]
 
 
 def sliding_window(model) -> int | None:
@@ -505,11 +432,7 @@ def _slots(plan, rows: torch.Tensor) -> torch.Tensor:
 
 
 class HFEngine:
-    """The fast engine behind the grid contract shared with `vllm.VllmEngine`.
-
-    run_grid(donors, recipients, cells, module, max_new_tokens, cells_per_chunk,
-    option_token_ids, keep_logits, memory_budget_mb) -> per instance [vanilla, *cells].
-    """
+    """The fast engine behind `contract.Engine` (shared with `vllm.VllmEngine`): per instance [vanilla, *cells]."""
 
     def __init__(self, model, tokenizer, share: bool = True, own_kernel: str = DEFAULT_OWN_KERNEL,
                  speculate: bool | None = None):
@@ -530,3 +453,6 @@ class HFEngine:
         return run_grid(self.model, self.tokenizer, donors, recipients, cells, module, max_new_tokens,
                         cells_per_chunk, option_token_ids, keep_logits, memory_budget_mb, self.share, self.store,
                         self.last_plan, self.own_kernel, self.speculate)
+
+    def close(self) -> None:
+        """Nothing to release: the model and its memory go with the engine."""
