@@ -34,15 +34,9 @@ from ..names import DEFAULT_OWN_KERNEL
 from . import footprint
 from .architectures import num_layers, submodule
 from .capture import capture_last_token, replace_rows
-from .cascade import (
-    OwnTokenStore,
-    SharedPrefix,
-    cascade_attention,
-    check_own_kernel,
-    own_tokens_cache,
-    rewind,
-)
+from .cascade import SharedPrefix, cascade_attention, check_own_kernel
 from .contract import CellResult, encode_left_padded, eos_ids, option_logprobs_all
+from .own_cache import OwnTokenStore, own_tokens_cache, rewind
 from .sharing import RowSharing, share_rows
 from .transfers import Counters, HostCopy
 
