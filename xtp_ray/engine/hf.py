@@ -64,31 +64,6 @@ def _dims(model) -> dict:
             "element": torch.finfo(model.dtype).bits // 8}
 
 
-def chunk_bytes(model, batch: int, prefix_len: int, n: int, max_new_tokens: int) -> int:
-    """`footprint.chunk_bytes` for this model: the upper estimate chunks are sized by."""
-    d = _dims(model)
-    return footprint.chunk_bytes(d, d["element"], batch, prefix_len, n, max_new_tokens)
-
-
-def cells_for_budget(model, batch: int, prefix_len: int, max_new_tokens: int, budget_bytes: int,
-                     most: int) -> int:
-    """The largest chunk (at most `most` cells) whose estimate fits the budget."""
-    fits = 0
-    low, high = 1, most
-    while low <= high:
-        mid = (low + high) // 2
-        if chunk_bytes(model, batch, prefix_len, mid, max_new_tokens) <= budget_bytes:
-            fits, low = mid, mid + 1
-        else:
-            high = mid - 1
-    if fits < 1:
-        need = chunk_bytes(model, batch, prefix_len, 1, max_new_tokens)
-        raise ValueError(f"a memory budget of {budget_bytes / 2**20:.0f} MiB is below one cell's "
-                         f"{need / 2**20:.0f} MiB for {batch} instance(s) of {prefix_len + 1} tokens; "
-                         "raise it or lower the batch size")
-    return fits
-
-
 def free_accelerator_bytes(device, reusable: int = 0) -> int | None:
     """What a chunk may use on a GPU: 80% of the memory free now, counting as free what torch's
     allocator holds unused and `reusable` bytes the engine's own store will hand out again
@@ -223,13 +198,13 @@ def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: 
     (no decoding). option_token_ids[b][k] lists the token ids of option k of
     instance b. cells_per_chunk: cells of each instance per forward (default:
     DEFAULT_ROWS_GENERATE / DEFAULT_ROWS_SCORE rows per forward, shared among the
-    instances). memory_budget_mb: shrink chunks until `chunk_bytes` fits it; on a
+    instances). memory_budget_mb: shrink chunks until `footprint.chunk_bytes` fits it; on a
     GPU without a budget, chunks fit 80% of the free memory (no cap on the cells). share: layers compute
     only the rows that differ there (`sharing.py`); False computes every row everywhere.
     store: memory the rows' own-token caches reuse across chunks and calls (the engine's).
     Chunks are balanced (no small tail). plan: a dict filled with the chunking chosen
-    (chunks, cells/rows per forward, the memory budget and the `chunk_bytes` estimate). own_kernel: how
-    the rows attend to their own tokens (`cascade.own_part`: "fused" or "matmul"). speculate: queue
+    (chunks, cells/rows per forward, the memory budget and the `footprint.chunk_bytes` estimate). own_kernel:
+    how the rows attend to their own tokens (`cascade.own_part`: "fused" or "matmul"). speculate: queue
     each decode forward before the host has its input tokens (`_decode`; default: on a GPU, where the
     device would otherwise wait for the host between forwards; on a CPU nothing runs while the host waits).
     """
@@ -271,13 +246,15 @@ def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: 
         rows = DEFAULT_ROWS_GENERATE if max_new_tokens > 0 else DEFAULT_ROWS_SCORE
         cells_per_chunk = max(1, rows // batch)
     cells_per_chunk = min(cells_per_chunk or len(all_cells), len(all_cells))
+    dims = _dims(model) if budget is not None or plan is not None else None  # what `footprint` sizes chunks by
     if budget is not None:
-        cells_per_chunk = cells_for_budget(model, batch, prefix_len, max_new_tokens, budget, cells_per_chunk)
+        cells_per_chunk = footprint.cells_for_budget(dims, batch, prefix_len, max_new_tokens, budget, cells_per_chunk)
     spans = balanced_chunks(len(all_cells), cells_per_chunk)
     if plan is not None:
         largest = max(end - start for start, end in spans)
+        estimate = footprint.chunk_bytes(dims, dims["element"], batch, prefix_len, largest, max_new_tokens)
         plan.update(chunks=len(spans), cells_per_forward=largest, rows_per_forward=largest * batch,
-                    budget_bytes=budget, estimate_bytes=chunk_bytes(model, batch, prefix_len, largest, max_new_tokens))
+                    budget_bytes=budget, estimate_bytes=estimate)
     results = [[CellResult(cell) for cell in all_cells] for _ in recipients]
     stop = eos_ids(model, tokenizer)
     speculate = device.type == "cuda" if speculate is None else speculate
