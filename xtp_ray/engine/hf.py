@@ -184,7 +184,26 @@ def temperature_tuning_limit(model) -> int | None:
     return config.floor_scale
 
 
-@torch.inference_mode()
+@dataclass
+class GridOptions:
+    """`run_grid`'s knobs beyond its inputs, passed by name (`run_with`). cells_per_chunk: cells of each
+    instance per forward (default: DEFAULT_ROWS_GENERATE / DEFAULT_ROWS_SCORE rows per forward, shared
+    among the instances). keep_logits: each result's next-token logits on the host. memory_budget_mb:
+    shrink chunks until `footprint.chunk_bytes` fits it. share: rows that compute alike share a slot
+    (`sharing.py`). store: own-token memory reused across chunks and calls (`own_cache.OwnTokenStore`).
+    plan: a dict filled with the chunking chosen. own_kernel: `cascade.own_part`'s. speculate: queue decode
+    forwards ahead of the host (`_decode`; None: on a GPU)."""
+
+    cells_per_chunk: int | None = None
+    keep_logits: bool = False
+    memory_budget_mb: float | None = None
+    share: bool = True
+    store: OwnTokenStore | None = None
+    plan: dict | None = None
+    own_kernel: str = DEFAULT_OWN_KERNEL
+    speculate: bool | None = None
+
+
 def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: list[Cell],
              module: str, max_new_tokens: int = 20, cells_per_chunk: int | None = None,
              option_token_ids: list[list[list[int]]] | None = None,
@@ -192,22 +211,34 @@ def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: 
              share: bool = True, store: OwnTokenStore | None = None,
              plan: dict | None = None, own_kernel: str = DEFAULT_OWN_KERNEL,
              speculate: bool | None = None) -> list[list[CellResult]]:
+    """`run_with` with its `GridOptions` given one by one (the tests' and tools' calls)."""
+    options = GridOptions(cells_per_chunk=cells_per_chunk, keep_logits=keep_logits,
+                          memory_budget_mb=memory_budget_mb, share=share, store=store, plan=plan,
+                          own_kernel=own_kernel, speculate=speculate)
+    return run_with(model, tokenizer, donors, recipients, cells, module, max_new_tokens=max_new_tokens,
+                    option_token_ids=option_token_ids, options=options)
+
+
+@torch.inference_mode()
+def run_with(model, tokenizer, donors: list[str], recipients: list[str], cells: list[Cell], module: str,
+             max_new_tokens: int = 20, option_token_ids: list[list[list[int]]] | None = None,
+             options: GridOptions | None = None) -> list[list[CellResult]]:
     """Vanilla + every cell for each (donor, recipient) pair.
 
     Returns, per instance, [vanilla, *cells] results. max_new_tokens=0 scores only
     (no decoding). option_token_ids[b][k] lists the token ids of option k of
-    instance b. cells_per_chunk: cells of each instance per forward (default:
-    DEFAULT_ROWS_GENERATE / DEFAULT_ROWS_SCORE rows per forward, shared among the
-    instances). memory_budget_mb: shrink chunks until `footprint.chunk_bytes` fits it; on a
-    GPU without a budget, chunks fit 80% of the free memory (no cap on the cells). share: layers compute
-    only the rows that differ there (`sharing.py`); False computes every row everywhere.
-    store: memory the rows' own-token caches reuse across chunks and calls (the engine's).
-    Chunks are balanced (no small tail). plan: a dict filled with the chunking chosen
-    (chunks, cells/rows per forward, the memory budget and the `footprint.chunk_bytes` estimate). own_kernel:
-    how the rows attend to their own tokens (`cascade.own_part`: "fused" or "matmul"). speculate: queue
-    each decode forward before the host has its input tokens (`_decode`; default: on a GPU, where the
-    device would otherwise wait for the host between forwards; on a CPU nothing runs while the host waits).
+    instance b. options: the knobs (`GridOptions`). Without cells_per_chunk or a memory budget, on a GPU
+    chunks fit 80% of the free memory (no cap on the cells); on a CPU, the default rows per forward.
+    Chunks are balanced (no small tail). share=False computes every row everywhere. The plan records the
+    chunks, cells/rows per forward, the memory budget and the `footprint.chunk_bytes` estimate. speculate
+    defaults to on a GPU, where the device would otherwise wait for the host between forwards; on a CPU
+    nothing runs while the host waits.
     """
+    options = options or GridOptions()
+    cells_per_chunk, keep_logits, memory_budget_mb = (options.cells_per_chunk, options.keep_logits,
+                                                      options.memory_budget_mb)
+    share, store, plan, own_kernel, speculate = (options.share, options.store, options.plan, options.own_kernel,
+                                                 options.speculate)
     if len(donors) != len(recipients):
         raise ValueError("donors and recipients differ in length")
     batch = len(recipients)
@@ -421,9 +452,11 @@ class HFEngine:
                  option_token_ids: list[list[list[int]]] | None = None, keep_logits: bool = False,
                  memory_budget_mb: float | None = None) -> list[list[CellResult]]:
         self.last_plan = {}
-        return run_grid(self.model, self.tokenizer, donors, recipients, cells, module, max_new_tokens,
-                        cells_per_chunk, option_token_ids, keep_logits, memory_budget_mb, self.share, self.store,
-                        self.last_plan, self.own_kernel, self.speculate)
+        options = GridOptions(cells_per_chunk=cells_per_chunk, keep_logits=keep_logits,
+                              memory_budget_mb=memory_budget_mb, share=self.share, store=self.store,
+                              plan=self.last_plan, own_kernel=self.own_kernel, speculate=self.speculate)
+        return run_with(self.model, self.tokenizer, donors, recipients, cells, module, max_new_tokens=max_new_tokens,
+                        option_token_ids=option_token_ids, options=options)
 
     def close(self) -> None:
         """Nothing to release: the model and its memory go with the engine."""
