@@ -16,7 +16,7 @@ from xtp_ray.cells import parse_cells
 from xtp_ray.engine import hf
 from xtp_ray.engine import sharing as sharing_module
 from xtp_ray.engine.architectures import decoder_layers
-from xtp_ray.engine.cascade import OwnTokenStore
+from xtp_ray.engine.own_cache import OwnTokenStore
 from xtp_ray.engine.sharing import RowSharing, share_rows
 from xtp_ray.engine.tiny import build_tiny_model
 

@@ -69,6 +69,26 @@ def chunk_bytes(d: dict, element: int, batch: int, prefix_len: int, n: int, max_
     return int(2 * (own_kv + prefix_scores + own_scores + activations + logits))
 
 
+def cells_for_budget(d: dict, batch: int, prefix_len: int, max_new_tokens: int, budget_bytes: int,
+                     most: int) -> int:
+    """The largest chunk (at most `most` cells) whose `chunk_bytes` estimate fits the budget (d: `dims` plus
+    the model's layers and its "element" size)."""
+    fits = 0
+    low, high = 1, most
+    while low <= high:
+        mid = (low + high) // 2
+        if chunk_bytes(d, d["element"], batch, prefix_len, mid, max_new_tokens) <= budget_bytes:
+            fits, low = mid, mid + 1
+        else:
+            high = mid - 1
+    if fits < 1:
+        need = chunk_bytes(d, d["element"], batch, prefix_len, 1, max_new_tokens)
+        raise ValueError(f"a memory budget of {budget_bytes / 2**20:.0f} MiB is below one cell's "
+                         f"{need / 2**20:.0f} MiB for {batch} instance(s) of {prefix_len + 1} tokens; "
+                         "raise it or lower the batch size")
+    return fits
+
+
 EXPERTS_KEYS = ("num_local_experts", "n_routed_experts", "num_experts", "moe_num_experts")  # routed, per layer
 TOP_K_KEYS = ("num_experts_per_tok", "moe_topk", "num_selected_experts")  # routed experts a token computes
 

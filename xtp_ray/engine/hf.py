@@ -23,7 +23,7 @@ prefix scores are [B, K_h, n * G, P], the own scores [R, H, 1, steps + 1].
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -34,14 +34,9 @@ from ..names import DEFAULT_OWN_KERNEL
 from . import footprint
 from .architectures import num_layers, submodule
 from .capture import capture_last_token, replace_rows
-from .cascade import (
-    OwnTokenStore,
-    SharedPrefix,
-    cascade_attention,
-    check_own_kernel,
-    own_tokens_cache,
-    rewind,
-)
+from .cascade import SharedPrefix, cascade_attention, check_own_kernel
+from .contract import CellResult, encode_left_padded, eos_ids, option_logprobs_all
+from .own_cache import OwnTokenStore, own_tokens_cache, rewind
 from .sharing import RowSharing, share_rows
 from .transfers import Counters, HostCopy
 
@@ -51,83 +46,9 @@ DEFAULT_ROWS_GENERATE = 1024
 DEFAULT_ROWS_SCORE = 4096
 
 
-@dataclass
-class CellResult:
-    cell: Cell
-    token_ids: list[int] = field(default_factory=list)  # greedy continuation, eos included
-    logits: torch.Tensor | None = None  # [V] next-token logits at the patched position
-    option_logprobs: list[float] | None = None  # per option, from next-token log-probs
-
-
-def eos_ids(model, tokenizer) -> set[int]:
-    eos = model.generation_config.eos_token_id
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    if eos is None:
-        return set()
-    return set(eos) if isinstance(eos, (list, tuple)) else {eos}
-
-
-def trim_at_stop(tokens: list[int], stop) -> list[int]:
-    """A continuation up to and including its first stop token (generate pads after it)."""
-    end = next((k + 1 for k, token in enumerate(tokens) if token in stop), len(tokens))
-    return tokens[:end]
-
-
-def encode_left_padded(tokenizer, prompts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """ids [B, T], mask [B, T], left padded so position -1 is each prompt's last token."""
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    enc = tokenizer(prompts, return_tensors="pt", padding=True)
-    if enc["input_ids"].shape[1] == 0 or (enc["attention_mask"].sum(-1) == 0).any():
-        raise ValueError("empty prompt: it has no tokens")
-    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
-
-
 def positions(mask: torch.Tensor) -> torch.Tensor:
     """Position ids [B, T] that skip left padding (the same as an unpadded run)."""
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def option_logprobs(logits: torch.Tensor, option_token_ids: list[list[int]]) -> list[float]:
-    """log P(option) at one position: logsumexp of the log-probs of the option's tokens."""
-    logp = torch.log_softmax(logits.float(), dim=-1)  # [V]
-    return [torch.logsumexp(logp[ids], dim=0).item() for ids in option_token_ids]
-
-
-def option_logprobs_all(logits: torch.Tensor, option_token_ids: list[list[list[int]]]) -> list[list[list[float]]]:
-    """log P(option) for every row at once: [B, n, V] logits -> [b][c][k] floats.
-
-    option_token_ids[b][k]: the token ids of option k of instance b. One gather and one
-    masked logsumexp over a padded [B, K, M] index, no per-cell loop.
-    """
-    batch = logits.shape[0]
-    options = max(len(o) for o in option_token_ids)
-    width = max(len(ids) for o in option_token_ids for ids in o)
-    index = torch.zeros(batch, options, width, dtype=torch.long)
-    valid = torch.zeros(batch, options, width, dtype=torch.bool)
-    for b, per_option in enumerate(option_token_ids):
-        for k, ids in enumerate(per_option):
-            index[b, k, :len(ids)] = torch.tensor(ids)
-            valid[b, k, :len(ids)] = True
-    index, valid = index.to(logits.device), valid.to(logits.device)
-    logp = torch.log_softmax(logits.float(), dim=-1)  # [B, n, V]
-    picked = torch.gather(logp, 2, index.view(batch, 1, -1).expand(-1, logp.shape[1], -1))
-    picked = picked.view(batch, logp.shape[1], options, width).masked_fill(~valid[:, None], float("-inf"))
-    table = torch.logsumexp(picked, dim=-1).tolist()  # [B][n][K]
-    return [[row[:len(option_token_ids[b])] for row in table[b]] for b in range(batch)]
-
-
-def record_next_token(results: list[CellResult], logits: torch.Tensor,
-                      option_token_ids: list[list[int]] | None) -> None:
-    """One instance's rows (results[r] is row r) from their next-token logits [R, V]: the logits on the
-    host and, given the instance's options, each row's option log-probs."""
-    table = option_logprobs_all(logits[None], [option_token_ids]) if option_token_ids else None
-    for r, result in enumerate(results):
-        result.logits = logits[r].float().cpu()
-        if table is not None:
-            result.option_logprobs = table[0][r]
 
 
 def sliding_window(model) -> int | None:
@@ -141,31 +62,6 @@ def _dims(model) -> dict:
     """`footprint.dims` of the model's config, its layers as the registry finds them, and its element size."""
     return {**footprint.dims(model.config.get_text_config()), "layers": num_layers(model),
             "element": torch.finfo(model.dtype).bits // 8}
-
-
-def chunk_bytes(model, batch: int, prefix_len: int, n: int, max_new_tokens: int) -> int:
-    """`footprint.chunk_bytes` for this model: the upper estimate chunks are sized by."""
-    d = _dims(model)
-    return footprint.chunk_bytes(d, d["element"], batch, prefix_len, n, max_new_tokens)
-
-
-def cells_for_budget(model, batch: int, prefix_len: int, max_new_tokens: int, budget_bytes: int,
-                     most: int) -> int:
-    """The largest chunk (at most `most` cells) whose estimate fits the budget."""
-    fits = 0
-    low, high = 1, most
-    while low <= high:
-        mid = (low + high) // 2
-        if chunk_bytes(model, batch, prefix_len, mid, max_new_tokens) <= budget_bytes:
-            fits, low = mid, mid + 1
-        else:
-            high = mid - 1
-    if fits < 1:
-        need = chunk_bytes(model, batch, prefix_len, 1, max_new_tokens)
-        raise ValueError(f"a memory budget of {budget_bytes / 2**20:.0f} MiB is below one cell's "
-                         f"{need / 2**20:.0f} MiB for {batch} instance(s) of {prefix_len + 1} tokens; "
-                         "raise it or lower the batch size")
-    return fits
 
 
 def free_accelerator_bytes(device, reusable: int = 0) -> int | None:
@@ -288,7 +184,26 @@ def temperature_tuning_limit(model) -> int | None:
     return config.floor_scale
 
 
-@torch.inference_mode()
+@dataclass
+class GridOptions:
+    """`run_grid`'s knobs beyond its inputs, passed by name (`run_with`). cells_per_chunk: cells of each
+    instance per forward (default: DEFAULT_ROWS_GENERATE / DEFAULT_ROWS_SCORE rows per forward, shared
+    among the instances). keep_logits: each result's next-token logits on the host. memory_budget_mb:
+    shrink chunks until `footprint.chunk_bytes` fits it. share: rows that compute alike share a slot
+    (`sharing.py`). store: own-token memory reused across chunks and calls (`own_cache.OwnTokenStore`).
+    plan: a dict filled with the chunking chosen. own_kernel: `cascade.own_part`'s. speculate: queue decode
+    forwards ahead of the host (`_decode`; None: on a GPU)."""
+
+    cells_per_chunk: int | None = None
+    keep_logits: bool = False
+    memory_budget_mb: float | None = None
+    share: bool = True
+    store: OwnTokenStore | None = None
+    plan: dict | None = None
+    own_kernel: str = DEFAULT_OWN_KERNEL
+    speculate: bool | None = None
+
+
 def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: list[Cell],
              module: str, max_new_tokens: int = 20, cells_per_chunk: int | None = None,
              option_token_ids: list[list[list[int]]] | None = None,
@@ -296,22 +211,34 @@ def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: 
              share: bool = True, store: OwnTokenStore | None = None,
              plan: dict | None = None, own_kernel: str = DEFAULT_OWN_KERNEL,
              speculate: bool | None = None) -> list[list[CellResult]]:
+    """`run_with` with its `GridOptions` given one by one (the tests' and tools' calls)."""
+    options = GridOptions(cells_per_chunk=cells_per_chunk, keep_logits=keep_logits,
+                          memory_budget_mb=memory_budget_mb, share=share, store=store, plan=plan,
+                          own_kernel=own_kernel, speculate=speculate)
+    return run_with(model, tokenizer, donors, recipients, cells, module, max_new_tokens=max_new_tokens,
+                    option_token_ids=option_token_ids, options=options)
+
+
+@torch.inference_mode()
+def run_with(model, tokenizer, donors: list[str], recipients: list[str], cells: list[Cell], module: str,
+             max_new_tokens: int = 20, option_token_ids: list[list[list[int]]] | None = None,
+             options: GridOptions | None = None) -> list[list[CellResult]]:
     """Vanilla + every cell for each (donor, recipient) pair.
 
     Returns, per instance, [vanilla, *cells] results. max_new_tokens=0 scores only
     (no decoding). option_token_ids[b][k] lists the token ids of option k of
-    instance b. cells_per_chunk: cells of each instance per forward (default:
-    DEFAULT_ROWS_GENERATE / DEFAULT_ROWS_SCORE rows per forward, shared among the
-    instances). memory_budget_mb: shrink chunks until `chunk_bytes` fits it; on a
-    GPU without a budget, chunks fit 80% of the free memory (no cap on the cells). share: layers compute
-    only the rows that differ there (`sharing.py`); False computes every row everywhere.
-    store: memory the rows' own-token caches reuse across chunks and calls (the engine's).
-    Chunks are balanced (no small tail). plan: a dict filled with the chunking chosen
-    (chunks, cells/rows per forward, the memory budget and the `chunk_bytes` estimate). own_kernel: how
-    the rows attend to their own tokens (`cascade.own_part`: "fused" or "matmul"). speculate: queue
-    each decode forward before the host has its input tokens (`_decode`; default: on a GPU, where the
-    device would otherwise wait for the host between forwards; on a CPU nothing runs while the host waits).
+    instance b. options: the knobs (`GridOptions`). Without cells_per_chunk or a memory budget, on a GPU
+    chunks fit 80% of the free memory (no cap on the cells); on a CPU, the default rows per forward.
+    Chunks are balanced (no small tail). share=False computes every row everywhere. The plan records the
+    chunks, cells/rows per forward, the memory budget and the `footprint.chunk_bytes` estimate. speculate
+    defaults to on a GPU, where the device would otherwise wait for the host between forwards; on a CPU
+    nothing runs while the host waits.
     """
+    options = options or GridOptions()
+    cells_per_chunk, keep_logits, memory_budget_mb = (options.cells_per_chunk, options.keep_logits,
+                                                      options.memory_budget_mb)
+    share, store, plan, own_kernel, speculate = (options.share, options.store, options.plan, options.own_kernel,
+                                                 options.speculate)
     if len(donors) != len(recipients):
         raise ValueError("donors and recipients differ in length")
     batch = len(recipients)
@@ -350,13 +277,15 @@ def run_grid(model, tokenizer, donors: list[str], recipients: list[str], cells: 
         rows = DEFAULT_ROWS_GENERATE if max_new_tokens > 0 else DEFAULT_ROWS_SCORE
         cells_per_chunk = max(1, rows // batch)
     cells_per_chunk = min(cells_per_chunk or len(all_cells), len(all_cells))
+    dims = _dims(model) if budget is not None or plan is not None else None  # what `footprint` sizes chunks by
     if budget is not None:
-        cells_per_chunk = cells_for_budget(model, batch, prefix_len, max_new_tokens, budget, cells_per_chunk)
+        cells_per_chunk = footprint.cells_for_budget(dims, batch, prefix_len, max_new_tokens, budget, cells_per_chunk)
     spans = balanced_chunks(len(all_cells), cells_per_chunk)
     if plan is not None:
         largest = max(end - start for start, end in spans)
+        estimate = footprint.chunk_bytes(dims, dims["element"], batch, prefix_len, largest, max_new_tokens)
         plan.update(chunks=len(spans), cells_per_forward=largest, rows_per_forward=largest * batch,
-                    budget_bytes=budget, estimate_bytes=chunk_bytes(model, batch, prefix_len, largest, max_new_tokens))
+                    budget_bytes=budget, estimate_bytes=estimate)
     results = [[CellResult(cell) for cell in all_cells] for _ in recipients]
     stop = eos_ids(model, tokenizer)
     speculate = device.type == "cuda" if speculate is None else speculate
@@ -505,11 +434,7 @@ def _slots(plan, rows: torch.Tensor) -> torch.Tensor:
 
 
 class HFEngine:
-    """The fast engine behind the grid contract shared with `vllm.VllmEngine`.
-
-    run_grid(donors, recipients, cells, module, max_new_tokens, cells_per_chunk,
-    option_token_ids, keep_logits, memory_budget_mb) -> per instance [vanilla, *cells].
-    """
+    """The fast engine behind `contract.Engine` (shared with `vllm.VllmEngine`): per instance [vanilla, *cells]."""
 
     def __init__(self, model, tokenizer, share: bool = True, own_kernel: str = DEFAULT_OWN_KERNEL,
                  speculate: bool | None = None):
@@ -527,6 +452,11 @@ class HFEngine:
                  option_token_ids: list[list[list[int]]] | None = None, keep_logits: bool = False,
                  memory_budget_mb: float | None = None) -> list[list[CellResult]]:
         self.last_plan = {}
-        return run_grid(self.model, self.tokenizer, donors, recipients, cells, module, max_new_tokens,
-                        cells_per_chunk, option_token_ids, keep_logits, memory_budget_mb, self.share, self.store,
-                        self.last_plan, self.own_kernel, self.speculate)
+        options = GridOptions(cells_per_chunk=cells_per_chunk, keep_logits=keep_logits,
+                              memory_budget_mb=memory_budget_mb, share=self.share, store=self.store,
+                              plan=self.last_plan, own_kernel=self.own_kernel, speculate=self.speculate)
+        return run_with(self.model, self.tokenizer, donors, recipients, cells, module, max_new_tokens=max_new_tokens,
+                        option_token_ids=option_token_ids, options=options)
+
+    def close(self) -> None:
+        """Nothing to release: the model and its memory go with the engine."""

@@ -12,7 +12,7 @@ import torch
 
 from ..cells import VANILLA, Cell
 from .capture import capture_last_token, replace_rows
-from .hf import CellResult, eos_ids, option_logprobs, trim_at_stop
+from .contract import CellResult, eos_ids, option_logprobs, trim_at_stop
 
 
 def _encode(tokenizer, prompt: str, device) -> torch.Tensor:

@@ -19,7 +19,7 @@ Layout. Rows are cell-major, row r = c * B + b (cell c, instance b), R = n * B. 
 layer computes m * B slots, slot k * B + b holding a leader of instance b (or
 padding), so the cascade attention folds an instance's slots as it folds its rows.
 A group keeps its slot from step to step: the layer's own-token cache
-(`cascade.OwnTokensLayer`) is slot-indexed, appends one step to the first m * B
+(`own_cache.OwnTokensLayer`) is slot-indexed, appends one step to the first m * B
 slots in place and hands the layer a view, no gather. When a group splits (its
 rows generated different tokens), each new group gets a free slot and a copy of
 the old slot's past keys/values (they were the same rows until now).

@@ -28,7 +28,7 @@ import os
 import uuid
 
 from ..cells import VANILLA, Cell
-from .hf import CellResult
+from .contract import CellResult
 
 WORKER_EXTENSION = "xtp_ray.engine.vllm_worker.TransplantWorker"
 MODULES = ("ffn", "attn")

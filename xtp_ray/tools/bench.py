@@ -22,7 +22,8 @@ import torch
 from ..cells import VANILLA, parse_cells
 from ..engine import hf, reference
 from ..engine.capture import replace_rows
-from ..engine.hf import CellResult, capture_donors, cell_patches, eos_ids, record_next_token, trim_at_stop
+from ..engine.contract import CellResult, eos_ids, record_next_token, trim_at_stop
+from ..engine.hf import capture_donors, cell_patches
 from ..engine.sharing import PLANNING
 from ..engine.tiny import build_tiny_model, tokenizer_corpus, train_tokenizer
 from ..names import DEFAULT_OWN_KERNEL

@@ -17,7 +17,7 @@ import torch
 
 from ..cells import VANILLA
 from ..engine.architectures import lookup
-from ..engine.hf import CellResult, eos_ids, record_next_token, trim_at_stop
+from ..engine.contract import CellResult, eos_ids, record_next_token, trim_at_stop
 
 
 def available() -> bool:
