@@ -29,10 +29,10 @@ import uuid
 
 from ..cells import VANILLA, Cell
 from .contract import CellResult
+from .footprint import experts_of
 
 WORKER_EXTENSION = "xtp_ray.engine.vllm_worker.TransplantWorker"
 MODULES = ("ffn", "attn")
-MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")
 # Mixtures of experts run on vLLM (CPU build, tensor parallel 1 and 2) equal to the hook-based reference:
 # the hooked sparse block's output is complete there, after the experts' tensor-parallel all-reduce
 # (tests/test_vllm_families.py; README "vLLM engine").
@@ -47,7 +47,7 @@ VIA_TRANSFORMERS_BACKEND = frozenset({"Olmo2ForCausalLM"})
 
 
 def is_moe(config: dict) -> bool:
-    return any(config.get(key) for key in MOE_KEYS)
+    return experts_of(config)[0] > 0
 
 
 def check_model(config: dict, tensor_parallel_size: int) -> None:
@@ -65,7 +65,7 @@ def check_model(config: dict, tensor_parallel_size: int) -> None:
         if names[0] not in MOE_RUN:
             raise ValueError(f"the vllm engine does not run {names[0]}: {NOT_RUN}; it runs the mixtures of experts "
                              f"{', '.join(sorted(MOE_RUN))} (use engine: hf)")
-        experts = next(config[key] for key in MOE_KEYS if config.get(key))
+        experts = experts_of(config)[0]
         if tp > experts:
             raise ValueError(f"tensor parallel size {tp} exceeds the model's {experts} experts")
         width = config.get("moe_intermediate_size") or config.get("intermediate_size")
