@@ -182,7 +182,7 @@ class GridSearch:
         """The left-out record (`results.leftout`) of an instance whose prompt does not fit, else None."""
         if not self.max_tokens:
             return None
-        new_tokens = self.config.max_new_tokens if self.config.scoring == "generate" else 0  # logprobs: none
+        new_tokens = self.config.new_tokens
         for name, prompt in (("donor", inst.donor), ("recipient", inst.recipient)):
             n = len(self.tokenizer(prompt).input_ids)
             if n + new_tokens > self.max_tokens:

@@ -183,6 +183,11 @@ class RunConfig(BaseModel):
     def to_json(self) -> dict:
         return self.model_dump()
 
+    @property
+    def new_tokens(self) -> int:
+        """Tokens decoded per row: max_new_tokens when generating, none when scoring options."""
+        return self.max_new_tokens if self.scoring == "generate" else 0
+
     def replace(self, **changes) -> "RunConfig":
         """A copy with these fields changed, validated again."""
         return RunConfig(**{**self.to_json(), **changes})

@@ -74,7 +74,7 @@ def too_long(config: RunConfig, model_config: dict, slices: dict[tuple[str, str,
     limit = token_limit(config, model_config)
     if not limit:
         return []
-    new_tokens = config.max_new_tokens if config.scoring == "generate" else 0  # option scoring: none
+    new_tokens = config.new_tokens
     found = []
     for (task, split, lang), instances in slices.items():
         lengths = {i.id: max(count(i.donor), count(i.recipient)) for i in instances}

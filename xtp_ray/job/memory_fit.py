@@ -27,7 +27,7 @@ def actor_need(config: RunConfig, model_config: dict):
     from ..engine.footprint import need_per_gpu
 
     ranks = tensor_parallel_size(config) if config.engine == "vllm" else 1
-    new_tokens = config.max_new_tokens if config.scoring == "generate" else 0
+    new_tokens = config.new_tokens
     context = config.max_prompt_tokens + new_tokens if config.max_prompt_tokens else None
     return need_per_gpu(model_config, config.engine, config.dtype, ranks, config.batch_size, context, new_tokens)
 
