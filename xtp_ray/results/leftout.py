@@ -237,15 +237,20 @@ def languages_text(report: dict, side: dict) -> str:
 
 # ---------------------------------------------------------------- rendering
 
+def _summary(part: dict) -> str:
+    """The section's opening sentence, before markup: the bad data and the notes counted by reason."""
+    head = f"Bad data: {part['errors'] or 'none'}" + (f" ({part['errors_by_reason']})" if part["errors"] else "")
+    if part["notes"]:
+        head += f". Notes (a task's own rule, not errors): {part['notes']} ({part['notes_by_reason']})"
+    return head
+
+
 def render_markdown(report: dict, md) -> list[str]:
     """The "Left out" section's lines (none where nothing was); `md` escapes text from data."""
     part = report.get("left_out")
     if not part or not part["by_lang"]:
         return []
-    lines = ["## Left out", "",
-             f"Bad data: {part['errors'] or 'none'}" + (f" ({part['errors_by_reason']})" if part["errors"] else "")
-             + (f". Notes (a task's own rule, not errors): {part['notes']} ({part['notes_by_reason']})"
-                if part["notes"] else "") + ". Every one is a line of `errors.jsonl`.", "",
+    lines = ["## Left out", "", _summary(part) + ". Every one is a line of `errors.jsonl`.", "",
              "| task | split | lang | left out | in the tables | e.g. |", "|---|---|---|---|---|---|"]
     for e in part["by_lang"]:
         lines.append(f"| {md(e['task'])} | {md(e['split'])} | {md(e['lang'])} | {md(e['left_out'])} | "
@@ -265,11 +270,8 @@ def render_html(report: dict) -> str:
     rows = [[html.escape(e["task"]), html.escape(e["split"]), html.escape(e["lang"]), html.escape(e["left_out"]),
              "yes" if e["in_tables"] else "<strong>no: lost whole</strong>", html.escape(_short(e["example"]))]
             for e in part["by_lang"]]
-    head = f"Bad data: {part['errors'] or 'none'}" + (f" ({part['errors_by_reason']})" if part["errors"] else "")
-    if part["notes"]:
-        head += f". Notes (a task's own rule, not errors): {part['notes']} ({part['notes_by_reason']})"
-    return (f"<h2>Left out</h2><p>{html.escape(head)}. Every one is a line of <code>errors.jsonl</code>.</p>"
-            + html_table(["task", "split", "lang", "left out", "in the tables", "e.g."], rows))
+    return (f"<h2>Left out</h2><p>{html.escape(_summary(part))}. Every one is a line of <code>errors.jsonl</code>."
+            "</p>" + html_table(["task", "split", "lang", "left out", "in the tables", "e.g."], rows))
 
 
 def _short(text: str, limit: int = 160) -> str:
